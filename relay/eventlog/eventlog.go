@@ -1,0 +1,212 @@
+// Package eventlog reads pgrelay's durable event log (relay.events).
+//
+// Events are ordered by (xid, seq): the id of the transaction that wrote the
+// event, then the order of insertion. Reads only return events whose xid is
+// below the oldest transaction still running (the xmin of the current
+// snapshot). Every transaction below that point has ended, so no event can
+// later become visible at a position a reader has already passed: "everything
+// after ID" never misses a row that committed late.
+package eventlog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// ID is an event's position in the log. The zero ID comes before every event.
+type ID struct {
+	Xid int64 // the writing transaction
+	Seq int64 // relay.events.id: order within the log
+}
+
+// idLen is the length of an ID's string form: 16 hex digits, '-', 16 hex digits.
+const idLen = 33
+
+// ErrBadID reports a malformed event id.
+var ErrBadID = errors.New("malformed event id")
+
+// String returns the opaque form clients see. Fixed-width hex, so string order
+// is event order.
+func (id ID) String() string {
+	var b [idLen]byte
+	putHex(b[:16], uint64(id.Xid))
+	b[16] = '-'
+	putHex(b[17:], uint64(id.Seq))
+	return string(b[:])
+}
+
+func putHex(dst []byte, v uint64) {
+	const digits = "0123456789abcdef"
+	for i := len(dst) - 1; i >= 0; i-- {
+		dst[i] = digits[v&0xf]
+		v >>= 4
+	}
+}
+
+// ParseID parses the string form of an ID.
+func ParseID(s string) (ID, error) {
+	if len(s) != idLen || s[16] != '-' {
+		return ID{}, fmt.Errorf("%w: %q: want 16 hex digits, '-', 16 hex digits", ErrBadID, truncate(s))
+	}
+	xid, err1 := strconv.ParseUint(s[:16], 16, 64)
+	seq, err2 := strconv.ParseUint(s[17:], 16, 64)
+	if err1 != nil || err2 != nil || xid > 1<<63-1 || seq > 1<<63-1 {
+		return ID{}, fmt.Errorf("%w: %q: want 16 hex digits, '-', 16 hex digits", ErrBadID, truncate(s))
+	}
+	return ID{Xid: int64(xid), Seq: int64(seq)}, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// Compare returns -1, 0 or +1 as id is before, equal to or after other.
+func (id ID) Compare(other ID) int {
+	switch {
+	case id.Xid < other.Xid:
+		return -1
+	case id.Xid > other.Xid:
+		return 1
+	case id.Seq < other.Seq:
+		return -1
+	case id.Seq > other.Seq:
+		return 1
+	}
+	return 0
+}
+
+// Less reports whether id comes before other.
+func (id ID) Less(other ID) bool { return id.Compare(other) < 0 }
+
+// IsZero reports whether id is the position before every event.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// Event is one row of the log.
+type Event struct {
+	ID        ID
+	Topic     string
+	Payload   json.RawMessage // the published row as a JSON object
+	Audience  []string        // keys the event is addressed to
+	Actor     string          // subscriber who wrote it ("" if none); never a recipient
+	CreatedAt time.Time       // when the row was inserted (the producer's clock_timestamp)
+}
+
+// Querier is what the log is read through: a pool, a connection or a
+// transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+const readAfterSQL = `
+SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
+  FROM relay.events
+ WHERE (xid, id) > ($1, $2)
+   AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY xid, id
+ LIMIT $3`
+
+// ReadAfter returns up to limit events after position after, in order. It
+// only returns events of ended transactions, so the last one returned is a
+// safe position to continue from.
+func ReadAfter(ctx context.Context, q Querier, after ID, limit int) ([]Event, error) {
+	rows, err := q.Query(ctx, readAfterSQL, after.Xid, after.Seq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %s: %w", after, err)
+	}
+	events, err := collect(rows)
+	if err != nil {
+		return nil, fmt.Errorf("read events after %s: %w", after, err)
+	}
+	return events, nil
+}
+
+const readRangeSQL = `
+SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
+  FROM relay.events
+ WHERE (xid, id) > ($1, $2)
+   AND (xid, id) <= ($3, $4)
+   AND topic = ANY ($5)
+   AND audience && $6
+   AND actor IS DISTINCT FROM $7
+ ORDER BY xid, id
+ LIMIT $8`
+
+// Selector narrows a range read to what one subscriber may receive. The
+// database applies it coarsely (any key of any topic); callers still match
+// each event exactly.
+type Selector struct {
+	Topics     []string
+	Keys       []string
+	Subscriber string
+}
+
+// ReadRange returns up to limit events in (after, upto] that pass sel, in
+// order. upto must be a position already returned by ReadAfter, so that the
+// range is settled.
+func ReadRange(ctx context.Context, q Querier, after, upto ID, sel Selector, limit int) ([]Event, error) {
+	rows, err := q.Query(ctx, readRangeSQL, after.Xid, after.Seq, upto.Xid, upto.Seq,
+		sel.Topics, sel.Keys, sel.Subscriber, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
+	}
+	events, err := collect(rows)
+	if err != nil {
+		return nil, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
+	}
+	return events, nil
+}
+
+func collect(rows pgx.Rows) ([]Event, error) {
+	var events []Event
+	for rows.Next() {
+		var e Event
+		var payload []byte
+		if err := rows.Scan(&e.ID.Xid, &e.ID.Seq, &e.Topic, &payload, &e.Audience, &e.Actor, &e.CreatedAt); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		e.Payload = payload
+		events = append(events, e)
+	}
+	return events, rows.Err()
+}
+
+// Tail returns the position of the newest settled event (the zero ID for an
+// empty log): a new subscriber without a resume id starts after it.
+func Tail(ctx context.Context, q Querier) (ID, error) {
+	var id ID
+	err := q.QueryRow(ctx, `
+SELECT xid, id FROM relay.events
+ WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY xid DESC, id DESC LIMIT 1`).Scan(&id.Xid, &id.Seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Horizon(ctx, q)
+	}
+	if err != nil {
+		return ID{}, fmt.Errorf("read log tail: %w", err)
+	}
+	return id, nil
+}
+
+// Horizon returns the newest pruned position: events at or before it are
+// gone, and a resume from before it cannot be served.
+func Horizon(ctx context.Context, q Querier) (ID, error) {
+	var id ID
+	err := q.QueryRow(ctx, `SELECT horizon_xid, horizon_id FROM relay.retention`).Scan(&id.Xid, &id.Seq)
+	if err != nil {
+		return ID{}, fmt.Errorf("read retention horizon: %w", err)
+	}
+	return id, nil
+}

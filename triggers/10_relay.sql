@@ -1,0 +1,155 @@
+-- pgrelay core functions. Repeatable: re-applied by `migrate up` whenever this
+-- file changes, so every statement must be safe to run again.
+
+-- relay.create_topic turns inserts into a table into events of a topic.
+--   topic            name clients subscribe to ([a-z][a-z0-9_]*)
+--   source           the table
+--   audience         function(source row) RETURNS text[]: the keys an event
+--                    is addressed to
+--   subscriber_keys  function(subscriber text) RETURNS SETOF text: the keys a
+--                    subscriber listens to
+--   actor_column     optional column naming the subscriber who wrote the row;
+--                    that subscriber never receives the event
+-- It generates one trigger function per topic so that the row's audience is
+-- computed with a statically planned call (no dynamic SQL on the write path).
+CREATE OR REPLACE FUNCTION relay.create_topic(
+    topic text,
+    source regclass,
+    audience regprocedure,
+    subscriber_keys regprocedure,
+    actor_column name DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    capture_fn text := 'capture_' || topic;
+    actor_expr text := 'NULL';
+BEGIN
+    IF topic !~ '^[a-z][a-z0-9_]{0,40}$' THEN
+        RAISE EXCEPTION 'invalid topic name %: use lower-case letters, digits and _ (at most 41), starting with a letter', topic
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF actor_column IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                        WHERE attrelid = source AND attname = actor_column
+                          AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'actor column % does not exist in %', actor_column, source
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        actor_expr := format('NEW.%I::text', actor_column);
+    END IF;
+
+    EXECUTE format($body$
+        CREATE OR REPLACE FUNCTION relay.%I() RETURNS trigger
+        LANGUAGE plpgsql AS $capture$
+        BEGIN
+            INSERT INTO relay.events (topic, payload, audience, actor)
+            VALUES (%L, to_jsonb(NEW), coalesce(%s(NEW), '{}'), %s);
+            -- Wake the sequencer only when it has gone idle: a busy system
+            -- pays no NOTIFY per row.
+            IF (SELECT idle FROM relay.sequencer) THEN
+                PERFORM pg_notify('pgrelay_wake', '');
+            END IF;
+            RETURN NULL;
+        END
+        $capture$
+    $body$, capture_fn, topic, audience::regproc, actor_expr);
+
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION relay.%I()',
+                   'pgrelay_' || topic, source, capture_fn);
+
+    INSERT INTO relay.topics (topic, source, audience, subscriber_keys, actor_column)
+    VALUES (topic, source, audience, subscriber_keys, actor_column)
+    ON CONFLICT ON CONSTRAINT topics_pkey DO UPDATE
+       SET source = EXCLUDED.source,
+           audience = EXCLUDED.audience,
+           subscriber_keys = EXCLUDED.subscriber_keys,
+           actor_column = EXCLUDED.actor_column;
+END
+$fn$;
+
+-- relay.drop_topic removes a topic's trigger and registration; events already
+-- in the log stay until retention prunes them.
+CREATE OR REPLACE FUNCTION relay.drop_topic(topic text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    t relay.topics;
+BEGIN
+    SELECT * INTO t FROM relay.topics WHERE relay.topics.topic = drop_topic.topic;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown topic %', topic USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgrelay_' || topic, t.source);
+    EXECUTE format('DROP FUNCTION IF EXISTS relay.%I()', 'capture_' || topic);
+    DELETE FROM relay.topics WHERE relay.topics.topic = drop_topic.topic;
+END
+$fn$;
+
+-- relay.set_subscriber_source names the table whose ids are subscribers
+-- (the `sub` claim of a token must be one of them).
+CREATE OR REPLACE FUNCTION relay.set_subscriber_source(relation regclass, id_column name)
+RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = relation AND attname = id_column
+                      AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION 'column % does not exist in %', id_column, relation
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    INSERT INTO relay.subscriber_source (relation, id_column)
+    VALUES (relation, id_column)
+    ON CONFLICT (singleton) DO UPDATE
+       SET relation = EXCLUDED.relation, id_column = EXCLUDED.id_column;
+END
+$fn$;
+
+-- relay.filters returns, for each of the given subscribers that exists, one
+-- row with topic and key NULL (it exists) and one row per (topic, key) it
+-- listens to. The relay calls it for connected subscribers only.
+CREATE OR REPLACE FUNCTION relay.filters(subscribers text[])
+RETURNS TABLE (subscriber text, topic text, key text)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    src relay.subscriber_source;
+    t   relay.topics;
+BEGIN
+    SELECT * INTO src FROM relay.subscriber_source;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no subscriber source is configured'
+            USING HINT = 'call relay.set_subscriber_source(''public.users'', ''id'')';
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT s.sub, NULL::text, NULL::text
+           FROM unnest($1) AS s(sub)
+          WHERE EXISTS (SELECT 1 FROM %s x WHERE x.%I::text = s.sub)',
+        src.relation, src.id_column) USING subscribers;
+    FOR t IN SELECT * FROM relay.topics ORDER BY relay.topics.topic LOOP
+        RETURN QUERY EXECUTE format(
+            'SELECT s.sub, %L::text, k::text
+               FROM unnest($1) AS s(sub), LATERAL %s(s.sub) AS k',
+            t.topic, t.subscriber_keys::regproc) USING subscribers;
+    END LOOP;
+END
+$fn$;
+
+-- relay.filters_changed tells every relay that the filters of these
+-- subscribers may have changed (NULL: possibly everyone's). Call it from
+-- triggers on whatever tables subscriber_keys functions read.
+CREATE OR REPLACE FUNCTION relay.filters_changed(subscribers text[]) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    payload text;
+BEGIN
+    IF subscribers IS NOT NULL AND cardinality(subscribers) = 0 THEN
+        RETURN;
+    END IF;
+    payload := CASE WHEN subscribers IS NULL THEN '{"all":true}'
+                    ELSE json_build_object('subscribers', subscribers)::text END;
+    -- NOTIFY payloads are limited to 8000 bytes: too many ids means
+    -- "refresh everyone", which is always correct.
+    IF octet_length(payload) > 7000 THEN
+        payload := '{"all":true}';
+    END IF;
+    PERFORM pg_notify('pgrelay_filters', payload);
+END
+$fn$;
