@@ -50,9 +50,11 @@ func putHex(dst []byte, v uint64) {
 	}
 }
 
-// ParseID parses the string form of an ID.
+// ParseID parses the string form of an ID. Only the form String produces is
+// accepted (lower-case digits), so every ID has exactly one string and ids
+// compare equal as strings exactly when they are equal.
 func ParseID(s string) (ID, error) {
-	if len(s) != idLen || s[16] != '-' {
+	if len(s) != idLen || s[16] != '-' || !lowerHex(s[:16]) || !lowerHex(s[17:]) {
 		return ID{}, fmt.Errorf("%w: %q: want 16 hex digits, '-', 16 hex digits", ErrBadID, truncate(s))
 	}
 	xid, err1 := strconv.ParseUint(s[:16], 16, 64)
@@ -61,6 +63,15 @@ func ParseID(s string) (ID, error) {
 		return ID{}, fmt.Errorf("%w: %q: want 16 hex digits, '-', 16 hex digits", ErrBadID, truncate(s))
 	}
 	return ID{Xid: int64(xid), Seq: int64(seq)}, nil
+}
+
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func truncate(s string) string {

@@ -1,0 +1,281 @@
+// Package relaytest starts real relays against a test database and connects
+// real clients to them, for end-to-end tests.
+package relaytest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/r3labs/sse/v2"
+	"gopkg.in/cenkalti/backoff.v1"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/auth"
+)
+
+// Secret signs the tokens of test relays.
+const Secret = "pgrelay-test-secret-0123456789"
+
+// Relay is a relay running in the test process.
+type Relay struct {
+	URL    string
+	Server *relay.Server
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+// Config returns the configuration test relays use: fast polls so tests are
+// quick, small pools so many relays fit in one server's connection limit.
+func Config(dbURL string) relay.Config {
+	cfg := relay.DefaultConfig()
+	cfg.DatabaseURL = dbURL
+	cfg.Addr = "127.0.0.1:0"
+	cfg.JWTSecret = Secret
+	cfg.PoolSize = 4
+	cfg.SafetyPoll = 500 * time.Millisecond
+	cfg.ShutdownWait = 5 * time.Second
+	return cfg
+}
+
+// Logger returns a logger for test relays: quiet unless PGRELAY_TEST_LOG is
+// set.
+func Logger() *slog.Logger {
+	if os.Getenv("PGRELAY_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// Start runs a relay on the database at dbURL until the test ends (or Stop).
+// It waits until the relay is ready. mutate adjusts the configuration.
+func Start(t testing.TB, dbURL string, mutate ...func(*relay.Config)) *Relay {
+	t.Helper()
+	cfg := Config(dbURL)
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := relay.New(ctx, cfg, Logger())
+	if err != nil {
+		cancel()
+		t.Fatalf("start relay: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		t.Fatalf("listen: %v", err)
+	}
+	r := &Relay{URL: "http://" + ln.Addr().String(), Server: srv, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- srv.Run(ctx, ln) }()
+	t.Cleanup(func() { r.Stop(t) })
+	Eventually(t, 10*time.Second, "relay ready", srv.Ready)
+	return r
+}
+
+// Stop shuts the relay down and waits for it.
+func (r *Relay) Stop(t testing.TB) {
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Errorf("relay stopped with error: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("relay did not stop within 15s")
+		}
+	})
+}
+
+// Token returns a valid token for subscriber sub.
+func Token(t testing.TB, sub string) string {
+	t.Helper()
+	tok, err := auth.Issue([]byte(Secret), sub, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// Eventually polls cond every 10 ms until it holds, failing the test after
+// timeout.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Event is one received SSE event.
+type Event struct {
+	ID    string
+	Event string
+	Data  string
+}
+
+// SSE is a Server-Sent Events client (github.com/r3labs/sse) that records
+// what it receives. It does not reconnect by itself: tests reconnect
+// explicitly, with the last id they saw.
+type SSE struct {
+	Events chan Event
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// SSEOptions shape a subscription.
+type SSEOptions struct {
+	Topics      []string
+	LastEventID string
+}
+
+// Subscribe opens GET /events on baseURL as token's subscriber and checks
+// the response is a 200 event stream.
+func Subscribe(t testing.TB, baseURL, token string, opts SSEOptions) *SSE {
+	t.Helper()
+	q := url.Values{}
+	for _, topic := range opts.Topics {
+		q.Add("topic", topic)
+	}
+	u := baseURL + "/events"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := sse.NewClient(u, sse.ClientMaxBufferSize(4<<20))
+	c.Headers["Authorization"] = "Bearer " + token
+	if opts.LastEventID != "" {
+		c.LastEventID.Store([]byte(opts.LastEventID))
+	}
+	c.ReconnectStrategy = backoff.WithContext(&backoff.StopBackOff{}, ctx)
+	connected := make(chan error, 1)
+	c.ResponseValidator = func(_ *sse.Client, resp *http.Response) error {
+		if resp.StatusCode != http.StatusOK {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			err := errors.New(resp.Status + ": " + strings.TrimSpace(string(body)))
+			connected <- err
+			return err
+		}
+		connected <- nil
+		return nil
+	}
+	s := &SSE{Events: make(chan Event, 100000), cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		s.done <- c.SubscribeRawWithContext(ctx, func(msg *sse.Event) {
+			if len(msg.Event) == 0 && len(msg.Data) == 0 {
+				return // retry hints and comments
+			}
+			s.Events <- Event{ID: string(msg.ID), Event: string(msg.Event), Data: string(msg.Data)}
+		})
+	}()
+	select {
+	case err := <-connected:
+		if err != nil {
+			cancel()
+			t.Fatalf("subscribe %s: %v", u, err)
+		}
+	case err := <-s.done:
+		cancel()
+		t.Fatalf("subscribe %s: %v", u, err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatalf("subscribe %s: no response within 10s", u)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Close disconnects.
+func (s *SSE) Close() { s.cancel() }
+
+// Next waits up to timeout for the next event.
+func (s *SSE) Next(t testing.TB, timeout time.Duration) Event {
+	t.Helper()
+	select {
+	case e := <-s.Events:
+		return e
+	case <-time.After(timeout):
+		t.Fatalf("no event within %s", timeout)
+		return Event{}
+	}
+}
+
+// Collect waits until n events arrived (failing after timeout) and returns
+// them.
+func (s *SSE) Collect(t testing.TB, n int, timeout time.Duration) []Event {
+	t.Helper()
+	out := make([]Event, 0, n)
+	deadline := time.After(timeout)
+	for len(out) < n {
+		select {
+		case e := <-s.Events:
+			out = append(out, e)
+		case <-deadline:
+			t.Fatalf("got %d of %d events within %s: %v", len(out), n, timeout, out)
+		}
+	}
+	return out
+}
+
+// Quiet asserts that no event arrives for d.
+func (s *SSE) Quiet(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case e := <-s.Events:
+		t.Fatalf("unexpected event: %+v", e)
+	case <-time.After(d):
+	}
+}
+
+// Seed inserts the seed story: org-1 with locations loc-1, loc-2, loc-3 and
+// users zowi-1, zowi-2 (ZOWI), zolo-1 (ZOLO at loc-1), zewi-1 (ZEWI),
+// zelo-1 (ZELO at loc-2); org-2 with loc-9 and users zowi-9 (ZOWI),
+// zolo-9 (ZOLO at loc-9).
+func Seed(t testing.TB, db *pgtest.DB) {
+	t.Helper()
+	db.Exec(t, `
+INSERT INTO orgs (id, name) VALUES ('org-1', 'Acme'), ('org-2', 'Globex');
+INSERT INTO locations (id, org_id, name) VALUES
+  ('loc-1', 'org-1', 'Berlin'), ('loc-2', 'org-1', 'Paris'), ('loc-3', 'org-1', 'Rome'),
+  ('loc-9', 'org-2', 'Oslo');
+INSERT INTO users (id, name, email, user_type, org_id, location_id) VALUES
+  ('zowi-1', 'Olga',  'olga@acme.test',  'ZOWI', 'org-1', NULL),
+  ('zowi-2', 'Omar',  'omar@acme.test',  'ZOWI', 'org-1', NULL),
+  ('zolo-1', 'Lena',  'lena@acme.test',  'ZOLO', 'org-1', 'loc-1'),
+  ('zewi-1', 'Emil',  'emil@acme.test',  'ZEWI', 'org-1', NULL),
+  ('zelo-1', 'Elsa',  'elsa@acme.test',  'ZELO', 'org-1', 'loc-2'),
+  ('zowi-9', 'Ivan',  'ivan@globex.test', 'ZOWI', 'org-2', NULL),
+  ('zolo-9', 'Ines',  'ines@globex.test', 'ZOLO', 'org-2', 'loc-9');`)
+}
+
+// InsertTemplate inserts a template with plain SQL and returns its id.
+func InsertTemplate(t testing.TB, db *pgtest.DB, name, createdBy string, shareWith ...string) string {
+	t.Helper()
+	if shareWith == nil {
+		shareWith = []string{}
+	}
+	var id string
+	err := db.Pool.QueryRow(context.Background(),
+		`INSERT INTO templates (name, share_location_ids, created_by) VALUES ($1, $2, $3) RETURNING id`,
+		name, shareWith, createdBy).Scan(&id)
+	if err != nil {
+		t.Fatalf("insert template %q: %v", name, err)
+	}
+	return id
+}

@@ -1,0 +1,146 @@
+// Package auth identifies subscribers: the `sub` claim of an HS256 JWT signed
+// with the relay's secret, from the Authorization header or the access_token
+// query parameter (EventSource cannot set headers).
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Errors a caller maps to HTTP 401.
+var (
+	ErrNoToken  = errors.New("missing token: send Authorization: Bearer <jwt> or ?access_token=<jwt>")
+	ErrBadToken = errors.New("invalid token")
+)
+
+// maxTokenLen bounds what is parsed: a pgrelay token is a few hundred bytes.
+const maxTokenLen = 8 << 10
+
+// Verifier checks tokens.
+type Verifier struct {
+	secret      []byte
+	issuer      string
+	audience    string
+	insecureDev bool
+	now         func() time.Time
+}
+
+// Options configure a Verifier beyond its secret.
+type Options struct {
+	// Issuer and Audience, when set, must match the token's iss and aud.
+	Issuer, Audience string
+	// InsecureDev also accepts ?user=ID without any token. Development only.
+	InsecureDev bool
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// NewVerifier returns a Verifier for tokens signed with secret.
+func NewVerifier(secret []byte, opts Options) *Verifier {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Verifier{secret: secret, issuer: opts.Issuer, audience: opts.Audience, insecureDev: opts.InsecureDev, now: now}
+}
+
+// Subject returns the subscriber id a request is authenticated as.
+func (v *Verifier) Subject(r *http.Request) (string, error) {
+	token := ""
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, rest, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
+			return "", fmt.Errorf("%w: Authorization header must be \"Bearer <jwt>\"", ErrBadToken)
+		}
+		token = strings.TrimSpace(rest)
+	} else {
+		token = r.URL.Query().Get("access_token")
+	}
+	if token == "" {
+		if v.insecureDev {
+			if user := r.URL.Query().Get("user"); user != "" {
+				return user, nil
+			}
+		}
+		return "", ErrNoToken
+	}
+	return v.Verify(token)
+}
+
+// Verify checks a token and returns its subject.
+func (v *Verifier) Verify(token string) (string, error) {
+	if len(v.secret) == 0 {
+		return "", fmt.Errorf("%w: this relay has no signing secret configured", ErrBadToken)
+	}
+	if len(token) > maxTokenLen {
+		return "", fmt.Errorf("%w: token longer than %d bytes", ErrBadToken, maxTokenLen)
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithTimeFunc(v.now),
+		jwt.WithLeeway(5 * time.Second),
+	}
+	if v.issuer != "" {
+		opts = append(opts, jwt.WithIssuer(v.issuer))
+	}
+	if v.audience != "" {
+		opts = append(opts, jwt.WithAudience(v.audience))
+	}
+	claims := &jwt.RegisteredClaims{}
+	_, err := jwt.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return v.secret, nil }, opts...)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s", ErrBadToken, describe(err))
+	}
+	if claims.Subject == "" {
+		return "", fmt.Errorf("%w: no sub claim", ErrBadToken)
+	}
+	return claims.Subject, nil
+}
+
+// describe names what is wrong with a token without echoing it.
+func describe(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "token has expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "token is not valid yet (nbf)"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return "bad signature"
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "malformed token"
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "unsupported signing algorithm (want HS256)"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "wrong issuer"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "wrong audience"
+	default:
+		return "token rejected"
+	}
+}
+
+// Issue returns an HS256 token for subscriber sub, valid for ttl from now.
+func Issue(secret []byte, sub string, ttl time.Duration, now time.Time) (string, error) {
+	if len(secret) == 0 {
+		return "", errors.New("issue token: no signing secret configured")
+	}
+	if sub == "" {
+		return "", errors.New("issue token: empty subject")
+	}
+	claims := jwt.RegisteredClaims{
+		Subject:   sub,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}
+	token, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+	if err != nil {
+		return "", fmt.Errorf("issue token: %w", err)
+	}
+	return token, nil
+}

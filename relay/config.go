@@ -1,0 +1,268 @@
+package relay
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything a relay can be told. Precedence: defaults, then
+// environment, then flags; then Validate.
+type Config struct {
+	DatabaseURL       string // pool connections (application_name pgrelay)
+	ListenDatabaseURL string // the LISTEN connection; defaults to DatabaseURL (use a direct URL when DatabaseURL goes through a transaction pooler)
+	Addr              string
+
+	JWTSecret   string
+	JWTIssuer   string
+	JWTAudience string
+	InsecureDev bool
+
+	CORSOrigins []string // allowed Origin values for browsers on other origins ("*" for any)
+
+	MaxConnections        int // open streams on this relay, 0 = unlimited
+	MaxConnectionsPerUser int // open streams of one subscriber on this relay, 0 = unlimited
+	QueueSize             int // events queued per stream before it is closed as too slow
+
+	Heartbeat    time.Duration // SSE comment / WebSocket ping interval
+	WriteTimeout time.Duration // one write to a client
+	Retention    time.Duration // age after which events are pruned from the log
+	ShutdownWait time.Duration // how long shutdown waits for streams to close
+
+	PollInterval time.Duration // sequencer poll while events flow
+	IdleAfter    time.Duration // sequencer goes idle after this long without events
+	IdlePoll     time.Duration // sequencer poll while idle
+	SafetyPoll   time.Duration // every relay reads the log at least this often
+	FilterResync time.Duration // full reload of connected subscribers' filters
+
+	PoolSize int // maximum pool connections
+
+	LogLevel  string // debug, info, warn, error
+	LogFormat string // text or json
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Addr:         ":8080",
+		QueueSize:    1024,
+		Heartbeat:    10 * time.Second,
+		WriteTimeout: 10 * time.Second,
+		Retention:    24 * time.Hour,
+		ShutdownWait: 10 * time.Second,
+		PollInterval: 2 * time.Millisecond,
+		IdleAfter:    time.Second,
+		IdlePoll:     100 * time.Millisecond,
+		SafetyPoll:   time.Second,
+		FilterResync: 30 * time.Second,
+		PoolSize:     10,
+		LogLevel:     "info",
+		LogFormat:    "text",
+	}
+}
+
+// setting describes one configuration value: its flag, environment variable
+// and how to read it.
+type setting struct {
+	flag, env, usage string
+	value            flag.Value
+}
+
+func (c *Config) settings() []setting {
+	return []setting{
+		{"database-url", "DATABASE_URL", "PostgreSQL connection URL (default: libpq defaults: PGHOST etc.)", (*stringValue)(&c.DatabaseURL)},
+		{"listen-database-url", "RELAY_LISTEN_DATABASE_URL", "URL for the LISTEN connection; must reach PostgreSQL directly or through a session-mode pooler (default: --database-url)", (*stringValue)(&c.ListenDatabaseURL)},
+		{"addr", "RELAY_ADDR", "HTTP listen address", (*stringValue)(&c.Addr)},
+		{"jwt-secret", "RELAY_JWT_SECRET", "HS256 secret that signs subscriber tokens (required unless --insecure-dev)", (*stringValue)(&c.JWTSecret)},
+		{"jwt-issuer", "RELAY_JWT_ISSUER", "if set, tokens must carry this iss", (*stringValue)(&c.JWTIssuer)},
+		{"jwt-audience", "RELAY_JWT_AUDIENCE", "if set, tokens must carry this aud", (*stringValue)(&c.JWTAudience)},
+		{"insecure-dev", "RELAY_INSECURE_DEV", "development only: also accept ?user=ID without a token", (*boolValue)(&c.InsecureDev)},
+		{"cors-origins", "RELAY_CORS_ORIGINS", "comma-separated origins allowed to connect from browsers on other origins (* for any)", (*listValue)(&c.CORSOrigins)},
+		{"max-connections", "RELAY_MAX_CONNECTIONS", "maximum open streams on this relay (0: unlimited)", (*intValue)(&c.MaxConnections)},
+		{"max-connections-per-user", "RELAY_MAX_CONNECTIONS_PER_USER", "maximum open streams of one subscriber on this relay (0: unlimited)", (*intValue)(&c.MaxConnectionsPerUser)},
+		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
+		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
+		{"write-timeout", "RELAY_WRITE_TIMEOUT", "how long one write to a client may block", (*durationValue)(&c.WriteTimeout)},
+		{"retention", "RELAY_RETENTION", "events older than this are pruned from the log", (*durationValue)(&c.Retention)},
+		{"shutdown-wait", "RELAY_SHUTDOWN_WAIT", "how long shutdown waits for streams to close", (*durationValue)(&c.ShutdownWait)},
+		{"poll-interval", "RELAY_POLL_INTERVAL", "sequencer log poll interval while events flow", (*durationValue)(&c.PollInterval)},
+		{"idle-after", "RELAY_IDLE_AFTER", "sequencer goes idle after this long without events", (*durationValue)(&c.IdleAfter)},
+		{"idle-poll", "RELAY_IDLE_POLL", "sequencer log poll interval while idle", (*durationValue)(&c.IdlePoll)},
+		{"safety-poll", "RELAY_SAFETY_POLL", "every relay reads the log at least this often", (*durationValue)(&c.SafetyPoll)},
+		{"filter-resync", "RELAY_FILTER_RESYNC", "full reload interval of connected subscribers' filters", (*durationValue)(&c.FilterResync)},
+		{"pool-size", "RELAY_POOL_SIZE", "maximum database connections in the pool", (*intValue)(&c.PoolSize)},
+		{"log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
+		{"log-format", "RELAY_LOG_FORMAT", "text or json", (*stringValue)(&c.LogFormat)},
+	}
+}
+
+// ApplyEnv reads the environment through getenv.
+func (c *Config) ApplyEnv(getenv func(string) string) error {
+	var errs []error
+	for _, s := range c.settings() {
+		if v := getenv(s.env); v != "" {
+			if err := s.value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", s.env, v, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RegisterFlags adds one flag per setting to fs, each defaulting to c's
+// current value and naming its environment variable in its usage.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	for _, s := range c.settings() {
+		fs.Var(s.value, s.flag, s.usage+" [$"+s.env+"]")
+	}
+}
+
+// Validate names every bad value.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.JWTSecret == "" && !c.InsecureDev {
+		bad("no JWT secret: set --jwt-secret or RELAY_JWT_SECRET (or --insecure-dev for local development only)")
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < 16 {
+		bad("--jwt-secret is too short: use at least 16 characters")
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("--addr %q: want host:port or :port (%v)", c.Addr, err)
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--retention", c.Retention},
+		{"--shutdown-wait", c.ShutdownWait}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
+		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--filter-resync", c.FilterResync},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			bad("%s must be positive, got %s", p.name, p.d)
+		}
+	}
+	if c.Heartbeat > 15*time.Second {
+		bad("--heartbeat %s: at most 15s, or proxies may close idle streams", c.Heartbeat)
+	}
+	if c.QueueSize < 1 || c.QueueSize > 1<<20 {
+		bad("--queue-size must be between 1 and %d, got %d", 1<<20, c.QueueSize)
+	}
+	if c.MaxConnections < 0 {
+		bad("--max-connections must be 0 (unlimited) or positive, got %d", c.MaxConnections)
+	}
+	if c.MaxConnectionsPerUser < 0 {
+		bad("--max-connections-per-user must be 0 (unlimited) or positive, got %d", c.MaxConnectionsPerUser)
+	}
+	if c.PoolSize < 2 {
+		bad("--pool-size must be at least 2, got %d", c.PoolSize)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch strings.ToLower(c.LogFormat) {
+	case "text", "json":
+	default:
+		bad("--log-format %q: want text or json", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+type stringValue string
+
+func (v *stringValue) String() string     { return string(*v) }
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+
+type intValue int
+
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("not a whole number")
+	}
+	*v = intValue(n)
+	return nil
+}
+
+type boolValue bool
+
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("want true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+
+type durationValue time.Duration
+
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("want a duration such as 500ms, 15s or 24h")
+	}
+	*v = durationValue(d)
+	return nil
+}
+
+type listValue []string
+
+func (v *listValue) String() string { return strings.Join(*v, ",") }
+func (v *listValue) Set(s string) error {
+	*v = nil
+	for _, part := range strings.Split(s, ",") {
+		if p := strings.TrimSpace(part); p != "" {
+			*v = append(*v, p)
+		}
+	}
+	return nil
+}
+
+// ParseConfig builds a Config from defaults, the environment (through
+// getenv) and the command-line args, in that order of precedence, and
+// validates it. usage receives the flag list for --help.
+func ParseConfig(name string, args []string, getenv func(string) string, usage func(fs *flag.FlagSet)) (Config, error) {
+	cfg := DefaultConfig()
+	if err := cfg.ApplyEnv(getenv); err != nil {
+		return cfg, err
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	if usage != nil {
+		fs.Usage = func() { usage(fs) }
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return cfg, cfg.Validate()
+}
+
+// ConfigDefaults lists every setting as "--flag  $ENV  default  usage", for
+// help output.
+func ConfigDefaults() []string {
+	cfg := DefaultConfig()
+	var lines []string
+	for _, s := range cfg.settings() {
+		def := s.value.String()
+		if def == "" {
+			def = "(none)"
+		}
+		lines = append(lines, fmt.Sprintf("  --%-26s $%-32s default %s\n      %s", s.flag, s.env, def, s.usage))
+	}
+	return lines
+}

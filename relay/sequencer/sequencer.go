@@ -1,0 +1,228 @@
+// Package sequencer announces new events. Exactly one relay per database is
+// the sequencer at a time (it holds an advisory lock on its own connection).
+// While events flow it polls the log every few milliseconds and sends one
+// notification per batch; when nothing has happened for a while it marks
+// itself idle, and the capture triggers then wake it with a notification.
+// So a busy system pays no NOTIFY per inserted row, and an idle one costs a
+// slow poll.
+package sequencer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+)
+
+// lockKey is the advisory lock the sequencer holds ("pgrseq").
+const lockKey int64 = 0x7067_7273_6571
+
+// WakeChannel is what capture triggers notify when the sequencer is idle.
+const WakeChannel = "pgrelay_wake"
+
+// EventsChannel is what the sequencer notifies when the log has grown.
+const EventsChannel = "pgrelay_events"
+
+// Config tunes the sequencer.
+type Config struct {
+	// Poll is the interval between log polls while events flow.
+	Poll time.Duration
+	// IdleAfter is how long without new events before going idle.
+	IdleAfter time.Duration
+	// IdlePoll is the interval between polls while idle: it bounds the delay
+	// of an event whose wake-up raced with going idle.
+	IdlePoll time.Duration
+	// Retry is the interval between attempts to become the sequencer.
+	Retry time.Duration
+}
+
+// Sequencer runs the election and, while elected, the announce loop.
+type Sequencer struct {
+	connect func(ctx context.Context) (*pgx.Conn, error)
+	cfg     Config
+	log     *slog.Logger
+	// OnLeader, if set, is called with true when this relay becomes the
+	// sequencer and false when it stops being it.
+	OnLeader func(bool)
+	// Duties, if set, runs while this relay is the sequencer (e.g. pruning
+	// the log) on the leader's context.
+	Duties func(ctx context.Context) error
+}
+
+// New returns a Sequencer using connections from connect.
+func New(connect func(ctx context.Context) (*pgx.Conn, error), cfg Config, log *slog.Logger) *Sequencer {
+	return &Sequencer{connect: connect, cfg: cfg, log: log}
+}
+
+// Run competes for the sequencer role until ctx is done.
+func (s *Sequencer) Run(ctx context.Context) error {
+	for {
+		err := s.runOnce(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			s.log.Warn("sequencer connection failed; retrying", "err", err)
+		}
+		t := time.NewTimer(s.cfg.Retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// runOnce connects, waits to win the lock, then leads until the connection
+// fails or ctx is done.
+func (s *Sequencer) runOnce(ctx context.Context) error {
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("connect sequencer: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		var won bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lockKey).Scan(&won); err != nil {
+			return fmt.Errorf("try sequencer lock: %w", err)
+		}
+		if won {
+			break
+		}
+		t := time.NewTimer(s.cfg.Retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	s.log.Info("this relay is now the sequencer")
+	if s.OnLeader != nil {
+		s.OnLeader(true)
+		defer s.OnLeader(false)
+	}
+	leadCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dutiesDone := make(chan struct{})
+	go func() {
+		defer close(dutiesDone)
+		if s.Duties != nil {
+			if err := s.Duties(leadCtx); err != nil && leadCtx.Err() == nil {
+				s.log.Warn("sequencer duties stopped", "err", err)
+			}
+		}
+	}()
+	err = s.lead(leadCtx, conn)
+	cancel()
+	<-dutiesDone
+	return err
+}
+
+const newestSQL = `
+SELECT xid, id FROM relay.events
+ WHERE (xid, id) > ($1, $2)
+   AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ ORDER BY xid DESC, id DESC
+ LIMIT 1`
+
+func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "LISTEN "+WakeChannel); err != nil {
+		return fmt.Errorf("listen for wake-ups: %w", err)
+	}
+	cursor, err := eventlog.Tail(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if err := setIdle(ctx, conn, false); err != nil {
+		return err
+	}
+	// Announce once on taking over: relays may have missed the previous
+	// sequencer's last announcement.
+	if err := announce(ctx, conn, cursor); err != nil {
+		return err
+	}
+	idle := false
+	lastNews := time.Now()
+	for {
+		var newest eventlog.ID
+		err := conn.QueryRow(ctx, newestSQL, cursor.Xid, cursor.Seq).Scan(&newest.Xid, &newest.Seq)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("poll log: %w", err)
+		default:
+			if err := announce(ctx, conn, newest); err != nil {
+				return err
+			}
+			cursor = newest
+			lastNews = time.Now()
+			if idle {
+				if err := setIdle(ctx, conn, false); err != nil {
+					return err
+				}
+				idle = false
+			}
+		}
+		if !idle && time.Since(lastNews) > s.cfg.IdleAfter {
+			if err := setIdle(ctx, conn, true); err != nil {
+				return err
+			}
+			idle = true
+		}
+		wait := s.cfg.Poll
+		if idle {
+			wait = s.cfg.IdlePoll
+		}
+		woken, err := waitForWake(ctx, conn, wait)
+		if err != nil {
+			return err
+		}
+		if woken && idle {
+			if err := setIdle(ctx, conn, false); err != nil {
+				return err
+			}
+			idle = false
+			lastNews = time.Now()
+		}
+	}
+}
+
+// waitForWake waits up to d for a wake-up notification.
+func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	_, err := conn.WaitForNotification(wctx)
+	if err == nil {
+		return true, nil
+	}
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if wctx.Err() != nil {
+		// pgx may have had to cancel a read in progress; the connection
+		// stays usable, as pgx documents for WaitForNotification timeouts.
+		return false, nil
+	}
+	return false, fmt.Errorf("wait for wake-up: %w", err)
+}
+
+func setIdle(ctx context.Context, conn *pgx.Conn, idle bool) error {
+	if _, err := conn.Exec(ctx, "UPDATE relay.sequencer SET idle = $1, changed_at = now()", idle); err != nil {
+		return fmt.Errorf("mark sequencer idle=%v: %w", idle, err)
+	}
+	return nil
+}
+
+func announce(ctx context.Context, conn *pgx.Conn, newest eventlog.ID) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, newest.String()); err != nil {
+		return fmt.Errorf("announce events up to %s: %w", newest, err)
+	}
+	return nil
+}

@@ -1,0 +1,322 @@
+// Package relay wires pgrelay's parts into one server: the LISTEN loop, the
+// sequencer election, the log reader that feeds the hub, the filter
+// refresher, and the HTTP transports.
+//
+// Data path: capture trigger → relay.events → sequencer announces →
+// listener wakes the reader → hub matches and queues → stream writes to the
+// client (SSE or WebSocket).
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/filter"
+	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/listen"
+	"github.com/pgrelay/pgrelay/relay/sequencer"
+	"github.com/pgrelay/pgrelay/relay/sse"
+	"github.com/pgrelay/pgrelay/relay/stream"
+)
+
+// Application names the relay's database sessions carry, so operators (and
+// tests) can find them in pg_stat_activity.
+const (
+	ListenerApplicationName = "pgrelay-listener"
+	ApplicationName         = "pgrelay"
+)
+
+// readBatch is how many events one log read returns.
+const readBatch = 1000
+
+// Server is one relay instance.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	pool      *pgxpool.Pool
+	hub       *hub.Hub
+	streams   *stream.Opener
+	refresher *filter.Refresher
+	auth      *auth.Verifier
+	router    chi.Router
+
+	wake       chan struct{}
+	listening  atomic.Bool
+	caughtUp   atomic.Bool
+	isLeader   atomic.Bool
+	reconnects atomic.Uint64
+}
+
+// New connects to the database, checks that it is migrated, and builds a
+// relay. Call Run to serve.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL: %w", err)
+	}
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = ApplicationName
+	poolCfg.MaxConns = int32(cfg.PoolSize)
+	if poolCfg.ConnConfig.ConnectTimeout == 0 {
+		poolCfg.ConnConfig.ConnectTimeout = 10 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	s := &Server{
+		cfg:  cfg,
+		log:  log,
+		pool: pool,
+		hub:  hub.New(cfg.QueueSize),
+		wake: make(chan struct{}, 1),
+		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
+			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
+		}),
+	}
+	if err := s.checkSchema(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
+	s.refresher = filter.NewRefresher(pool, s.hub, log, cfg.FilterResync)
+	s.router = s.routes()
+	return s, nil
+}
+
+// checkSchema fails early, with advice, when the database is unreachable or
+// not migrated, and positions the hub at the end of the log.
+func (s *Server) checkSchema(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("connect to database: %w", err)
+	}
+	var migrated bool
+	if err := s.pool.QueryRow(ctx, "SELECT to_regclass('relay.events') IS NOT NULL AND to_regclass('relay.topics') IS NOT NULL").Scan(&migrated); err != nil {
+		return fmt.Errorf("check database schema: %w", err)
+	}
+	if !migrated {
+		return errors.New("database is not migrated: run `migrate up` against it first")
+	}
+	if _, err := filter.Topics(ctx, s.pool); err != nil {
+		return err
+	}
+	tail, err := eventlog.Tail(ctx, s.pool)
+	if err != nil {
+		return err
+	}
+	s.hub.Start(tail)
+	return nil
+}
+
+// Handler returns the relay's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+// Hub returns the relay's hub (for inspection).
+func (s *Server) Hub() *hub.Hub { return s.hub }
+
+// Ready reports whether the relay is listening, caught up with the log and
+// has its filters loaded.
+func (s *Server) Ready() bool { return s.listening.Load() && s.caughtUp.Load() }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		status := http.StatusOK
+		if !s.Ready() {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, map[string]any{
+			"ready": status == http.StatusOK, "listening": s.listening.Load(),
+			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(),
+			"position": s.hub.Position().String(),
+		})
+	})
+	r.Method(http.MethodGet, "/events", &sse.Handler{
+		Auth: s.auth, Streams: s.streams, Log: s.log,
+		WriteTimeout: s.cfg.WriteTimeout, Retry: 2 * time.Second,
+	})
+	return r
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Run serves on ln until ctx is done, then shuts down: streams are told to
+// reconnect elsewhere and the HTTP server drains within ShutdownWait.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	defer s.pool.Close()
+	if s.cfg.InsecureDev {
+		s.log.Warn("INSECURE DEV MODE: any client may connect as any user with ?user=ID; never use this in production")
+	}
+	srv := &http.Server{
+		Handler:           s.router,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.listenLoop(gctx) })
+	g.Go(func() error { return s.readLoop(gctx) })
+	g.Go(func() error { return s.sequencerLoop(gctx) })
+	g.Go(func() error { return s.refresher.Run(gctx) })
+	g.Go(func() error {
+		s.log.Info("relay serving", "addr", ln.Addr().String())
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		s.hub.Shutdown()
+		drainCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownWait)
+		defer cancel()
+		if err := srv.Shutdown(drainCtx); err != nil {
+			s.log.Warn("shutdown deadline passed; closing remaining connections", "err", err)
+			_ = srv.Close()
+		}
+		return nil
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		err = nil
+	}
+	s.log.Info("relay stopped")
+	return err
+}
+
+// ListenAndRun listens on the configured address and runs.
+func (s *Server) ListenAndRun(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Run(ctx, ln)
+}
+
+// connect opens a dedicated connection named appName.
+func (s *Server) connect(url, appName string) func(ctx context.Context) (*pgx.Conn, error) {
+	return func(ctx context.Context) (*pgx.Conn, error) {
+		cfg, err := pgx.ParseConfig(url)
+		if err != nil {
+			return nil, fmt.Errorf("bad database URL: %w", err)
+		}
+		cfg.RuntimeParams["application_name"] = appName
+		if cfg.ConnectTimeout == 0 {
+			cfg.ConnectTimeout = 10 * time.Second
+		}
+		return pgx.ConnectConfig(ctx, cfg)
+	}
+}
+
+func (s *Server) listenURL() string {
+	if s.cfg.ListenDatabaseURL != "" {
+		return s.cfg.ListenDatabaseURL
+	}
+	return s.cfg.DatabaseURL
+}
+
+func (s *Server) listenLoop(ctx context.Context) error {
+	l := listen.New(s.connect(s.listenURL(), ListenerApplicationName), listenHandler{s}, s.log)
+	l.OnReconnect = func() { s.reconnects.Add(1) }
+	return l.Run(ctx)
+}
+
+func (s *Server) sequencerLoop(ctx context.Context) error {
+	seq := sequencer.New(s.connect(s.listenURL(), ApplicationName), sequencer.Config{
+		Poll: s.cfg.PollInterval, IdleAfter: s.cfg.IdleAfter, IdlePoll: s.cfg.IdlePoll, Retry: time.Second,
+	}, s.log)
+	seq.OnLeader = s.isLeader.Store
+	return seq.Run(ctx)
+}
+
+// listenHandler turns notifications into work for the reader and the
+// refresher, without blocking the listener.
+type listenHandler struct{ s *Server }
+
+func (h listenHandler) EventsAvailable() { h.s.wakeReader() }
+
+func (h listenHandler) FiltersChanged(c filter.Change) { h.s.refresher.Notify(c) }
+
+func (h listenHandler) Connected(up bool) {
+	h.s.listening.Store(up)
+	if up {
+		// Ready again only after a read of the log that began after the
+		// listener was back.
+		h.s.caughtUp.Store(false)
+		h.s.wakeReader()
+	}
+}
+
+func (s *Server) wakeReader() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// readLoop is the only writer of the hub: it reads the log after the hub's
+// position whenever woken, and at least every SafetyPoll.
+func (s *Server) readLoop(ctx context.Context) error {
+	ticker := time.NewTicker(s.cfg.SafetyPoll)
+	defer ticker.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.wake:
+		case <-ticker.C:
+		}
+		err := s.drain(ctx)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil:
+			s.caughtUp.Store(false)
+			if !failing {
+				s.log.Warn("read event log; retrying", "err", err)
+			}
+			failing = true
+		case failing:
+			s.log.Info("reading the event log again")
+			failing = false
+		}
+	}
+}
+
+func (s *Server) drain(ctx context.Context) error {
+	for {
+		events, err := eventlog.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
+		if err != nil {
+			return err
+		}
+		s.hub.Publish(events)
+		if len(events) < readBatch {
+			s.caughtUp.Store(true)
+			return nil
+		}
+	}
+}

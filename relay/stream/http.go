@@ -1,0 +1,95 @@
+package stream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+
+	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/hub"
+)
+
+// ErrBadRequest wraps every problem with a request's parameters (HTTP 400).
+var ErrBadRequest = errors.New("bad request")
+
+var topicName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
+
+// maxTopics bounds the topic parameters of one request.
+const maxTopics = 64
+
+// ParseRequest reads the stream parameters every transport shares: topic
+// (repeatable), and the resume id from the Last-Event-ID header or the
+// last_event_id parameter. The subscriber is set by the caller after
+// authentication.
+func ParseRequest(r *http.Request) (Request, error) {
+	var req Request
+	q := r.URL.Query()
+	if topics, ok := q["topic"]; ok {
+		if len(topics) > maxTopics {
+			return req, fmt.Errorf("%w: at most %d topic parameters", ErrBadRequest, maxTopics)
+		}
+		req.Topics = []string{}
+		for _, t := range topics {
+			if !topicName.MatchString(t) {
+				return req, fmt.Errorf("%w: topic %q is not a valid topic name", ErrBadRequest, truncate(t))
+			}
+			req.Topics = append(req.Topics, t)
+		}
+	}
+	last := r.Header.Get("Last-Event-ID")
+	source := "Last-Event-ID header"
+	if last == "" {
+		last, source = q.Get("last_event_id"), "last_event_id parameter"
+	}
+	if last != "" {
+		id, err := eventlog.ParseID(last)
+		if err != nil {
+			return req, fmt.Errorf("%w: %s: %w", ErrBadRequest, source, err)
+		}
+		req.After = &id
+	}
+	return req, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 48 {
+		return s[:48] + "…"
+	}
+	return s
+}
+
+// Status returns the HTTP status for an error from authentication, parsing
+// or Open.
+func Status(err error) int {
+	switch {
+	case errors.Is(err, auth.ErrNoToken), errors.Is(err, auth.ErrBadToken):
+		return http.StatusUnauthorized
+	case errors.Is(err, ErrUnknownSubscriber):
+		return http.StatusForbidden
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrUnknownTopic):
+		return http.StatusBadRequest
+	case errors.Is(err, hub.ErrShutdown):
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// WriteError answers with status and a JSON body {"error": "..."}. Internal
+// errors are not described to the client.
+func WriteError(w http.ResponseWriter, status int, err error) {
+	msg := err.Error()
+	if status == http.StatusInternalServerError {
+		msg = "internal error"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pgrelay"`)
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}

@@ -1,0 +1,271 @@
+// Package stream turns one client connection into an ordered, gap-free event
+// stream, whatever the transport: it registers the subscription, loads its
+// filter, replays what the client missed from the log (or tells it to reset),
+// then hands over to live events without a gap or a duplicate.
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/filter"
+	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/match"
+)
+
+// ErrUnknownSubscriber means the authenticated id is not a subscriber
+// (HTTP 403).
+var ErrUnknownSubscriber = errors.New("not a known subscriber")
+
+// ErrUnknownTopic means a requested topic does not exist (HTTP 400).
+var ErrUnknownTopic = errors.New("unknown topic")
+
+// Sink is a transport's side of a stream. Calls come from one goroutine.
+type Sink interface {
+	// Event writes one event.
+	Event(m *hub.Message) error
+	// Reset tells the client that events it missed are no longer retained;
+	// the stream continues after position at.
+	Reset(at eventlog.ID) error
+	// Heartbeat keeps an idle connection open through proxies.
+	Heartbeat() error
+	// Flush pushes written data to the client.
+	Flush() error
+}
+
+// Request is what a client asks for.
+type Request struct {
+	Subscriber string
+	// Topics to receive; nil means every topic.
+	Topics []string
+	// After, if set, resumes after that event id.
+	After *eventlog.ID
+}
+
+// Observer is told about deliveries (for metrics). Methods must be cheap.
+type Observer interface {
+	Delivered(m *hub.Message, live bool)
+}
+
+// Opener opens streams on one relay.
+type Opener struct {
+	Pool      *pgxpool.Pool
+	Hub       *hub.Hub
+	Log       *slog.Logger
+	Heartbeat time.Duration
+	// CatchupBatch is how many events one replay query reads.
+	CatchupBatch int
+	Observer     Observer
+
+	topicsMu sync.Mutex
+	topics   []string
+}
+
+// CheckTopics returns ErrUnknownTopic for a topic that is not registered. The
+// registry is re-read on a miss, so topics added in SQL are served without a
+// restart.
+func (o *Opener) CheckTopics(ctx context.Context, topics []string) error {
+	o.topicsMu.Lock()
+	known := o.topics
+	o.topicsMu.Unlock()
+	missing := func() string {
+		for _, t := range topics {
+			if !slices.Contains(known, t) {
+				return t
+			}
+		}
+		return ""
+	}
+	if missing() == "" {
+		return nil
+	}
+	fresh, err := filter.Topics(ctx, o.Pool)
+	if err != nil {
+		return err
+	}
+	o.topicsMu.Lock()
+	o.topics = fresh
+	o.topicsMu.Unlock()
+	known = fresh
+	if t := missing(); t != "" {
+		return fmt.Errorf("%w %q (known: %v)", ErrUnknownTopic, t, fresh)
+	}
+	return nil
+}
+
+// Stream is one open subscription.
+type Stream struct {
+	o          *Opener
+	req        Request
+	sub        *hub.Subscription
+	activeFrom eventlog.ID
+	keys       match.Keys
+}
+
+// Open registers req's subscription and loads its filter. The caller must
+// Close the stream.
+func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
+	if req.Topics != nil {
+		if err := o.CheckTopics(ctx, req.Topics); err != nil {
+			return nil, err
+		}
+	}
+	sub, err := o.Hub.Subscribe(req.Subscriber, req.Topics)
+	if err != nil {
+		return nil, err
+	}
+	// Registered before the filter is loaded: a filter change notified from
+	// now on reaches this subscription, and the generation keeps an older
+	// load from overwriting a newer one.
+	gen := o.Hub.NextGeneration()
+	filters, err := filter.Load(ctx, o.Pool, []string{req.Subscriber})
+	if err != nil {
+		sub.Close()
+		return nil, err
+	}
+	activeFrom, err := o.Hub.Activate(sub, gen, filters[req.Subscriber])
+	if err != nil {
+		sub.Close()
+		if errors.Is(err, hub.ErrSubscriberGone) {
+			return nil, fmt.Errorf("%w: %q", ErrUnknownSubscriber, req.Subscriber)
+		}
+		return nil, err
+	}
+	return &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom, keys: sub.Keys()}, nil
+}
+
+// Close ends the subscription.
+func (st *Stream) Close() { st.sub.Close() }
+
+// Run replays and then streams live events into sink until ctx is done, the
+// sink fails, or the hub ends the subscription (the returned error says why:
+// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone).
+func (st *Stream) Run(ctx context.Context, sink Sink) error {
+	last := st.activeFrom
+	if st.req.After != nil {
+		var err error
+		last, err = st.replay(ctx, sink, *st.req.After)
+		if err != nil {
+			return err
+		}
+	}
+	if err := sink.Flush(); err != nil {
+		return err
+	}
+	heartbeat := time.NewTicker(st.o.Heartbeat)
+	defer heartbeat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-st.sub.Done():
+			return st.sub.Err()
+		case <-heartbeat.C:
+			if err := sink.Heartbeat(); err != nil {
+				return err
+			}
+			if err := sink.Flush(); err != nil {
+				return err
+			}
+		case <-st.sub.Ready():
+			for _, m := range st.sub.Next() {
+				// The hub may hold events this client already has: those
+				// replayed from the log, or a resume id ahead of this relay.
+				if !last.Less(m.ID) {
+					continue
+				}
+				if err := sink.Event(m); err != nil {
+					return err
+				}
+				last = m.ID
+				if st.o.Observer != nil {
+					st.o.Observer.Delivered(m, true)
+				}
+			}
+			if err := sink.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// replay sends the events after `after` up to where live delivery starts, or
+// a reset if some of them were pruned. It returns the last position sent.
+func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eventlog.ID, error) {
+	sel := eventlog.Selector{Topics: st.req.Topics, Subscriber: st.req.Subscriber}
+	for topic, ks := range st.keys {
+		if st.req.Topics == nil {
+			sel.Topics = append(sel.Topics, topic)
+		}
+		sel.Keys = append(sel.Keys, ks...)
+	}
+	cursor := after
+	for cursor.Less(st.activeFrom) {
+		events, pruned, err := st.readBatch(ctx, cursor, sel)
+		if err != nil {
+			return cursor, err
+		}
+		if pruned {
+			if err := sink.Reset(st.activeFrom); err != nil {
+				return cursor, err
+			}
+			return st.activeFrom, nil
+		}
+		for i := range events {
+			e := &events[i]
+			if !match.Matches(st.keys, st.req.Subscriber, e.Topic, e.Audience, e.Actor) {
+				continue
+			}
+			m := hub.NewMessage(*e)
+			if err := sink.Event(m); err != nil {
+				return cursor, err
+			}
+			if st.o.Observer != nil {
+				st.o.Observer.Delivered(m, false)
+			}
+		}
+		if len(events) < st.o.CatchupBatch {
+			break
+		}
+		cursor = events[len(events)-1].ID
+		if err := sink.Flush(); err != nil {
+			return cursor, err
+		}
+	}
+	if st.activeFrom.Less(after) {
+		// The client is ahead of this relay (it came from a relay further
+		// along): skip live events up to its position.
+		return after, nil
+	}
+	return st.activeFrom, nil
+}
+
+// readBatch reads one batch of the replay and checks, in the same snapshot,
+// that nothing after cursor has been pruned.
+func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlog.Selector) (events []eventlog.Event, pruned bool, err error) {
+	err = pgx.BeginTxFunc(ctx, st.o.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		horizon, err := eventlog.Horizon(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if cursor.Less(horizon) {
+			pruned = true
+			return nil
+		}
+		events, err = eventlog.ReadRange(ctx, tx, cursor, st.activeFrom, sel, st.o.CatchupBatch)
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
+	}
+	return events, pruned, nil
+}
