@@ -208,22 +208,5 @@ func ensureTemplate(t testing.TB) string {
 	if _, err := admin.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{building}.Sanitize()+" RENAME TO "+pgx.Identifier{name}.Sanitize()); err != nil {
 		t.Fatalf("rename template database: %v", err)
 	}
-	dropOldTemplates(ctx, admin, name)
 	return name
-}
-
-// dropOldTemplates removes templates built from earlier versions of the SQL;
-// failure only leaves some disk in use.
-func dropOldTemplates(ctx context.Context, admin *pgx.Conn, keep string) {
-	rows, err := admin.Query(ctx, "SELECT datname FROM pg_database WHERE datname LIKE 'pgrelay\\_template\\_%' AND datname <> $1", keep)
-	if err != nil {
-		return
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return
-	}
-	for _, n := range names {
-		_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{n}.Sanitize()+" WITH (FORCE)")
-	}
 }
