@@ -367,6 +367,8 @@ type StatusLine struct {
 	At    time.Time
 }
 
+// String renders the line as `migrate status` prints it: state, kind, name
+// and, once applied, when.
 func (l StatusLine) String() string {
 	s := fmt.Sprintf("%-8s %-10s %s", l.State, l.Kind, l.Name)
 	if !l.At.IsZero() {
