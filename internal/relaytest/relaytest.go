@@ -227,7 +227,11 @@ func (s *SSE) Collect(t testing.TB, n int, timeout time.Duration) []Event {
 		case e := <-s.Events:
 			out = append(out, e)
 		case <-deadline:
-			t.Fatalf("got %d of %d events within %s: %v", len(out), n, timeout, out)
+			ids := make([]string, len(out))
+			for i, e := range out {
+				ids[i] = e.ID
+			}
+			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, ids)
 		}
 	}
 	return out
@@ -238,7 +242,7 @@ func (s *SSE) Quiet(t testing.TB, d time.Duration) {
 	t.Helper()
 	select {
 	case e := <-s.Events:
-		t.Fatalf("unexpected event: %+v", e)
+		t.Fatalf("unexpected event %s %s (%d bytes of data)", e.ID, e.Event, len(e.Data))
 	case <-time.After(d):
 	}
 }

@@ -161,6 +161,17 @@ func (h *Hub) Subscribe(subscriber string, topics []string) (*Subscription, erro
 	return s, nil
 }
 
+// Keys returns the keys one of subscriber's subscriptions listens to (nil if
+// it has none): for inspection and tests.
+func (h *Hub) Keys(subscriber string) match.Keys {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.bySub[subscriber] {
+		return s.entry.Keys()
+	}
+	return nil
+}
+
 // NextGeneration returns a new filter generation: take it before loading a
 // filter, so a filter loaded later always replaces one loaded earlier.
 func (h *Hub) NextGeneration() uint64 { return h.gen.Add(1) }
