@@ -1,0 +1,19 @@
+-- Fixture for bench/producer-cost.sh. Run after `migrate up`; safe to re-run.
+
+-- (a) the baseline: the same columns, defaults, checks and primary key as
+-- public.templates, but no trigger of any kind (LIKE copies no foreign key,
+-- and foreign keys are triggers too).
+CREATE SCHEMA IF NOT EXISTS bench;
+DROP TABLE IF EXISTS bench.plain;
+CREATE TABLE bench.plain (LIKE public.templates INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+
+-- One org with a few locations and a creator, so every insert passes the
+-- app's checks and has a non-empty audience.
+INSERT INTO public.orgs (id, name) VALUES ('bench-org', 'Bench org')
+    ON CONFLICT (id) DO NOTHING;
+INSERT INTO public.locations (id, org_id, name)
+    SELECT 'bench-loc-' || i, 'bench-org', 'Bench location ' || i FROM generate_series(1, 3) AS i
+    ON CONFLICT (id) DO NOTHING;
+INSERT INTO public.users (id, name, user_type, org_id)
+    VALUES ('bench-user', 'Bench user', 'ZOWI', 'bench-org')
+    ON CONFLICT (id) DO NOTHING;
