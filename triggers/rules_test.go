@@ -348,7 +348,7 @@ func TestFilterChangesAreAnnouncedOnPgrelayFilters(t *testing.T) {
 		{"location inserted", "INSERT INTO locations (id, org_id, name) VALUES ('a4', 'org-a', 'A four')",
 			filterChange{Subscribers: orgA}},
 		// The insert and the move commit together; the move's notification
-		// comes last and names the org-wide users of both orgs.
+		// comes last and names every user of both orgs (over-reporting is safe).
 		{"location moved between orgs",
 			"INSERT INTO locations (id, org_id, name) VALUES ('free', 'org-a', 'Free'); UPDATE locations SET org_id = 'org-b' WHERE id = 'free'",
 			filterChange{Subscribers: append(slices.Clone(orgA), orgB...)}},
