@@ -11,11 +11,19 @@
 --   ZOWI        location:<every location of their org> and org:<their org>
 -- The creator is the event's actor and never receives it.
 
+-- PL/pgSQL rather than SQL: this runs inside every insert's trigger, and
+-- PL/pgSQL keeps its query plans for the session where a SQL function that
+-- is not inlined is planned again on every call.
 CREATE OR REPLACE FUNCTION relay.templates_audience(t public.templates)
 RETURNS text[]
-LANGUAGE sql STABLE AS $$
-    SELECT array(SELECT DISTINCT 'location:' || s.id FROM unnest(t.share_location_ids) AS s(id))
-        || array(SELECT 'org:' || u.org_id FROM public.users u WHERE u.id = t.created_by)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    creator_org text;
+BEGIN
+    SELECT u.org_id INTO creator_org FROM public.users u WHERE u.id = t.created_by;
+    RETURN array(SELECT DISTINCT 'location:' || s.id FROM unnest(t.share_location_ids) AS s(id))
+        || CASE WHEN creator_org IS NULL THEN '{}'::text[] ELSE ARRAY['org:' || creator_org] END;
+END
 $$;
 
 -- Every (user, key) pair of the rules above: the audience rule as a view, so

@@ -287,6 +287,19 @@ func (h *Hub) enqueue(s *Subscription, msg *Message) {
 	}
 }
 
+// CloseSlow ends s as a slow consumer because a write to its client timed
+// out, unless the hub already ended it; it returns why s ended. A client is
+// counted as slow once, whichever noticed first.
+func (h *Hub) CloseSlow(s *Subscription) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.err == nil {
+		h.slowConsumers.Add(1)
+		h.closeLocked(s, ErrSlowConsumer)
+	}
+	return s.err
+}
+
 // closeLocked ends s with err. Called with h.mu held.
 func (h *Hub) closeLocked(s *Subscription, err error) {
 	if s.err != nil {

@@ -50,7 +50,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		status := stream.Status(err)
 		if status == http.StatusInternalServerError {
+			// Almost always the database being unreachable: tell the client
+			// to come back rather than that it did something wrong.
 			h.Log.Error("open event stream", "user", subscriber, "err", err)
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", "2")
 		}
 		stream.WriteError(w, status, err)
 		return

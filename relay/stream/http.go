@@ -82,8 +82,8 @@ func Status(err error) int {
 // errors are not described to the client.
 func WriteError(w http.ResponseWriter, status int, err error) {
 	msg := err.Error()
-	if status == http.StatusInternalServerError {
-		msg = "internal error"
+	if status >= http.StatusInternalServerError && !errors.Is(err, hub.ErrShutdown) {
+		msg = "temporarily unavailable; retry shortly"
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -91,5 +91,7 @@ func WriteError(w http.ResponseWriter, status int, err error) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pgrelay"`)
 	}
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(map[string]string{"error": msg})
 }

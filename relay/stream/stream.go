@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -146,10 +147,24 @@ func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
 // Close ends the subscription.
 func (st *Stream) Close() { st.sub.Close() }
 
+// sinkError classifies a failed write: a write that timed out means the
+// client stopped reading fast enough, which is the same condition as a full
+// queue.
+func (st *Stream) sinkError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w (%v)", st.o.Hub.CloseSlow(st.sub), err)
+	}
+	return err
+}
+
 // Run replays and then streams live events into sink until ctx is done, the
 // sink fails, or the hub ends the subscription (the returned error says why:
 // hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone).
 func (st *Stream) Run(ctx context.Context, sink Sink) error {
+	return st.sinkError(st.run(ctx, sink))
+}
+
+func (st *Stream) run(ctx context.Context, sink Sink) error {
 	last := st.activeFrom
 	if st.req.After != nil {
 		var err error
