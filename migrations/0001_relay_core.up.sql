@@ -5,9 +5,9 @@
 -- Every topic trigger appends here inside the producer's transaction, so an
 -- event exists exactly when its row committed. Events are ordered by
 -- (xid, id): the writing transaction's id first, then the insertion order.
--- A reader only reads below the oldest transaction still running
--- (pg_snapshot_xmin), so a row that commits later can never appear behind a
--- position a reader has already passed (see docs/design.md).
+-- A reader only reads below the oldest transaction of this database still
+-- running (relay.horizon()), so a row that commits later can never appear
+-- behind a position a reader has already passed (see docs/design.md).
 CREATE TABLE relay.events (
     xid        bigint      NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     id         bigint      GENERATED ALWAYS AS IDENTITY,

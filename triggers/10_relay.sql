@@ -153,3 +153,37 @@ BEGIN
     PERFORM pg_notify('pgrelay_filters', payload);
 END
 $fn$;
+
+-- relay.horizon returns the position below which the log is settled: every
+-- transaction with a smaller xid that could have written to this database
+-- has ended, so no event can appear there any more. It is the oldest
+-- transaction still running in the current snapshot, ignoring transactions
+-- known to belong to other databases (they cannot write relay.events here),
+-- so a long transaction in another database of the same server does not hold
+-- delivery back. Transactions whose database cannot be seen (the role lacks
+-- pg_read_all_stats, or the session ended meanwhile) count as this
+-- database's: the horizon errs towards waiting, never towards skipping.
+--
+-- STABLE, so it sees the calling statement's snapshot: the horizon and the
+-- rows the statement reads must come from the same snapshot.
+CREATE OR REPLACE FUNCTION relay.horizon() RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    WITH snap AS (SELECT pg_current_snapshot() AS s),
+    elsewhere AS (
+        -- xid is 32 bits here and 64 in the snapshot: compare the low half.
+        SELECT backend_xid::text::bigint AS xid32
+          FROM pg_stat_activity
+         WHERE backend_xid IS NOT NULL
+           AND datname IS DISTINCT FROM current_database()
+        UNION ALL
+        SELECT transaction::text::bigint
+          FROM pg_prepared_xacts
+         WHERE database <> current_database()
+    )
+    SELECT coalesce(
+        (SELECT min(x::text::bigint)
+           FROM pg_snapshot_xip(snap.s) AS x
+          WHERE x::text::bigint % 4294967296 NOT IN (SELECT xid32 FROM elsewhere)),
+        pg_snapshot_xmax(snap.s)::text::bigint)
+      FROM snap
+$fn$;

@@ -124,7 +124,7 @@ const readAfterSQL = `
 SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
   FROM relay.events
  WHERE (xid, id) > ($1, $2)
-   AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+   AND xid < relay.horizon()
  ORDER BY xid, id
  LIMIT $3`
 
@@ -200,7 +200,7 @@ func Tail(ctx context.Context, q Querier) (ID, error) {
 	var id ID
 	err := q.QueryRow(ctx, `
 SELECT xid, id FROM relay.events
- WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ WHERE xid < relay.horizon()
  ORDER BY xid DESC, id DESC LIMIT 1`).Scan(&id.Xid, &id.Seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Horizon(ctx, q)

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 )
 
@@ -250,4 +251,31 @@ func inversions(commits []commitRecord) int {
 		maxOrder = max(maxOrder, c.order)
 	}
 	return n
+}
+
+func TestATransactionInAnotherDatabaseDoesNotHoldTheReaderBack(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	other := pgtest.Empty(t)
+	ctx := context.Background()
+
+	// A write transaction stays open in another database of the same
+	// server, with an xid older than the event below.
+	tx, err := other.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // ends the open transaction
+	if _, err := tx.Exec(ctx, "CREATE TABLE held_open (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, insertTemplate, "after-the-other-database")
+
+	events, err := eventlog.ReadAfter(ctx, db.Pool, eventlog.ID{}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != 1 {
+		t.Fatalf("with a transaction open in another database, ReadAfter returned %d events, want 1", len(events))
+	}
 }

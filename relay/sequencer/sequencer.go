@@ -128,7 +128,7 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 const newestSQL = `
 SELECT xid, id FROM relay.events
  WHERE (xid, id) > ($1, $2)
-   AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+   AND xid < relay.horizon()
  ORDER BY xid DESC, id DESC
  LIMIT 1`
 
