@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pgrelay/pgrelay/relay/api"
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -31,6 +32,8 @@ import (
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
+	"github.com/pgrelay/pgrelay/relay/ws"
+	"github.com/pgrelay/pgrelay/web"
 )
 
 // Application names the relay's database sessions carry, so operators (and
@@ -53,6 +56,7 @@ type Server struct {
 	refresher *filter.Refresher
 	auth      *auth.Verifier
 	router    chi.Router
+	ws        *ws.Handler
 
 	wake       chan struct{}
 	listening  atomic.Bool
@@ -154,6 +158,13 @@ func (s *Server) routes() chi.Router {
 		Auth: s.auth, Streams: s.streams, Log: s.log,
 		WriteTimeout: s.cfg.WriteTimeout, Retry: 2 * time.Second,
 	})
+	s.ws = &ws.Handler{
+		Auth: s.auth, Streams: s.streams, Log: s.log,
+		WriteTimeout: s.cfg.WriteTimeout, OriginPatterns: s.cfg.CORSOrigins,
+	}
+	r.Method(http.MethodGet, "/ws", s.ws)
+	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev})
+	r.Handle("/*", web.Handler())
 	return r
 }
 
@@ -196,6 +207,10 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		if err := srv.Shutdown(drainCtx); err != nil {
 			s.log.Warn("shutdown deadline passed; closing remaining connections", "err", err)
 			_ = srv.Close()
+		}
+		// Shutdown does not wait for hijacked (WebSocket) connections.
+		if err := s.ws.Wait(drainCtx); err != nil {
+			s.log.Warn("shutdown deadline passed with websocket streams still closing", "err", err)
 		}
 		return nil
 	})

@@ -3,6 +3,7 @@
 //
 //	relay [flags]                          serve
 //	relay token --sub USER_ID [--ttl 1h]   print an HS256 token for USER_ID
+//	relay demo [--base-port 3001]          the one-command demo (see README)
 package main
 
 import (
@@ -48,12 +49,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		switch args[0] {
 		case "token":
 			return token(args[1:], getenv, stdout, stderr)
+		case "demo":
+			return runDemo(ctx, args[1:], getenv, stdout, stderr)
 		case "serve":
 			args = args[1:]
 		}
 	}
 	cfg, err := relay.ParseConfig("relay", args, getenv, func(fs *flag.FlagSet) {
-		fmt.Fprintf(stderr, "usage: relay [flags]\n       relay token --sub USER_ID [--ttl 1h]\n\nsettings (flag, environment variable, default):\n")
+		fmt.Fprintf(stderr, "usage: relay [flags]\n       relay token --sub USER_ID [--ttl 1h]\n       relay demo [--help]\n\nsettings (flag, environment variable, default):\n")
 		for _, l := range relay.ConfigDefaults() {
 			fmt.Fprintln(stderr, l)
 		}

@@ -1,0 +1,164 @@
+package relaytest
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// WSURL returns the ws:// URL of GET /ws on baseURL with opts as query
+// parameters.
+func WSURL(baseURL string, opts SSEOptions) string {
+	q := url.Values{}
+	for _, topic := range opts.Topics {
+		q.Add("topic", topic)
+	}
+	if opts.LastEventID != "" {
+		q.Set("last_event_id", opts.LastEventID)
+	}
+	u := "ws" + strings.TrimPrefix(baseURL, "http") + "/ws"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// DialWS opens GET /ws on baseURL as token's subscriber without reading
+// from it. The connection is closed when the test ends.
+func DialWS(t testing.TB, baseURL, token string, opts SSEOptions, dial *websocket.DialOptions) *websocket.Conn {
+	t.Helper()
+	if dial == nil {
+		dial = &websocket.DialOptions{}
+	}
+	if dial.HTTPHeader == nil {
+		dial.HTTPHeader = http.Header{}
+	}
+	dial.HTTPHeader.Set("Authorization", "Bearer "+token)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u := WSURL(baseURL, opts)
+	conn, resp, err := websocket.Dial(ctx, u, dial)
+	if err != nil {
+		status := ""
+		if resp != nil {
+			status = resp.Status
+		}
+		t.Fatalf("dial %s: %s %v", u, status, err)
+	}
+	conn.SetReadLimit(4 << 20)
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	return conn
+}
+
+// WS is a WebSocket client that records what it receives, as Events: a
+// message {"id","topic","data"} becomes Event{ID, Event: topic, Data}, and a
+// reset {"type":"reset",…} becomes Event{ID, Event: "reset", Data}.
+type WS struct {
+	Conn   *websocket.Conn
+	Events chan Event
+	// Raw receives every message as sent.
+	Raw chan []byte
+	// Closed receives the error that ended reading (a websocket.CloseError
+	// when the relay closed with a code).
+	Closed chan error
+}
+
+// SubscribeWS opens GET /ws and reads from it until it closes.
+func SubscribeWS(t testing.TB, baseURL, token string, opts SSEOptions) *WS {
+	t.Helper()
+	return ReadWS(t, DialWS(t, baseURL, token, opts, nil))
+}
+
+// ReadWS starts recording what conn receives.
+func ReadWS(t testing.TB, conn *websocket.Conn) *WS {
+	w := &WS{Conn: conn, Events: make(chan Event, 100000), Raw: make(chan []byte, 100000), Closed: make(chan error, 1)}
+	go func() {
+		for {
+			_, b, err := conn.Read(context.Background())
+			if err != nil {
+				w.Closed <- err
+				return
+			}
+			w.Raw <- b
+			var msg struct {
+				ID    string          `json:"id"`
+				Topic string          `json:"topic"`
+				Type  string          `json:"type"`
+				Data  json.RawMessage `json:"data"`
+			}
+			if err := json.Unmarshal(b, &msg); err != nil {
+				w.Events <- Event{Event: "invalid", Data: string(b)}
+				continue
+			}
+			e := Event{ID: msg.ID, Event: msg.Topic, Data: string(msg.Data)}
+			if msg.Type != "" {
+				e.Event = msg.Type
+			}
+			w.Events <- e
+		}
+	}()
+	return w
+}
+
+// Collect waits until n events arrived (failing after timeout) and returns
+// them.
+func (w *WS) Collect(t testing.TB, n int, timeout time.Duration) []Event {
+	t.Helper()
+	out := make([]Event, 0, n)
+	deadline := time.After(timeout)
+	for len(out) < n {
+		select {
+		case e := <-w.Events:
+			out = append(out, e)
+		case err := <-w.Closed:
+			t.Fatalf("connection closed after %d of %d events: %v: %v", len(out), n, err, out)
+		case <-deadline:
+			t.Fatalf("got %d of %d events within %s: %v", len(out), n, timeout, out)
+		}
+	}
+	return out
+}
+
+// Quiet asserts that no event arrives for d.
+func (w *WS) Quiet(t testing.TB, d time.Duration) {
+	t.Helper()
+	select {
+	case e := <-w.Events:
+		t.Fatalf("unexpected event: %+v", e)
+	case <-time.After(d):
+	}
+}
+
+// WaitClosed waits up to timeout for the connection to end and returns the
+// close error, after draining the events received before it into the
+// returned slice.
+func (w *WS) WaitClosed(t testing.TB, timeout time.Duration) ([]Event, error) {
+	t.Helper()
+	var events []Event
+	deadline := time.After(timeout)
+	for {
+		select {
+		case e := <-w.Events:
+			events = append(events, e)
+		case err := <-w.Closed:
+			// Reading stopped: everything received is already queued.
+			for {
+				select {
+				case e := <-w.Events:
+					events = append(events, e)
+				default:
+					return events, err
+				}
+			}
+		case <-deadline:
+			t.Fatalf("connection still open after %s (received %d events)", timeout, len(events))
+			return nil, nil
+		}
+	}
+}

@@ -1,0 +1,313 @@
+// Package ws serves event streams over WebSocket (GET /ws).
+//
+// It shares everything but the wire with the SSE transport: the same
+// authentication, the same topic and last_event_id parameters, and the same
+// stream.Stream, which replays from the log and then hands over to live
+// events without a gap or a duplicate. Every refusal that can be decided
+// before the upgrade (authentication, parameters, unknown subscriber or
+// topic) is answered as plain HTTP with a JSON body, exactly like SSE; after
+// the upgrade the relay only ends a stream with a close frame whose code says
+// why (see docs/transports.md).
+package ws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/stream"
+)
+
+// Close codes the relay sends. 1012 is the standard "service restart"; the
+// 4000-range codes are pgrelay's own (RFC 6455 §7.4.2 leaves them to
+// applications).
+const (
+	// CloseShutdown: the relay is shutting down; reconnect (to any relay)
+	// with last_event_id.
+	CloseShutdown = websocket.StatusServiceRestart
+	// CloseSlowConsumer: the client fell further behind than the relay's
+	// queue allows; reconnect with last_event_id to get what it missed.
+	CloseSlowConsumer websocket.StatusCode = 4000
+	// CloseUnauthorized is reserved for an authentication failure after the
+	// upgrade. The relay checks tokens before upgrading (refusing with HTTP
+	// 401), so it does not send this code today.
+	CloseUnauthorized websocket.StatusCode = 4401
+	// CloseSubscriberGone: the subscriber was deleted from the database; do
+	// not reconnect with the same token.
+	CloseSubscriberGone websocket.StatusCode = 4403
+)
+
+// Close reasons, sent with the codes above. They fit the 123 bytes a close
+// frame allows.
+const (
+	ReasonShutdown       = "relay shutting down: reconnect with last_event_id"
+	ReasonSlowConsumer   = "slow consumer: resume with last_event_id"
+	ReasonSubscriberGone = "subscriber no longer exists"
+	reasonInternal       = "internal error"
+)
+
+// maxClientMessage bounds what a client may send: the relay expects no
+// messages, and reads only so that pings, pongs and close frames are handled.
+const maxClientMessage = 4 << 10
+
+// errNotWebSocket answers a plain GET on the WebSocket endpoint.
+var errNotWebSocket = errors.New("this endpoint speaks WebSocket: send an Upgrade: websocket request (use GET /events for Server-Sent Events)")
+
+// errNoPong ends a stream whose client stopped answering pings.
+var errNoPong = errors.New("client did not answer a ping")
+
+// Handler serves GET /ws.
+type Handler struct {
+	Auth    *auth.Verifier
+	Streams *stream.Opener
+	Log     *slog.Logger
+	// WriteTimeout bounds one write to a client, and the wait for the pong
+	// that answers a keep-alive ping.
+	WriteTimeout time.Duration
+	// OriginPatterns are the browser origins allowed besides the relay's own
+	// (host patterns as in websocket.AcceptOptions; "*" allows any origin).
+	OriginPatterns []string
+	// Connected, if set, is called with +1 when a stream opens and -1 when
+	// it closes.
+	Connected func(delta int)
+
+	// active counts upgraded connections, so shutdown can wait for their
+	// close handshakes: net/http's Shutdown does not track hijacked
+	// connections. (Not a WaitGroup: connections may still arrive while
+	// Wait waits.)
+	mu      sync.Mutex
+	active  int
+	drained chan struct{} // closed when active drops to zero, if someone waits
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	subscriber, err := h.Auth.Subject(r)
+	if err != nil {
+		stream.WriteError(w, stream.Status(err), err)
+		return
+	}
+	req, err := stream.ParseRequest(r)
+	if err != nil {
+		stream.WriteError(w, stream.Status(err), err)
+		return
+	}
+	if !headerHasToken(r.Header, "Upgrade", "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		stream.WriteError(w, http.StatusUpgradeRequired, errNotWebSocket)
+		return
+	}
+	req.Subscriber = subscriber
+	// Opened before the upgrade so an unknown subscriber or topic is still
+	// an HTTP answer, and so live delivery starts from the moment of the
+	// handshake.
+	st, err := h.Streams.Open(r.Context(), req)
+	if err != nil {
+		status := stream.Status(err)
+		if status == http.StatusInternalServerError {
+			h.Log.Error("open event stream", "transport", "ws", "user", subscriber, "err", err)
+		}
+		stream.WriteError(w, status, err)
+		return
+	}
+	defer st.Close()
+
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:     h.OriginPatterns,
+		InsecureSkipVerify: slices.Contains(h.OriginPatterns, "*"),
+	})
+	if err != nil {
+		// Accept has answered (403 for a foreign origin, 400 for a bad
+		// handshake).
+		h.Log.Info("websocket refused", "user", subscriber, "origin", r.Header.Get("Origin"), "err", err)
+		return
+	}
+	defer h.track()()
+	if h.Connected != nil {
+		h.Connected(1)
+		defer h.Connected(-1)
+	}
+	h.serve(r.Context(), conn, st, req)
+}
+
+// serve runs an upgraded connection until the stream ends, then closes it
+// with the code that says why.
+func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.Stream, req stream.Request) {
+	conn.SetReadLimit(maxClientMessage)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		cancel(discardMessages(ctx, conn))
+	}()
+	s := &sink{ctx: ctx, conn: conn, timeout: h.WriteTimeout, fail: cancel}
+	defer func() {
+		_ = conn.CloseNow()
+		<-readDone
+		s.pings.Wait()
+	}()
+
+	start := time.Now()
+	h.Log.Info("stream opened", "transport", "ws", "user", req.Subscriber, "topics", req.Topics, "resume", req.After != nil)
+	err := st.Run(ctx, s)
+	reason := "client closed"
+	switch {
+	case errors.Is(err, hub.ErrShutdown):
+		reason = "shutdown"
+		_ = conn.Close(CloseShutdown, ReasonShutdown)
+	case errors.Is(err, hub.ErrSlowConsumer):
+		reason = "slow consumer"
+		_ = conn.Close(CloseSlowConsumer, ReasonSlowConsumer)
+	case errors.Is(err, hub.ErrSubscriberGone):
+		reason = "subscriber deleted"
+		_ = conn.Close(CloseSubscriberGone, ReasonSubscriberGone)
+	case errors.Is(context.Cause(ctx), errNoPong):
+		reason = "no pong"
+	case ctx.Err() != nil:
+		// The client closed (the library has answered its close frame) or
+		// the connection broke.
+	case err != nil:
+		// A failed write has already closed the connection; anything else
+		// is the relay's fault.
+		reason = "error"
+		h.Log.Warn("stream failed", "transport", "ws", "user", req.Subscriber, "err", err)
+		_ = conn.Close(websocket.StatusInternalError, reasonInternal)
+	}
+	h.Log.Info("stream closed", "transport", "ws", "user", req.Subscriber, "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// track counts one upgraded connection until the returned func is called.
+func (h *Handler) track() (untrack func()) {
+	h.mu.Lock()
+	h.active++
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.active--
+		if h.active == 0 && h.drained != nil {
+			close(h.drained)
+			h.drained = nil
+		}
+	}
+}
+
+// Wait blocks until every upgraded connection has finished its close
+// handshake, or ctx is done.
+func (h *Handler) Wait(ctx context.Context) error {
+	h.mu.Lock()
+	if h.active == 0 {
+		h.mu.Unlock()
+		return nil
+	}
+	if h.drained == nil {
+		h.drained = make(chan struct{})
+	}
+	drained := h.drained
+	h.mu.Unlock()
+	select {
+	case <-drained:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for websocket streams to close: %w", ctx.Err())
+	}
+}
+
+// discardMessages reads until the connection ends, dropping whatever the
+// client sends: reading is what makes the library answer pings, deliver
+// pongs and complete close handshakes. A message over maxClientMessage makes
+// the library close with 1009 (message too big).
+func discardMessages(ctx context.Context, conn *websocket.Conn) error {
+	for {
+		_, r, err := conn.Reader(ctx)
+		if err != nil {
+			return fmt.Errorf("read from client: %w", err)
+		}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return fmt.Errorf("read from client: %w", err)
+		}
+	}
+}
+
+// sink writes a stream as WebSocket text messages, one per event.
+type sink struct {
+	ctx     context.Context
+	conn    *websocket.Conn
+	timeout time.Duration
+	fail    context.CancelCauseFunc
+
+	pinging atomic.Bool
+	pings   sync.WaitGroup
+}
+
+func (s *sink) write(b []byte) error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
+	defer cancel()
+	// On timeout the library closes the connection: a client that stops
+	// reading cannot hold a write for longer than this.
+	if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
+		return fmt.Errorf("write to client: %w", err)
+	}
+	return nil
+}
+
+func (s *sink) Event(m *hub.Message) error { return s.write(m.WS()) }
+
+// Reset sends {"type":"reset","id":"<at>","data":{"reason":"…"}}. It has no
+// "topic" key, so it cannot be mistaken for an event of any topic; its id is
+// where the client's stream now continues.
+func (s *sink) Reset(at eventlog.ID) error {
+	return s.write([]byte(`{"type":"reset","id":"` + at.String() +
+		`","data":{"reason":"events after your last id are no longer retained; reload"}}`))
+}
+
+// Heartbeat sends a ping without waiting for its pong: the wait happens in
+// the background so events keep flowing meanwhile. A ping still unanswered
+// at the next heartbeat is not doubled; one unanswered within the write
+// timeout ends the stream.
+func (s *sink) Heartbeat() error {
+	if !s.pinging.CompareAndSwap(false, true) {
+		return nil
+	}
+	s.pings.Add(1)
+	go func() {
+		defer s.pings.Done()
+		defer s.pinging.Store(false)
+		ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
+		defer cancel()
+		if err := s.conn.Ping(ctx); err != nil && s.ctx.Err() == nil {
+			s.fail(fmt.Errorf("%w: %w", errNoPong, err))
+		}
+	}()
+	return nil
+}
+
+// Flush is a no-op: every message is written to the socket whole.
+func (s *sink) Flush() error { return nil }
+
+// headerHasToken reports whether the comma-separated header key contains
+// token, case-insensitively.
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}

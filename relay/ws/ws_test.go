@@ -1,0 +1,431 @@
+package ws_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/ws"
+)
+
+// wait bounds every wait for a delivery. It is generous because the log
+// reader waits for the oldest open transaction of the whole cluster, and
+// parallel tests dropping databases hold such transactions for seconds.
+const wait = 30 * time.Second
+
+type templateRow struct {
+	ID               string   `json:"id"`
+	Name             string   `json:"name"`
+	ShareLocationIDs []string `json:"share_location_ids"`
+	CreatedBy        string   `json:"created_by"`
+	CreatedAt        string   `json:"created_at"`
+}
+
+func names(t *testing.T, events []relaytest.Event) []string {
+	t.Helper()
+	var out []string
+	for _, e := range events {
+		if e.Event != "templates" {
+			t.Fatalf("message topic %q, want templates: %+v", e.Event, e)
+		}
+		var row templateRow
+		if err := json.Unmarshal([]byte(e.Data), &row); err != nil {
+			t.Fatalf("message data is not a template row: %v: %s", err, e.Data)
+		}
+		out = append(out, row.Name)
+	}
+	return out
+}
+
+func TestWebSocketSeedScenarioAcrossFourRelays(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	relays := make([]*relaytest.Relay, 4)
+	for i := range relays {
+		relays[i] = relaytest.Start(t, db.URL)
+	}
+	users := []string{"zowi-1", "zowi-2", "zolo-1", "zewi-1", "zelo-1", "zowi-9", "zolo-9"}
+	clients := map[string]*relaytest.WS{}
+	for i, u := range users {
+		clients[u] = relaytest.SubscribeWS(t, relays[i%4].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
+	}
+
+	relaytest.InsertTemplate(t, db, "t1 berlin by lena", "zolo-1", "loc-1")
+	relaytest.InsertTemplate(t, db, "t2 paris by olga", "zowi-1", "loc-2")
+	relaytest.InsertTemplate(t, db, "t3 nowhere by emil", "zewi-1")
+	relaytest.InsertTemplate(t, db, "t4 rome+berlin by elsa", "zelo-1", "loc-3", "loc-1")
+	relaytest.InsertTemplate(t, db, "t5 oslo by ines", "zolo-9", "loc-9")
+	relaytest.InsertTemplate(t, db, "t6 oslo by lena", "zolo-1", "loc-9")
+
+	want := map[string][]string{
+		"zowi-1": {"t1 berlin by lena", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
+		"zowi-2": {"t1 berlin by lena", "t2 paris by olga", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
+		"zolo-1": {"t4 rome+berlin by elsa"},
+		"zewi-1": {"t1 berlin by lena", "t2 paris by olga", "t4 rome+berlin by elsa"},
+		"zelo-1": {"t2 paris by olga"},
+		"zowi-9": {"t5 oslo by ines", "t6 oslo by lena"},
+		"zolo-9": {"t6 oslo by lena"},
+	}
+	for _, u := range users {
+		got := names(t, clients[u].Collect(t, len(want[u]), wait))
+		if !slices.Equal(got, want[u]) {
+			t.Errorf("%s received %q, want %q", u, got, want[u])
+		}
+	}
+	for _, u := range users {
+		clients[u].Quiet(t, 100*time.Millisecond)
+	}
+}
+
+func TestWebSocketMessageIsExactlyIDTopicAndTheRow(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	c := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zelo-1"), relaytest.SSEOptions{Topics: []string{"templates"}})
+	id := relaytest.InsertTemplate(t, db, "Q3 menu", "zowi-1", "loc-2")
+
+	var raw []byte
+	select {
+	case raw = <-c.Raw:
+	case <-time.After(wait):
+		t.Fatal("no message")
+	}
+	var msg map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &msg); err != nil {
+		t.Fatalf("message is not a JSON object: %v: %s", err, raw)
+	}
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k := range msg {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	if !slices.Equal(keys, []string{"data", "id", "topic"}) {
+		t.Fatalf("message keys %q, want [data id topic]: %s", keys, raw)
+	}
+	var topic, eventID string
+	var row templateRow
+	_ = json.Unmarshal(msg["topic"], &topic)
+	_ = json.Unmarshal(msg["id"], &eventID)
+	if err := json.Unmarshal(msg["data"], &row); err != nil {
+		t.Fatalf("data is not the row: %v", err)
+	}
+	if topic != "templates" || eventID == "" {
+		t.Errorf("topic %q id %q, want templates and an event id", topic, eventID)
+	}
+	if row.ID != id || row.Name != "Q3 menu" || row.CreatedBy != "zowi-1" || !slices.Equal(row.ShareLocationIDs, []string{"loc-2"}) || row.CreatedAt == "" {
+		t.Errorf("row %+v, want the inserted template %s", row, id)
+	}
+}
+
+func TestWebSocketResumeOnAnotherRelayDeliversExactlyTheMissedEventsThenLive(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	first := relaytest.Start(t, db.URL)
+	second := relaytest.Start(t, db.URL)
+	token := relaytest.Token(t, "zelo-1") // ZELO at loc-2
+
+	c := relaytest.SubscribeWS(t, first.URL, token, relaytest.SSEOptions{})
+	relaytest.InsertTemplate(t, db, "before", "zowi-1", "loc-2")
+	got := c.Collect(t, 1, wait)
+	lastID := got[0].ID
+	if err := c.Conn.Close(websocket.StatusNormalClosure, "bye"); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+
+	relaytest.InsertTemplate(t, db, "missed 1", "zowi-1", "loc-2")
+	relaytest.InsertTemplate(t, db, "not for elsa", "zowi-1", "loc-1")
+	relaytest.InsertTemplate(t, db, "missed 2", "zolo-1", "loc-3", "loc-2")
+
+	c = relaytest.SubscribeWS(t, second.URL, token, relaytest.SSEOptions{LastEventID: lastID})
+	replayed := c.Collect(t, 2, wait)
+	if got, want := names(t, replayed), []string{"missed 1", "missed 2"}; !slices.Equal(got, want) {
+		t.Fatalf("replay after %s: got %q, want %q", lastID, got, want)
+	}
+	relaytest.InsertTemplate(t, db, "live", "zewi-1", "loc-2")
+	if got, want := names(t, c.Collect(t, 1, wait)), []string{"live"}; !slices.Equal(got, want) {
+		t.Fatalf("live after replay: got %q, want %q", got, want)
+	}
+	c.Quiet(t, 200*time.Millisecond)
+	ids := []string{lastID, replayed[0].ID, replayed[1].ID}
+	if !slices.IsSorted(ids) {
+		t.Errorf("event ids not increasing: %q", ids)
+	}
+}
+
+func TestWebSocketAuthAndRequestErrorsAreJSONAnswersBeforeTheUpgrade(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	expired, err := auth.Issue([]byte(relaytest.Secret), "zowi-1", time.Hour, time.Now().Add(-2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := auth.Issue([]byte("some-other-secret-0123456789"), "zowi-1", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name       string
+		header     string // Authorization
+		query      string
+		wantStatus int
+		wantError  string
+	}{
+		{"no token", "", "", http.StatusUnauthorized, "missing token"},
+		{"bad signature", "Bearer " + forged, "", http.StatusUnauthorized, "bad signature"},
+		{"expired", "Bearer " + expired, "", http.StatusUnauthorized, "expired"},
+		{"garbage", "Bearer not-a-jwt", "", http.StatusUnauthorized, "malformed"},
+		{"garbage in access_token", "", "access_token=garbage", http.StatusUnauthorized, "malformed"},
+		{"not bearer", "Basic dXNlcjpwYXNz", "", http.StatusUnauthorized, "Bearer"},
+		{"unknown user", "Bearer " + relaytest.Token(t, "nobody"), "", http.StatusForbidden, "not a known subscriber"},
+		{"unknown user in access_token", "", "access_token=" + relaytest.Token(t, "nobody"), http.StatusForbidden, "not a known subscriber"},
+		{"unknown topic", "Bearer " + relaytest.Token(t, "zowi-1"), "topic=nope", http.StatusBadRequest, "unknown topic"},
+		{"bad last_event_id", "Bearer " + relaytest.Token(t, "zowi-1"), "last_event_id=42", http.StatusBadRequest, "last_event_id"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			u := "ws" + strings.TrimPrefix(r.URL, "http") + "/ws"
+			if tc.query != "" {
+				u += "?" + tc.query
+			}
+			hdr := http.Header{}
+			if tc.header != "" {
+				hdr.Set("Authorization", tc.header)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: hdr})
+			if err == nil {
+				conn.CloseNow()
+				t.Fatalf("dial succeeded, want HTTP %d", tc.wantStatus)
+			}
+			if resp == nil {
+				t.Fatalf("no HTTP response: %v", err)
+			}
+			checkJSONError(t, resp, tc.wantStatus, tc.wantError)
+		})
+	}
+	t.Run("plain GET", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, r.URL+"/ws", nil)
+		req.Header.Set("Authorization", "Bearer "+relaytest.Token(t, "zowi-1"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkJSONError(t, resp, http.StatusUpgradeRequired, "WebSocket")
+	})
+}
+
+func checkJSONError(t *testing.T, resp *http.Response, wantStatus int, wantError string) {
+	t.Helper()
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != wantStatus {
+		t.Fatalf("status %d, want %d: %s", resp.StatusCode, wantStatus, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", ct)
+	}
+	var e map[string]string
+	if err := json.Unmarshal(body, &e); err != nil || len(e) != 1 {
+		t.Fatalf("body %s, want {\"error\": \"...\"}", body)
+	}
+	if !strings.Contains(e["error"], wantError) {
+		t.Errorf("error %q, want it to mention %q", e["error"], wantError)
+	}
+}
+
+func TestWebSocketSlowConsumerIsClosedWith4000AndResumesWithoutLoss(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.QueueSize = 2 })
+	token := relaytest.Token(t, "zelo-1")
+	conn := relaytest.DialWS(t, r.URL, token, relaytest.SSEOptions{}, nil)
+
+	relaytest.InsertTemplate(t, db, "marker", "zowi-1", "loc-2")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	_, b, err := conn.Read(ctx)
+	if err != nil {
+		t.Fatalf("read marker: %v", err)
+	}
+	var marker struct{ ID string }
+	_ = json.Unmarshal(b, &marker)
+
+	// The client stops reading. One statement commits 50 events at once:
+	// more than the queue holds, whatever the writer manages meanwhile.
+	const burst = 50
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
+	            SELECT 'burst ' || lpad(i::text, 2, '0'), '{loc-2}', 'zowi-1' FROM generate_series(1, $1) AS i`, burst)
+	relaytest.Eventually(t, wait, "the relay to drop the slow consumer", func() bool {
+		return r.Server.Hub().Stats().SlowConsumers >= 1
+	})
+
+	received, err := relaytest.ReadWS(t, conn).WaitClosed(t, wait)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != ws.CloseSlowConsumer || ce.Reason != ws.ReasonSlowConsumer {
+		t.Fatalf("closed with %v, want close code %d %q", err, ws.CloseSlowConsumer, ws.ReasonSlowConsumer)
+	}
+	lastID := marker.ID
+	if len(received) > 0 {
+		lastID = received[len(received)-1].ID
+	}
+
+	rest := relaytest.SubscribeWS(t, r.URL, token, relaytest.SSEOptions{LastEventID: lastID})
+	all := append(names(t, received), names(t, rest.Collect(t, burst-len(received), wait))...)
+	for i, name := range all {
+		if want := "burst " + twoDigits(i+1); name != want {
+			t.Fatalf("event %d after resuming: %q, want %q (all: %q)", i, name, want, all)
+		}
+	}
+	rest.Quiet(t, 100*time.Millisecond)
+}
+
+func twoDigits(n int) string { return string([]byte{byte('0' + n/10), byte('0' + n%10)}) }
+
+func TestWebSocketShutdownClosesWith1012(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	c := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
+	r.Stop(t)
+	_, err := c.WaitClosed(t, wait)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != ws.CloseShutdown || ce.Reason != ws.ReasonShutdown {
+		t.Fatalf("closed with %v, want %d %q", err, ws.CloseShutdown, ws.ReasonShutdown)
+	}
+}
+
+func TestWebSocketDeletedSubscriberIsClosedWith4403(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	c := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zolo-9"), relaytest.SSEOptions{})
+	db.Exec(t, `DELETE FROM users WHERE id = 'zolo-9'`)
+	_, err := c.WaitClosed(t, wait)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != ws.CloseSubscriberGone || ce.Reason != ws.ReasonSubscriberGone {
+		t.Fatalf("closed with %v, want %d %q", err, ws.CloseSubscriberGone, ws.ReasonSubscriberGone)
+	}
+}
+
+func TestWebSocketPingsOnTheHeartbeatAndDropsAClientThatNeverAnswers(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) {
+		c.Heartbeat = 50 * time.Millisecond
+		c.WriteTimeout = 300 * time.Millisecond
+	})
+
+	var pings atomic.Int32
+	answering := relaytest.ReadWS(t, relaytest.DialWS(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{}, &websocket.DialOptions{
+		OnPingReceived: func(context.Context, []byte) bool { pings.Add(1); return true },
+	}))
+	silent := relaytest.ReadWS(t, relaytest.DialWS(t, r.URL, relaytest.Token(t, "zowi-2"), relaytest.SSEOptions{}, &websocket.DialOptions{
+		OnPingReceived: func(context.Context, []byte) bool { return false }, // never pong
+	}))
+
+	_, err := silent.WaitClosed(t, wait)
+	if status := websocket.CloseStatus(err); status != -1 {
+		t.Errorf("silent client closed with code %d, want the connection dropped without a close frame", status)
+	}
+	relaytest.Eventually(t, wait, "five pings answered", func() bool { return pings.Load() >= 5 })
+	relaytest.InsertTemplate(t, db, "still here", "zolo-1", "loc-1")
+	if got := names(t, answering.Collect(t, 1, wait)); got[0] != "still here" {
+		t.Errorf("answering client got %q", got)
+	}
+}
+
+func TestWebSocketClientMessagesAreDiscardedUpTo4KiB(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	c := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := c.Conn.Write(ctx, websocket.MessageText, []byte(`{"hello":"relay"}`)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	relaytest.InsertTemplate(t, db, "after hello", "zolo-1", "loc-1")
+	if got := names(t, c.Collect(t, 1, wait)); got[0] != "after hello" {
+		t.Fatalf("got %q", got)
+	}
+	if err := c.Conn.Write(ctx, websocket.MessageText, make([]byte, 5<<10)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_, err := c.WaitClosed(t, wait)
+	if status := websocket.CloseStatus(err); status != websocket.StatusMessageTooBig {
+		t.Fatalf("closed with %v, want %d (message too big)", err, websocket.StatusMessageTooBig)
+	}
+}
+
+func TestWebSocketOriginsAreCheckedAgainstTheRelayAndCORSOrigins(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	strict := relaytest.Start(t, db.URL)
+	listed := relaytest.Start(t, db.URL, func(c *relay.Config) { c.CORSOrigins = []string{"app.example.com"} })
+	anyOrigin := relaytest.Start(t, db.URL, func(c *relay.Config) { c.CORSOrigins = []string{"*"} })
+	cases := []struct {
+		name    string
+		relay   *relaytest.Relay
+		origin  string
+		allowed bool
+	}{
+		{"no Origin (not a browser)", strict, "", true},
+		{"same origin", strict, strict.URL, true},
+		{"foreign origin", strict, "https://evil.example", false},
+		{"listed origin", listed, "https://app.example.com", true},
+		{"unlisted origin", listed, "https://evil.example", false},
+		{"any origin with *", anyOrigin, "https://evil.example", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := http.Header{"Authorization": {"Bearer " + relaytest.Token(t, "zowi-1")}}
+			if tc.origin != "" {
+				hdr.Set("Origin", tc.origin)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			conn, resp, err := websocket.Dial(ctx, relaytest.WSURL(tc.relay.URL, relaytest.SSEOptions{}), &websocket.DialOptions{HTTPHeader: hdr})
+			if tc.allowed {
+				if err != nil {
+					t.Fatalf("dial from %q: %v", tc.origin, err)
+				}
+				conn.Close(websocket.StatusNormalClosure, "")
+				return
+			}
+			if err == nil {
+				conn.CloseNow()
+				t.Fatalf("dial from %q succeeded, want 403", tc.origin)
+			}
+			if resp == nil || resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("dial from %q: %v, want HTTP 403", tc.origin, err)
+			}
+		})
+	}
+}
