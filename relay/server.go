@@ -27,6 +27,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
@@ -52,6 +53,8 @@ type Server struct {
 	streams   *stream.Opener
 	refresher *filter.Refresher
 	auth      *auth.Verifier
+	limits    *limit.Limiter
+	name      string
 	router    chi.Router
 
 	wake       chan struct{}
@@ -80,12 +83,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
+	name := cfg.InstanceName()
 	s := &Server{
-		cfg:  cfg,
-		log:  log,
-		pool: pool,
-		hub:  hub.New(cfg.QueueSize),
-		wake: make(chan struct{}, 1),
+		cfg:    cfg,
+		name:   name,
+		log:    log.With("relay", name),
+		pool:   pool,
+		hub:    hub.New(cfg.QueueSize),
+		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
+		wake:   make(chan struct{}, 1),
 		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
 		}),
@@ -94,8 +100,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		pool.Close()
 		return nil, err
 	}
-	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
-	s.refresher = filter.NewRefresher(pool, s.hub, log, cfg.FilterResync)
+	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
+	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
 	s.router = s.routes()
 	return s, nil
 }
@@ -136,6 +142,7 @@ func (s *Server) Ready() bool { return s.listening.Load() && s.caughtUp.Load() }
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
+	r.Use(s.corsMiddleware())
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
@@ -146,13 +153,14 @@ func (s *Server) routes() chi.Router {
 		}
 		writeJSON(w, status, map[string]any{
 			"ready": status == http.StatusOK, "listening": s.listening.Load(),
-			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(),
+			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(), "relay": s.name,
 			"position": s.hub.Position().String(),
 		})
 	})
 	r.Method(http.MethodGet, "/events", &sse.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
 		WriteTimeout: s.cfg.WriteTimeout, Retry: 2 * time.Second,
+		Limiter: s.limits,
 	})
 	return r
 }
