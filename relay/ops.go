@@ -1,9 +1,14 @@
 package relay
 
 import (
+	"context"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/go-chi/cors"
+
+	"github.com/pgrelay/pgrelay/relay/metrics"
 )
 
 // corsMiddleware lets browsers on the configured origins read the event
@@ -25,4 +30,25 @@ func (s *Server) corsMiddleware() func(http.Handler) http.Handler {
 		AllowCredentials: false,
 		MaxAge:           600,
 	})
+}
+
+// newMetrics builds the relay's metrics, reading the hub's and the
+// listener's counters at scrape time.
+func (s *Server) newMetrics() *metrics.Metrics {
+	return metrics.New(metrics.Sources{
+		EventsReceived:     func() uint64 { return s.hub.Stats().Published },
+		SlowConsumers:      func() uint64 { return s.hub.Stats().SlowConsumers },
+		Subscriptions:      func() int { return s.hub.Stats().Subscriptions },
+		ListenerReconnects: s.reconnects.Load,
+		Ready:              s.Ready,
+		Leader:             s.isLeader.Load,
+		NotificationQueueUsage: func(ctx context.Context) (float64, error) {
+			var usage float64
+			if err := s.pool.QueryRow(ctx, "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {
+				return 0, fmt.Errorf("read pg_notification_queue_usage(): %w", err)
+			}
+			return usage, nil
+		},
+		QueryTimeout: time.Second,
+	}, s.log)
 }

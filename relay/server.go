@@ -29,6 +29,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
+	"github.com/pgrelay/pgrelay/relay/metrics"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
@@ -54,6 +55,7 @@ type Server struct {
 	refresher *filter.Refresher
 	auth      *auth.Verifier
 	limits    *limit.Limiter
+	metrics   *metrics.Metrics
 	name      string
 	router    chi.Router
 
@@ -102,6 +104,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
+	s.metrics = s.newMetrics()
+	s.refresher.Reloaded = s.metrics.FiltersReloaded
 	s.router = s.routes()
 	return s, nil
 }
@@ -157,10 +161,12 @@ func (s *Server) routes() chi.Router {
 			"position": s.hub.Position().String(),
 		})
 	})
+	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
+	sseMetrics := s.metrics.Transport("sse")
 	r.Method(http.MethodGet, "/events", &sse.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
 		WriteTimeout: s.cfg.WriteTimeout, Retry: 2 * time.Second,
-		Limiter: s.limits,
+		Limiter: s.limits, Connected: sseMetrics.Connected, Observer: sseMetrics,
 	})
 	return r
 }
@@ -317,9 +323,13 @@ func (s *Server) readLoop(ctx context.Context) error {
 
 func (s *Server) drain(ctx context.Context) error {
 	for {
+		catchingUp := !s.caughtUp.Load()
 		events, err := eventlog.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
 		if err != nil {
 			return err
+		}
+		if catchingUp {
+			s.metrics.CatchupEvents(len(events))
 		}
 		s.hub.Publish(events)
 		if len(events) < readBatch {
