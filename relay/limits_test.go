@@ -75,7 +75,7 @@ func TestRelayCapsStreamsPerSubscriberWith429(t *testing.T) {
 	// The capped streams still work.
 	sub := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
 	relaytest.InsertTemplate(t, db, "after the refusal", "zowi-2", "loc-1")
-	sub.Collect(t, 1, 5*time.Second)
+	sub.Collect(t, 1, settle)
 }
 
 func TestStreamParametersWithBadValuesGet400JSONAndUnknownOnesAreIgnored(t *testing.T) {

@@ -94,7 +94,7 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 
 	client := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zolo-1"), relaytest.SSEOptions{})
 	relaytest.InsertTemplate(t, db, "counted", "zowi-1", "loc-1")
-	first := client.Collect(t, 1, 5*time.Second)[0]
+	first := client.Collect(t, 1, settle)[0]
 
 	after := scrape(t, r.URL)
 	checks := []struct {
@@ -131,11 +131,11 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 	received := sample(scrape(t, r.URL), "pgrelay_events_received_total")
 	relaytest.InsertTemplate(t, db, "missed", "zowi-1", "loc-1")
 	// Resume only once the relay has the event, so it comes from the log.
-	relaytest.Eventually(t, 5*time.Second, "relay read the missed event", func() bool {
+	relaytest.Eventually(t, settle, "relay read the missed event", func() bool {
 		return sample(scrape(t, r.URL), "pgrelay_events_received_total") > received
 	})
 	resumed := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zolo-1"), relaytest.SSEOptions{LastEventID: first.ID})
-	resumed.Collect(t, 1, 5*time.Second)
+	resumed.Collect(t, 1, settle)
 	final := scrape(t, r.URL)
 	if got := sample(final, "pgrelay_deliveries_total", "transport", "sse", "mode", "replay"); got != 1 {
 		t.Errorf("replayed sse deliveries after a resume: %v, want 1", got)
@@ -146,7 +146,7 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 
 	// A change to a connected subscriber's row reloads its filter.
 	db.Exec(t, `UPDATE users SET name = 'Lena B.' WHERE id = 'zolo-1'`)
-	relaytest.Eventually(t, 5*time.Second, "filter reload counted", func() bool {
+	relaytest.Eventually(t, settle, "filter reload counted", func() bool {
 		return sample(scrape(t, r.URL), "pgrelay_filter_reloads_total") > sample(final, "pgrelay_filter_reloads_total")
 	})
 }
