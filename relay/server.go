@@ -188,7 +188,10 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.router,
 		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		// net/http's own complaints go to the relay's log; they name the
+		// remote address, never the request URL (which may carry a token).
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.listenLoop(gctx) })
@@ -276,10 +279,10 @@ func (h listenHandler) FiltersChanged(c filter.Change) { h.s.refresher.Notify(c)
 
 func (h listenHandler) Connected(up bool) {
 	h.s.listening.Store(up)
+	// Ready again only after a read of the log that began after the
+	// listener was back; reads until then are catch-up (and counted so).
+	h.s.caughtUp.Store(false)
 	if up {
-		// Ready again only after a read of the log that began after the
-		// listener was back.
-		h.s.caughtUp.Store(false)
 		h.s.wakeReader()
 	}
 }
@@ -323,7 +326,8 @@ func (s *Server) readLoop(ctx context.Context) error {
 
 func (s *Server) drain(ctx context.Context) error {
 	for {
-		catchingUp := !s.caughtUp.Load()
+		// While the listener is (re)connecting, reads are catch-up too.
+		catchingUp := !s.caughtUp.Load() || !s.listening.Load()
 		events, err := eventlog.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
 		if err != nil {
 			return err
