@@ -9,6 +9,7 @@ import (
 	"github.com/go-chi/cors"
 
 	"github.com/pgrelay/pgrelay/relay/metrics"
+	"github.com/pgrelay/pgrelay/relay/retention"
 )
 
 // corsMiddleware lets browsers on the configured origins read the event
@@ -50,5 +51,17 @@ func (s *Server) newMetrics() *metrics.Metrics {
 			return usage, nil
 		},
 		QueryTimeout: time.Second,
+	}, s.log)
+}
+
+// pruneLog is the sequencer's duty: prune the log on schedule, so exactly
+// one relay prunes at a time.
+func (s *Server) pruneLog(ctx context.Context) error {
+	return retention.Run(ctx, s.pool, retention.Options{
+		OlderThan: s.cfg.Retention,
+		MaxEvents: int64(s.cfg.RetentionMaxEvents),
+		Interval:  s.cfg.RetentionInterval,
+		Batch:     retention.DefaultBatch,
+		Pruned:    func(r retention.Result) { s.metrics.Pruned(r.Deleted) },
 	}, s.log)
 }

@@ -266,6 +266,7 @@ func (s *Server) sequencerLoop(ctx context.Context) error {
 		Poll: s.cfg.PollInterval, IdleAfter: s.cfg.IdleAfter, IdlePoll: s.cfg.IdlePoll, Retry: time.Second,
 	}, s.log)
 	seq.OnLeader = s.isLeader.Store
+	seq.Duties = s.pruneLog
 	return seq.Run(ctx)
 }
 
