@@ -4,10 +4,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Config is everything a relay can be told. Precedence: defaults, then
@@ -16,6 +21,9 @@ type Config struct {
 	DatabaseURL       string // pool connections (application_name pgrelay)
 	ListenDatabaseURL string // the LISTEN connection; defaults to DatabaseURL (use a direct URL when DatabaseURL goes through a transaction pooler)
 	Addr              string
+	// Name identifies this relay in logs and /readyz; default: hostname and
+	// the port of Addr.
+	Name string
 
 	JWTSecret   string
 	JWTIssuer   string
@@ -31,7 +39,12 @@ type Config struct {
 	Heartbeat    time.Duration // SSE comment / WebSocket ping interval
 	WriteTimeout time.Duration // one write to a client
 	Retention    time.Duration // age after which events are pruned from the log
-	ShutdownWait time.Duration // how long shutdown waits for streams to close
+	// RetentionMaxEvents caps the log's length (0 = unlimited): older events
+	// beyond it are pruned whatever their age.
+	RetentionMaxEvents int
+	// RetentionInterval is how often the sequencer prunes the log.
+	RetentionInterval time.Duration
+	ShutdownWait      time.Duration // how long shutdown waits for streams to close
 
 	PollInterval time.Duration // sequencer poll while events flow
 	IdleAfter    time.Duration // sequencer goes idle after this long without events
@@ -48,20 +61,21 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr:         ":8080",
-		QueueSize:    1024,
-		Heartbeat:    10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		Retention:    24 * time.Hour,
-		ShutdownWait: 10 * time.Second,
-		PollInterval: 2 * time.Millisecond,
-		IdleAfter:    time.Second,
-		IdlePoll:     100 * time.Millisecond,
-		SafetyPoll:   time.Second,
-		FilterResync: 30 * time.Second,
-		PoolSize:     10,
-		LogLevel:     "info",
-		LogFormat:    "text",
+		Addr:              ":8080",
+		QueueSize:         1024,
+		Heartbeat:         10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		Retention:         24 * time.Hour,
+		RetentionInterval: time.Minute,
+		ShutdownWait:      10 * time.Second,
+		PollInterval:      2 * time.Millisecond,
+		IdleAfter:         time.Second,
+		IdlePoll:          100 * time.Millisecond,
+		SafetyPoll:        time.Second,
+		FilterResync:      30 * time.Second,
+		PoolSize:          10,
+		LogLevel:          "info",
+		LogFormat:         "text",
 	}
 }
 
@@ -77,6 +91,7 @@ func (c *Config) settings() []setting {
 		{"database-url", "DATABASE_URL", "PostgreSQL connection URL (default: libpq defaults: PGHOST etc.)", (*stringValue)(&c.DatabaseURL)},
 		{"listen-database-url", "RELAY_LISTEN_DATABASE_URL", "URL for the LISTEN connection; must reach PostgreSQL directly or through a session-mode pooler (default: --database-url)", (*stringValue)(&c.ListenDatabaseURL)},
 		{"addr", "RELAY_ADDR", "HTTP listen address", (*stringValue)(&c.Addr)},
+		{"name", "RELAY_NAME", "this relay's name in logs and /readyz (default: hostname:port)", (*stringValue)(&c.Name)},
 		{"jwt-secret", "RELAY_JWT_SECRET", "HS256 secret that signs subscriber tokens (required unless --insecure-dev)", (*stringValue)(&c.JWTSecret)},
 		{"jwt-issuer", "RELAY_JWT_ISSUER", "if set, tokens must carry this iss", (*stringValue)(&c.JWTIssuer)},
 		{"jwt-audience", "RELAY_JWT_AUDIENCE", "if set, tokens must carry this aud", (*stringValue)(&c.JWTAudience)},
@@ -88,6 +103,8 @@ func (c *Config) settings() []setting {
 		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
 		{"write-timeout", "RELAY_WRITE_TIMEOUT", "how long one write to a client may block", (*durationValue)(&c.WriteTimeout)},
 		{"retention", "RELAY_RETENTION", "events older than this are pruned from the log", (*durationValue)(&c.Retention)},
+		{"retention-max-events", "RELAY_RETENTION_MAX_EVENTS", "keep at most this many events in the log, pruning the oldest (0: unlimited)", (*intValue)(&c.RetentionMaxEvents)},
+		{"retention-interval", "RELAY_RETENTION_INTERVAL", "how often the log is pruned (by one relay at a time: the sequencer)", (*durationValue)(&c.RetentionInterval)},
 		{"shutdown-wait", "RELAY_SHUTDOWN_WAIT", "how long shutdown waits for streams to close", (*durationValue)(&c.ShutdownWait)},
 		{"poll-interval", "RELAY_POLL_INTERVAL", "sequencer log poll interval while events flow", (*durationValue)(&c.PollInterval)},
 		{"idle-after", "RELAY_IDLE_AFTER", "sequencer goes idle after this long without events", (*durationValue)(&c.IdleAfter)},
@@ -139,7 +156,7 @@ func (c *Config) Validate() error {
 		d    time.Duration
 	}{
 		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--retention", c.Retention},
-		{"--shutdown-wait", c.ShutdownWait}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
+		{"--shutdown-wait", c.ShutdownWait}, {"--retention-interval", c.RetentionInterval}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
 		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--filter-resync", c.FilterResync},
 	}
 	for _, p := range positive {
@@ -159,6 +176,26 @@ func (c *Config) Validate() error {
 	if c.MaxConnectionsPerUser < 0 {
 		bad("--max-connections-per-user must be 0 (unlimited) or positive, got %d", c.MaxConnectionsPerUser)
 	}
+	if c.RetentionMaxEvents < 0 {
+		bad("--retention-max-events must be 0 (unlimited) or positive, got %d", c.RetentionMaxEvents)
+	}
+	if strings.ContainsAny(c.Name, " \t\r\n") {
+		bad("--name %q: no spaces, so log lines stay easy to filter", c.Name)
+	}
+	for _, u := range []struct{ flag, url string }{{"--database-url", c.DatabaseURL}, {"--listen-database-url", c.ListenDatabaseURL}} {
+		if u.url == "" {
+			continue
+		}
+		if _, err := pgconn.ParseConfig(u.url); err != nil {
+			// pgconn's message may quote the URL, password included.
+			bad("%s: not a valid PostgreSQL connection string or URL", u.flag)
+		}
+	}
+	for _, o := range c.CORSOrigins {
+		if !validOrigin(o) {
+			bad("--cors-origins: %q is not an origin: want * or scheme://host[:port]", o)
+		}
+	}
 	if c.PoolSize < 2 {
 		bad("--pool-size must be at least 2, got %d", c.PoolSize)
 	}
@@ -173,6 +210,33 @@ func (c *Config) Validate() error {
 		bad("--log-format %q: want text or json", c.LogFormat)
 	}
 	return errors.Join(errs...)
+}
+
+// validOrigin reports whether o is "*" or a browser origin
+// (scheme://host[:port], no path).
+func validOrigin(o string) bool {
+	if o == "*" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" &&
+		u.Path == "" && u.RawQuery == "" && u.Fragment == "" && u.User == nil
+}
+
+// InstanceName returns Name, or hostname:port when it is unset.
+func (c *Config) InstanceName() string {
+	if c.Name != "" {
+		return c.Name
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "relay"
+	}
+	_, port, err := net.SplitHostPort(c.Addr)
+	if err != nil {
+		return host
+	}
+	return net.JoinHostPort(host, port)
 }
 
 type stringValue string
@@ -239,6 +303,8 @@ func ParseConfig(name string, args []string, getenv func(string) string, usage f
 		return cfg, err
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// The parse error is returned, not printed: the caller reports it once.
+	fs.SetOutput(io.Discard)
 	cfg.RegisterFlags(fs)
 	if usage != nil {
 		fs.Usage = func() { usage(fs) }

@@ -28,7 +28,9 @@ import (
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
+	"github.com/pgrelay/pgrelay/relay/metrics"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
@@ -55,6 +57,9 @@ type Server struct {
 	streams   *stream.Opener
 	refresher *filter.Refresher
 	auth      *auth.Verifier
+	limits    *limit.Limiter
+	metrics   *metrics.Metrics
+	name      string
 	router    chi.Router
 	ws        *ws.Handler
 
@@ -84,12 +89,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
+	name := cfg.InstanceName()
 	s := &Server{
-		cfg:  cfg,
-		log:  log,
-		pool: pool,
-		hub:  hub.New(cfg.QueueSize),
-		wake: make(chan struct{}, 1),
+		cfg:    cfg,
+		name:   name,
+		log:    log.With("relay", name),
+		pool:   pool,
+		hub:    hub.New(cfg.QueueSize),
+		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
+		wake:   make(chan struct{}, 1),
 		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
 		}),
@@ -98,8 +106,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		pool.Close()
 		return nil, err
 	}
-	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
-	s.refresher = filter.NewRefresher(pool, s.hub, log, cfg.FilterResync)
+	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
+	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
+	s.metrics = s.newMetrics()
+	s.refresher.Reloaded = s.metrics.FiltersReloaded
 	s.router = s.routes()
 	return s, nil
 }
@@ -140,6 +150,7 @@ func (s *Server) Ready() bool { return s.listening.Load() && s.caughtUp.Load() }
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
+	r.Use(s.corsMiddleware())
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
@@ -150,17 +161,22 @@ func (s *Server) routes() chi.Router {
 		}
 		writeJSON(w, status, map[string]any{
 			"ready": status == http.StatusOK, "listening": s.listening.Load(),
-			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(),
+			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(), "relay": s.name,
 			"position": s.hub.Position().String(),
 		})
 	})
+	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
+	sseMetrics := s.metrics.Transport("sse")
 	r.Method(http.MethodGet, "/events", &sse.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
 		WriteTimeout: s.cfg.WriteTimeout, Retry: 2 * time.Second,
+		Limiter: s.limits, Connected: sseMetrics.Connected, Observer: sseMetrics,
 	})
+	wsMetrics := s.metrics.Transport("ws")
 	s.ws = &ws.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
 		WriteTimeout: s.cfg.WriteTimeout, OriginPatterns: s.cfg.CORSOrigins,
+		Limiter: s.limits, Connected: wsMetrics.Connected, Observer: wsMetrics,
 	}
 	r.Method(http.MethodGet, "/ws", s.ws)
 	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev})
@@ -185,7 +201,10 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.router,
 		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		// net/http's own complaints go to the relay's log; they name the
+		// remote address, never the request URL (which may carry a token).
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.listenLoop(gctx) })
@@ -264,6 +283,7 @@ func (s *Server) sequencerLoop(ctx context.Context) error {
 		Poll: s.cfg.PollInterval, IdleAfter: s.cfg.IdleAfter, IdlePoll: s.cfg.IdlePoll, Retry: time.Second,
 	}, s.log)
 	seq.OnLeader = s.isLeader.Store
+	seq.Duties = s.pruneLog
 	return seq.Run(ctx)
 }
 
@@ -277,10 +297,10 @@ func (h listenHandler) FiltersChanged(c filter.Change) { h.s.refresher.Notify(c)
 
 func (h listenHandler) Connected(up bool) {
 	h.s.listening.Store(up)
+	// Ready again only after a read of the log that began after the
+	// listener was back; reads until then are catch-up (and counted so).
+	h.s.caughtUp.Store(false)
 	if up {
-		// Ready again only after a read of the log that began after the
-		// listener was back.
-		h.s.caughtUp.Store(false)
 		h.s.wakeReader()
 	}
 }
@@ -324,9 +344,14 @@ func (s *Server) readLoop(ctx context.Context) error {
 
 func (s *Server) drain(ctx context.Context) error {
 	for {
+		// While the listener is (re)connecting, reads are catch-up too.
+		catchingUp := !s.caughtUp.Load() || !s.listening.Load()
 		events, err := eventlog.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
 		if err != nil {
 			return err
+		}
+		if catchingUp {
+			s.metrics.CatchupEvents(len(events))
 		}
 		s.hub.Publish(events)
 		if len(events) < readBatch {

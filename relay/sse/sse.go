@@ -17,6 +17,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
@@ -32,31 +33,50 @@ type Handler struct {
 	// Connected, if set, is called with +1 when a stream opens and -1 when
 	// it closes.
 	Connected func(delta int)
+	// Limiter, if set, caps open streams (shared with the other transports).
+	Limiter *limit.Limiter
+	// Observer, if set, is told of every event this transport delivers.
+	Observer stream.Observer
+}
+
+// refuse answers a request that gets no stream, and logs why (never the
+// token: errors from auth describe it without echoing it).
+func (h *Handler) refuse(w http.ResponseWriter, user string, err error) {
+	status := stream.Status(err)
+	if status == http.StatusInternalServerError {
+		// Almost always the database being unreachable: tell the client to
+		// come back rather than that it did something wrong.
+		h.Log.Error("open event stream", "transport", "sse", "user", user, "err", err)
+		status = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "2")
+	} else {
+		h.Log.Info("stream refused", "transport", "sse", "user", user, "status", status, "reason", err.Error())
+	}
+	stream.WriteError(w, status, err)
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	subscriber, err := h.Auth.Subject(r)
 	if err != nil {
-		stream.WriteError(w, stream.Status(err), err)
+		h.refuse(w, "", err)
 		return
 	}
 	req, err := stream.ParseRequest(r)
 	if err != nil {
-		stream.WriteError(w, stream.Status(err), err)
+		h.refuse(w, subscriber, err)
 		return
 	}
 	req.Subscriber = subscriber
+	req.Observer = h.Observer
+	release, err := h.Limiter.Admit(w, subscriber)
+	if err != nil {
+		h.Log.Info("stream refused", "transport", "sse", "user", subscriber, "reason", err.Error())
+		return
+	}
+	defer release()
 	st, err := h.Streams.Open(r.Context(), req)
 	if err != nil {
-		status := stream.Status(err)
-		if status == http.StatusInternalServerError {
-			// Almost always the database being unreachable: tell the client
-			// to come back rather than that it did something wrong.
-			h.Log.Error("open event stream", "user", subscriber, "err", err)
-			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "2")
-		}
-		stream.WriteError(w, status, err)
+		h.refuse(w, subscriber, err)
 		return
 	}
 	defer st.Close()

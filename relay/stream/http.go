@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
@@ -26,7 +27,12 @@ const maxTopics = 64
 // authentication.
 func ParseRequest(r *http.Request) (Request, error) {
 	var req Request
-	q := r.URL.Query()
+	// r.URL.Query() silently drops pairs it cannot parse (a ';', a bad %
+	// escape): a client would get a stream it did not ask for.
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return req, fmt.Errorf("%w: query string: %w", ErrBadRequest, err)
+	}
 	if topics, ok := q["topic"]; ok {
 		if len(topics) > maxTopics {
 			return req, fmt.Errorf("%w: at most %d topic parameters", ErrBadRequest, maxTopics)

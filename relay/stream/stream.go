@@ -50,6 +50,9 @@ type Request struct {
 	Topics []string
 	// After, if set, resumes after that event id.
 	After *eventlog.ID
+	// Observer, if set, is told of this stream's deliveries in place of the
+	// Opener's: a transport sets it to count deliveries under its own name.
+	Observer Observer
 }
 
 // Observer is told about deliveries (for metrics). Methods must be cheap.
@@ -144,6 +147,13 @@ func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
 	return &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom, keys: sub.Keys()}, nil
 }
 
+func (st *Stream) observer() Observer {
+	if st.req.Observer != nil {
+		return st.req.Observer
+	}
+	return st.o.Observer
+}
+
 // Close ends the subscription.
 func (st *Stream) Close() { st.sub.Close() }
 
@@ -202,8 +212,8 @@ func (st *Stream) run(ctx context.Context, sink Sink) error {
 					return err
 				}
 				last = m.ID
-				if st.o.Observer != nil {
-					st.o.Observer.Delivered(m, true)
+				if obs := st.observer(); obs != nil {
+					obs.Delivered(m, true)
 				}
 			}
 			if err := sink.Flush(); err != nil {
@@ -244,8 +254,8 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 			if err := sink.Event(m); err != nil {
 				return cursor, err
 			}
-			if st.o.Observer != nil {
-				st.o.Observer.Delivered(m, false)
+			if obs := st.observer(); obs != nil {
+				obs.Delivered(m, false)
 			}
 		}
 		if len(events) < st.o.CatchupBatch {

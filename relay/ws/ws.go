@@ -28,6 +28,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
@@ -77,12 +78,16 @@ type Handler struct {
 	// WriteTimeout bounds one write to a client, and the wait for the pong
 	// that answers a keep-alive ping.
 	WriteTimeout time.Duration
-	// OriginPatterns are the browser origins allowed besides the relay's own
-	// (host patterns as in websocket.AcceptOptions; "*" allows any origin).
+	// OriginPatterns are the browser origins allowed besides the relay's own:
+	// scheme://host[:port] as in --cors-origins ("*" allows any origin).
 	OriginPatterns []string
 	// Connected, if set, is called with +1 when a stream opens and -1 when
 	// it closes.
 	Connected func(delta int)
+	// Limiter, if set, caps open streams in total and per subscriber.
+	Limiter *limit.Limiter
+	// Observer, if set, is told of deliveries (metrics).
+	Observer stream.Observer
 
 	// active counts upgraded connections, so shutdown can wait for their
 	// close handshakes: net/http's Shutdown does not track hijacked
@@ -110,6 +115,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.Subscriber = subscriber
+	req.Observer = h.Observer
+	if h.Limiter != nil {
+		release, err := h.Limiter.Admit(w, subscriber)
+		if err != nil {
+			h.Log.Info("websocket refused", "user", subscriber, "reason", err.Error())
+			return
+		}
+		defer release()
+	}
 	// Opened before the upgrade so an unknown subscriber or topic is still
 	// an HTTP answer, and so live delivery starts from the moment of the
 	// handshake.
@@ -117,7 +131,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		status := stream.Status(err)
 		if status == http.StatusInternalServerError {
+			// Almost always the database being unreachable: ask the client
+			// to come back.
 			h.Log.Error("open event stream", "transport", "ws", "user", subscriber, "err", err)
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", "2")
 		}
 		stream.WriteError(w, status, err)
 		return

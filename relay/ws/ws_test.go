@@ -388,7 +388,7 @@ func TestWebSocketOriginsAreCheckedAgainstTheRelayAndCORSOrigins(t *testing.T) {
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
 	strict := relaytest.Start(t, db.URL)
-	listed := relaytest.Start(t, db.URL, func(c *relay.Config) { c.CORSOrigins = []string{"app.example.com"} })
+	listed := relaytest.Start(t, db.URL, func(c *relay.Config) { c.CORSOrigins = []string{"https://app.example.com"} })
 	anyOrigin := relaytest.Start(t, db.URL, func(c *relay.Config) { c.CORSOrigins = []string{"*"} })
 	cases := []struct {
 		name    string
@@ -401,6 +401,7 @@ func TestWebSocketOriginsAreCheckedAgainstTheRelayAndCORSOrigins(t *testing.T) {
 		{"foreign origin", strict, "https://evil.example", false},
 		{"listed origin", listed, "https://app.example.com", true},
 		{"unlisted origin", listed, "https://evil.example", false},
+		{"listed host with another scheme", listed, "http://app.example.com", false},
 		{"any origin with *", anyOrigin, "https://evil.example", true},
 	}
 	for _, tc := range cases {

@@ -1,0 +1,229 @@
+package relay
+
+import (
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sampleValues returns an environment value and a different flag value that
+// setting s accepts.
+func sampleValues(t *testing.T, s setting) (env, flagArg string) {
+	t.Helper()
+	switch s.value.(type) {
+	case *stringValue:
+		return "from-env", "from-flag"
+	case *intValue:
+		return "7", "9"
+	case *boolValue:
+		return "true", "false"
+	case *durationValue:
+		return "3s", "4s"
+	case *listValue:
+		return "https://env.example", "https://flag.example"
+	}
+	t.Fatalf("setting --%s has a value type this test does not know: %T", s.flag, s.value)
+	return "", ""
+}
+
+func TestEverySettingTakesFlagOverEnvOverDefault(t *testing.T) {
+	t.Parallel()
+	for _, s := range new(Config).settings() {
+		t.Run(s.flag, func(t *testing.T) {
+			envValue, flagValue := sampleValues(t, s)
+			read := func(env map[string]string, args []string) string {
+				t.Helper()
+				cfg := DefaultConfig()
+				if err := cfg.ApplyEnv(func(k string) string { return env[k] }); err != nil {
+					t.Fatalf("apply env %v: %v", env, err)
+				}
+				fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+				fs.SetOutput(io.Discard)
+				cfg.RegisterFlags(fs)
+				if err := fs.Parse(args); err != nil {
+					t.Fatalf("parse %v: %v", args, err)
+				}
+				for _, c := range cfg.settings() {
+					if c.flag == s.flag {
+						return c.value.String()
+					}
+				}
+				t.Fatalf("setting --%s vanished", s.flag)
+				return ""
+			}
+			def := read(nil, nil)
+			cfg := DefaultConfig()
+			for _, c := range cfg.settings() {
+				if c.flag == s.flag && c.value.String() != def {
+					t.Errorf("with neither env nor flag: got %q, want the default %q", def, c.value.String())
+				}
+			}
+			env := map[string]string{s.env: envValue}
+			if got := read(env, nil); got != normalise(s, envValue) {
+				t.Errorf("$%s=%s: got %q, want %q", s.env, envValue, got, normalise(s, envValue))
+			}
+			arg := "--" + s.flag + "=" + flagValue
+			if got := read(env, []string{arg}); got != normalise(s, flagValue) {
+				t.Errorf("$%s=%s and %s: got %q, want the flag's %q", s.env, envValue, arg, got, normalise(s, flagValue))
+			}
+		})
+	}
+}
+
+// normalise returns how s prints value once set.
+func normalise(s setting, value string) string {
+	if _, ok := s.value.(*durationValue); ok {
+		d, _ := time.ParseDuration(value)
+		return d.String()
+	}
+	return value
+}
+
+func TestParseConfigAppliesDefaultsEnvFlagsInOrderAndValidates(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"RELAY_JWT_SECRET":      "0123456789abcdef-env",
+		"RELAY_ADDR":            "127.0.0.1:9000",
+		"RELAY_MAX_CONNECTIONS": "100",
+		"RELAY_CORS_ORIGINS":    "https://a.example, https://b.example",
+	}
+	cfg, err := ParseConfig("relay", []string{"--addr", ":9100", "--queue-size=64"}, func(k string) string { return env[k] }, nil)
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"addr (flag over env)", cfg.Addr, ":9100"},
+		{"queue size (flag over default)", cfg.QueueSize, 64},
+		{"max connections (env over default)", cfg.MaxConnections, 100},
+		{"jwt secret (env)", cfg.JWTSecret, "0123456789abcdef-env"},
+		{"cors origins (env list)", strings.Join(cfg.CORSOrigins, "|"), "https://a.example|https://b.example"},
+		{"heartbeat (default)", cfg.Heartbeat, 10 * time.Second},
+		{"retention interval (default)", cfg.RetentionInterval, time.Minute},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestParseConfigRejectsUnparsableValuesNamingThem(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"RELAY_QUEUE_SIZE": "lots"}, nil, `RELAY_QUEUE_SIZE="lots"`},
+		{map[string]string{"RELAY_HEARTBEAT": "5"}, nil, `RELAY_HEARTBEAT="5"`},
+		{map[string]string{"RELAY_INSECURE_DEV": "sure"}, nil, `RELAY_INSECURE_DEV="sure"`},
+		{nil, []string{"--max-connections=many"}, "-max-connections"},
+		{nil, []string{"--no-such-flag"}, "no-such-flag"},
+		{map[string]string{"RELAY_JWT_SECRET": "0123456789abcdef"}, []string{"extra"}, `unexpected argument "extra"`},
+	}
+	for _, c := range cases {
+		_, err := ParseConfig("relay", c.args, func(k string) string { return c.env[k] }, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("env %v args %v: got error %v, want one naming %s", c.env, c.args, err, c.want)
+		}
+	}
+}
+
+func TestValidateNamesEveryBadValue(t *testing.T) {
+	t.Parallel()
+	valid := DefaultConfig()
+	valid.JWTSecret = "0123456789abcdef"
+	if err := valid.Validate(); err != nil {
+		t.Fatalf("defaults plus a secret should be valid: %v", err)
+	}
+	cases := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"no secret", func(c *Config) { c.JWTSecret = "" }, "no JWT secret"},
+		{"short secret", func(c *Config) { c.JWTSecret = "short" }, "--jwt-secret is too short"},
+		{"addr", func(c *Config) { c.Addr = "8080" }, "--addr"},
+		{"name", func(c *Config) { c.Name = "relay one" }, "--name"},
+		{"database url", func(c *Config) { c.DatabaseURL = "postgres://h:notaport/db" }, "--database-url"},
+		{"listen database url", func(c *Config) { c.ListenDatabaseURL = "postgres://h:notaport/db" }, "--listen-database-url"},
+		{"cors origin with path", func(c *Config) { c.CORSOrigins = []string{"https://ok.example", "https://x.example/app"} }, `--cors-origins: "https://x.example/app"`},
+		{"max connections", func(c *Config) { c.MaxConnections = -1 }, "--max-connections must"},
+		{"max connections per user", func(c *Config) { c.MaxConnectionsPerUser = -2 }, "--max-connections-per-user"},
+		{"queue size", func(c *Config) { c.QueueSize = 0 }, "--queue-size"},
+		{"heartbeat zero", func(c *Config) { c.Heartbeat = 0 }, "--heartbeat"},
+		{"heartbeat too long", func(c *Config) { c.Heartbeat = time.Minute }, "--heartbeat 1m0s"},
+		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "--write-timeout"},
+		{"retention", func(c *Config) { c.Retention = 0 }, "--retention must"},
+		{"retention max events", func(c *Config) { c.RetentionMaxEvents = -1 }, "--retention-max-events"},
+		{"retention interval", func(c *Config) { c.RetentionInterval = 0 }, "--retention-interval"},
+		{"shutdown wait", func(c *Config) { c.ShutdownWait = 0 }, "--shutdown-wait"},
+		{"poll interval", func(c *Config) { c.PollInterval = 0 }, "--poll-interval"},
+		{"idle after", func(c *Config) { c.IdleAfter = 0 }, "--idle-after"},
+		{"idle poll", func(c *Config) { c.IdlePoll = 0 }, "--idle-poll"},
+		{"safety poll", func(c *Config) { c.SafetyPoll = 0 }, "--safety-poll"},
+		{"filter resync", func(c *Config) { c.FilterResync = 0 }, "--filter-resync"},
+		{"pool size", func(c *Config) { c.PoolSize = 1 }, "--pool-size"},
+		{"log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
+		{"log format", func(c *Config) { c.LogFormat = "xml" }, "--log-format"},
+	}
+	all := valid
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := valid
+			c.mutate(&cfg)
+			err := cfg.Validate()
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error naming %s", err, c.want)
+			}
+		})
+		if c.name != "no secret" {
+			c.mutate(&all)
+		}
+	}
+	// Every bad value at once: each is named, not just the first.
+	err := all.Validate()
+	if err == nil {
+		t.Fatal("a configuration with every value bad validated")
+	}
+	for _, c := range cases {
+		if c.name == "no secret" || c.name == "heartbeat zero" {
+			continue // replaced by other cases on the same field
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("combined error does not name %s:\n%v", c.want, err)
+		}
+	}
+}
+
+func TestValidateDoesNotEchoDatabasePasswords(t *testing.T) {
+	t.Parallel()
+	cfg := DefaultConfig()
+	cfg.JWTSecret = "0123456789abcdef"
+	cfg.DatabaseURL = "postgres://u:sup3rsecret@h:badport/db"
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("bad URL accepted")
+	}
+	if strings.Contains(err.Error(), "sup3rsecret") {
+		t.Errorf("validation error shows the password: %v", err)
+	}
+}
+
+func TestInstanceNameDefaultsToHostAndPort(t *testing.T) {
+	t.Parallel()
+	cfg := DefaultConfig()
+	cfg.Addr = "0.0.0.0:8123"
+	if got := cfg.InstanceName(); !strings.HasSuffix(got, ":8123") || strings.HasPrefix(got, ":") {
+		t.Errorf("InstanceName() = %q, want hostname:8123", got)
+	}
+	cfg.Name = "relay-a"
+	if got := cfg.InstanceName(); got != "relay-a" {
+		t.Errorf("InstanceName() = %q, want the configured relay-a", got)
+	}
+}

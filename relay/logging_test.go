@@ -1,0 +1,130 @@
+package relay_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/auth"
+)
+
+// logBuffer collects log output written from many goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines returns the JSON log records whose msg is msg.
+func (b *logBuffer) lines(t *testing.T, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
+	for sc.Scan() {
+		var rec map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", sc.Text())
+		}
+		if rec["msg"] == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+func TestLogsOneLinePerStreamOpenAndCloseAndNeverTheToken(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	logs := &logBuffer{}
+	log := relay.NewLogger(logs, relay.Config{LogLevel: "debug", LogFormat: "json"})
+	r := relaytest.StartLogging(t, db.URL, log, func(c *relay.Config) { c.Name = "relay-under-test" })
+
+	good := relaytest.Token(t, "zolo-1")
+	forged, err := auth.Issue([]byte("some-other-secret-0123456789"), "zolo-1", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, err := auth.Issue([]byte(relaytest.Secret), "zolo-1", time.Minute, time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger := relaytest.Token(t, "nobody-at-all")
+
+	// A session with the token in the query string, as EventSource sends it.
+	s := relaytest.OpenSSE(t, r.URL+"/events?topic=templates&access_token="+url.QueryEscape(good), nil)
+	if s.Status != http.StatusOK {
+		t.Fatalf("stream with a query token: %d %s", s.Status, s.Body)
+	}
+	relaytest.InsertTemplate(t, db, "logged", "zowi-1", "loc-1")
+	s.Collect(t, 1, settle)
+	s.Close()
+
+	refusals := []struct {
+		query  string
+		header http.Header
+		status int
+	}{
+		{"?access_token=" + url.QueryEscape(forged), nil, http.StatusUnauthorized},
+		{"?access_token=" + url.QueryEscape(expired), nil, http.StatusUnauthorized},
+		{"", relaytest.BearerHeader(forged + "x"), http.StatusUnauthorized},
+		{"?access_token=" + url.QueryEscape(stranger), nil, http.StatusForbidden},
+		{"?access_token=" + url.QueryEscape(good) + "&last_event_id=" + url.QueryEscape(good), nil, http.StatusBadRequest},
+	}
+	for _, c := range refusals {
+		if got := relaytest.OpenSSE(t, r.URL+"/events"+c.query, c.header); got.Status != c.status {
+			t.Errorf("GET /events%s: %d, want %d", c.query, got.Status, c.status)
+		}
+	}
+	relaytest.Eventually(t, settle, "stream closed logged", func() bool { return len(logs.lines(t, "stream closed")) == 1 })
+
+	opened := logs.lines(t, "stream opened")
+	if len(opened) != 1 {
+		t.Fatalf("%d \"stream opened\" lines, want 1:\n%s", len(opened), logs)
+	}
+	closed := logs.lines(t, "stream closed")[0]
+	for _, rec := range []map[string]any{opened[0], closed} {
+		if rec["user"] != "zolo-1" || rec["transport"] != "sse" || rec["relay"] != "relay-under-test" {
+			t.Errorf("%s line lacks user, transport or relay: %v", rec["msg"], rec)
+		}
+	}
+	if closed["reason"] != "client closed" {
+		t.Errorf("stream closed with reason %v, want client closed", closed["reason"])
+	}
+	if refused := logs.lines(t, "stream refused"); len(refused) != len(refusals) {
+		t.Errorf("%d \"stream refused\" lines, want %d", len(refused), len(refusals))
+	}
+
+	// Let the relay log its shutdown too before looking for secrets.
+	r.Stop(t)
+	all := logs.String()
+	for name, tok := range map[string]string{"valid": good, "forged": forged, "expired": expired, "stranger's": stranger} {
+		sig := tok[strings.LastIndex(tok, ".")+1:]
+		if strings.Contains(all, tok) || strings.Contains(all, sig) {
+			t.Errorf("the %s token appears in the logs:\n%s", name, all)
+		}
+	}
+	if strings.Contains(all, relaytest.Secret) {
+		t.Error("the signing secret appears in the logs")
+	}
+}

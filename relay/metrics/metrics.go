@@ -1,0 +1,244 @@
+// Package metrics exposes a relay's Prometheus metrics on its own registry
+// (never the process-wide default one, so several relays can run in one
+// process, as they do in tests).
+//
+// Counters the relay already keeps (the hub's, the listener's) are read at
+// scrape time through Sources; what happens per connection or per delivery is
+// pushed through the methods of Metrics and Transport.
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgrelay/pgrelay/relay/hub"
+)
+
+// Sources are read when Prometheus scrapes. Every field is optional.
+type Sources struct {
+	// EventsReceived counts events the relay read from the log.
+	EventsReceived func() uint64
+	// SlowConsumers counts streams closed because their queue was full.
+	SlowConsumers func() uint64
+	// Subscriptions is the number of open subscriptions in the hub.
+	Subscriptions func() int
+	// ListenerReconnects counts reconnects of the LISTEN connection.
+	ListenerReconnects func() uint64
+	// Ready reports readiness as /readyz does.
+	Ready func() bool
+	// Leader reports whether this relay is the sequencer.
+	Leader func() bool
+	// NotificationQueueUsage returns pg_notification_queue_usage(), the
+	// fraction of PostgreSQL's NOTIFY queue in use. It is called with a
+	// context that expires after QueryTimeout.
+	NotificationQueueUsage func(ctx context.Context) (float64, error)
+	// QueryTimeout bounds NotificationQueueUsage (default 1s), so a slow
+	// database does not hang scrapes.
+	QueryTimeout time.Duration
+}
+
+// Metrics holds one relay's collectors.
+type Metrics struct {
+	reg *prometheus.Registry
+	log *slog.Logger
+
+	connected    *prometheus.GaugeVec
+	deliveries   *prometheus.CounterVec
+	latency      *prometheus.HistogramVec
+	catchup      prometheus.Counter
+	reloads      prometheus.Counter
+	reloadedSubs prometheus.Counter
+	pruned       prometheus.Counter
+}
+
+// LatencyBuckets are the commit→send latency histogram's upper bounds, in
+// seconds: from 0.5 ms (a relay on the database host) to 10 s (a relay that
+// fell behind).
+var LatencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// New returns metrics registered on a fresh registry, reading src at scrape
+// time; log receives scrape errors.
+func New(src Sources, log *slog.Logger) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		log: log,
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgrelay_connected_subscribers",
+			Help: "Open event streams, by transport.",
+		}, []string{"transport"}),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrelay_deliveries_total",
+			Help: "Events written to clients, by transport and mode (live, or replay from the log on resume).",
+		}, []string{"transport", "mode"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pgrelay_delivery_latency_seconds",
+			Help:    "Time from an event's insert (created_at) to its write to a client, for live deliveries, by transport.",
+			Buckets: LatencyBuckets,
+		}, []string{"transport"}),
+		catchup: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgrelay_catchup_events_total",
+			Help: "Events read from the log to catch up after the listener reconnected.",
+		}),
+		reloads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgrelay_filter_reloads_total",
+			Help: "Reloads of connected subscribers' filters.",
+		}),
+		reloadedSubs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgrelay_filter_reloaded_subscribers_total",
+			Help: "Subscriber filters reloaded.",
+		}),
+		pruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgrelay_pruned_events_total",
+			Help: "Events this relay pruned from the log (as the sequencer).",
+		}),
+	}
+	// The SSE series exist from the start, so dashboards and alerts see a
+	// zero rather than nothing.
+	m.Transport("sse")
+	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.catchup, m.reloads, m.reloadedSubs, m.pruned,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registerSources(src)
+	return m
+}
+
+func (m *Metrics) registerSources(src Sources) {
+	counter := func(name, help string, f func() uint64) {
+		if f != nil {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+				func() float64 { return float64(f()) }))
+		}
+	}
+	gauge := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+	}
+	counter("pgrelay_events_received_total", "Events read from the log by this relay.", src.EventsReceived)
+	counter("pgrelay_slow_consumer_disconnects_total", "Streams closed because the client fell too far behind (its queue was full).", src.SlowConsumers)
+	counter("pgrelay_listener_reconnects_total", "Reconnects of the relay's LISTEN connection.", src.ListenerReconnects)
+	if src.Subscriptions != nil {
+		gauge("pgrelay_subscriptions", "Open subscriptions in the hub (every transport).", func() float64 { return float64(src.Subscriptions()) })
+	}
+	if src.Ready != nil {
+		gauge("pgrelay_ready", "1 while the relay is ready (listening and caught up), as /readyz.", func() float64 { return boolFloat(src.Ready()) })
+	}
+	if src.Leader != nil {
+		gauge("pgrelay_sequencer_leader", "1 while this relay is the sequencer (announces events and prunes the log).", func() float64 { return boolFloat(src.Leader()) })
+	}
+	if src.NotificationQueueUsage != nil {
+		timeout := src.QueryTimeout
+		if timeout <= 0 {
+			timeout = time.Second
+		}
+		m.reg.MustRegister(&queueUsage{query: src.NotificationQueueUsage, timeout: timeout, desc: prometheus.NewDesc(
+			"pgrelay_notification_queue_usage_ratio",
+			"pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use (NOTIFY fails when it is full).",
+			nil, nil)})
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// queueUsage asks PostgreSQL at scrape time, so the value is never stale.
+type queueUsage struct {
+	query   func(ctx context.Context) (float64, error)
+	timeout time.Duration
+	desc    *prometheus.Desc
+}
+
+func (q *queueUsage) Describe(ch chan<- *prometheus.Desc) { ch <- q.desc }
+
+func (q *queueUsage) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), q.timeout)
+	defer cancel()
+	v, err := q.query(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(q.desc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, v)
+}
+
+// Handler serves the metrics in Prometheus text format. A metric that cannot
+// be collected (the database is slow) is left out and logged; the rest is
+// still served.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      errorLog{m.log},
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      m.reg,
+	})
+}
+
+// Registry returns the registry, for callers that add their own collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Println(v ...any) {
+	if e.log != nil {
+		e.log.Warn("collect metrics", "err", fmt.Sprint(v...))
+	}
+}
+
+// CatchupEvents counts n events read to catch up after a listener reconnect.
+func (m *Metrics) CatchupEvents(n int) { m.catchup.Add(float64(n)) }
+
+// FiltersReloaded counts one reload of n subscribers' filters (the
+// filter.Refresher's Reloaded hook).
+func (m *Metrics) FiltersReloaded(n int) {
+	m.reloads.Inc()
+	m.reloadedSubs.Add(float64(n))
+}
+
+// Pruned counts n events pruned from the log.
+func (m *Metrics) Pruned(n int64) { m.pruned.Add(float64(n)) }
+
+// Transport returns the hooks of one transport ("sse", "ws"): pass its
+// Connected to the transport's connection hook and the Transport itself as
+// the streams' stream.Observer.
+func (m *Metrics) Transport(name string) *Transport {
+	return &Transport{
+		connected: m.connected.WithLabelValues(name),
+		live:      m.deliveries.WithLabelValues(name, "live"),
+		replay:    m.deliveries.WithLabelValues(name, "replay"),
+		latency:   m.latency.WithLabelValues(name),
+		now:       time.Now,
+	}
+}
+
+// Transport records one transport's connections and deliveries.
+type Transport struct {
+	connected    prometheus.Gauge
+	live, replay prometheus.Counter
+	latency      prometheus.Observer
+	now          func() time.Time
+}
+
+// Connected adds delta (+1 on open, -1 on close) to the transport's open
+// streams.
+func (t *Transport) Connected(delta int) { t.connected.Add(float64(delta)) }
+
+// Delivered counts one event written to a client (stream.Observer). Latency
+// is observed for live events only: a replayed event is as old as the
+// client's absence, which says nothing about the relay.
+func (t *Transport) Delivered(m *hub.Message, live bool) {
+	if !live {
+		t.replay.Inc()
+		return
+	}
+	t.live.Inc()
+	if !m.CreatedAt.IsZero() {
+		t.latency.Observe(max(t.now().Sub(m.CreatedAt), 0).Seconds())
+	}
+}

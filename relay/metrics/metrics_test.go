@@ -1,0 +1,75 @@
+package metrics_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/metrics"
+)
+
+func get(t *testing.T, h http.Handler) string {
+	t.Helper()
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if w.Code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %s", w.Code, w.Body)
+	}
+	return w.Body.String()
+}
+
+func TestEachTransportGetsItsOwnSeries(t *testing.T) {
+	t.Parallel()
+	m := metrics.New(metrics.Sources{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ws := m.Transport("ws")
+	ws.Connected(1)
+	ws.Connected(1)
+	ws.Connected(-1)
+	ws.Delivered(hub.NewMessage(eventlog.Event{CreatedAt: time.Now().Add(-20 * time.Millisecond)}), true)
+	ws.Delivered(hub.NewMessage(eventlog.Event{CreatedAt: time.Now().Add(-time.Hour)}), false)
+	body := get(t, m.Handler())
+	for _, want := range []string{
+		`pgrelay_connected_subscribers{transport="ws"} 1`,
+		`pgrelay_connected_subscribers{transport="sse"} 0`,
+		`pgrelay_deliveries_total{mode="live",transport="ws"} 1`,
+		`pgrelay_deliveries_total{mode="replay",transport="ws"} 1`,
+		`pgrelay_delivery_latency_seconds_bucket{transport="ws",le="0.01"} 0`,
+		`pgrelay_delivery_latency_seconds_bucket{transport="ws",le="0.025"} 1`,
+		`pgrelay_delivery_latency_seconds_count{transport="ws"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s\n%s", want, body)
+		}
+	}
+}
+
+func TestASlowDatabaseDoesNotFailTheScrape(t *testing.T) {
+	t.Parallel()
+	m := metrics.New(metrics.Sources{
+		EventsReceived: func() uint64 { return 7 },
+		NotificationQueueUsage: func(ctx context.Context) (float64, error) {
+			<-ctx.Done() // a database that does not answer
+			return 0, errors.New("timed out")
+		},
+		QueryTimeout: 20 * time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	start := time.Now()
+	body := get(t, m.Handler())
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("scrape took %s despite a 20ms query timeout", d)
+	}
+	if !strings.Contains(body, "pgrelay_events_received_total 7") {
+		t.Errorf("other metrics missing when the queue usage query fails:\n%s", body)
+	}
+	if strings.Contains(body, "pgrelay_notification_queue_usage_ratio ") {
+		t.Errorf("queue usage reported although the query failed")
+	}
+}

@@ -1,0 +1,67 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/cors"
+
+	"github.com/pgrelay/pgrelay/relay/metrics"
+	"github.com/pgrelay/pgrelay/relay/retention"
+)
+
+// corsMiddleware lets browsers on the configured origins read the event
+// stream and the JSON endpoints. Without configured origins it adds nothing:
+// only same-origin pages may read responses.
+func (s *Server) corsMiddleware() func(http.Handler) http.Handler {
+	if len(s.cfg.CORSOrigins) == 0 {
+		// go-chi/cors treats an empty list as "any origin": never hand it one.
+		return func(next http.Handler) http.Handler { return next }
+	}
+	return cors.Handler(cors.Options{
+		AllowedOrigins: s.cfg.CORSOrigins,
+		AllowedMethods: []string{http.MethodGet, http.MethodHead, http.MethodOptions},
+		// EventSource sends Last-Event-ID on reconnect; fetch-based clients
+		// send Authorization.
+		AllowedHeaders: []string{"Authorization", "Last-Event-ID", "Cache-Control", "Content-Type"},
+		ExposedHeaders: []string{"Retry-After"},
+		// Tokens travel in headers or the query, never in cookies.
+		AllowCredentials: false,
+		MaxAge:           600,
+	})
+}
+
+// newMetrics builds the relay's metrics, reading the hub's and the
+// listener's counters at scrape time.
+func (s *Server) newMetrics() *metrics.Metrics {
+	return metrics.New(metrics.Sources{
+		EventsReceived:     func() uint64 { return s.hub.Stats().Published },
+		SlowConsumers:      func() uint64 { return s.hub.Stats().SlowConsumers },
+		Subscriptions:      func() int { return s.hub.Stats().Subscriptions },
+		ListenerReconnects: s.reconnects.Load,
+		Ready:              s.Ready,
+		Leader:             s.isLeader.Load,
+		NotificationQueueUsage: func(ctx context.Context) (float64, error) {
+			var usage float64
+			if err := s.pool.QueryRow(ctx, "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {
+				return 0, fmt.Errorf("read pg_notification_queue_usage(): %w", err)
+			}
+			return usage, nil
+		},
+		QueryTimeout: time.Second,
+	}, s.log)
+}
+
+// pruneLog is the sequencer's duty: prune the log on schedule, so exactly
+// one relay prunes at a time.
+func (s *Server) pruneLog(ctx context.Context) error {
+	return retention.Run(ctx, s.pool, retention.Options{
+		OlderThan: s.cfg.Retention,
+		MaxEvents: int64(s.cfg.RetentionMaxEvents),
+		Interval:  s.cfg.RetentionInterval,
+		Batch:     retention.DefaultBatch,
+		Pruned:    func(r retention.Result) { s.metrics.Pruned(r.Deleted) },
+	}, s.log)
+}
