@@ -165,3 +165,33 @@ func TestMatchDoesNotAllocate(t *testing.T) {
 		t.Errorf("delivered %d, want %d", n, 101*10)
 	}
 }
+
+func TestMatchToleratesFnRemovingTheEntryItWasGiven(t *testing.T) {
+	ix := New[int]()
+	var entries []*Entry[int]
+	for i := range 10 {
+		e := &Entry[int]{Subscriber: "s" + strconv.Itoa(i)}
+		ix.Set(e, Keys{"t": {"a", "b"}})
+		entries = append(entries, e)
+	}
+	var got []string
+	ix.Match("t", []string{"a", "b"}, "", func(e *Entry[int]) {
+		got = append(got, e.Subscriber)
+		if e.Subscriber[1]%2 == 0 {
+			ix.Remove(e) // as the hub does with a subscription whose queue is full
+		}
+	})
+	want := make([]string, len(entries))
+	for i, e := range entries {
+		want[i] = e.Subscriber
+	}
+	if !slices.Equal(sorted(got), sorted(want)) {
+		t.Errorf("with removals during Match, visited %v, want each of %v once", got, want)
+	}
+	if ix.Len() != 5 {
+		t.Errorf("Len = %d after removing the even ones, want 5", ix.Len())
+	}
+	if got := sorted(matched(ix, "t", []string{"b"}, "")); !slices.Equal(got, []string{"s1", "s3", "s5", "s7", "s9"}) {
+		t.Errorf("afterwards Match = %v, want the odd ones", got)
+	}
+}
