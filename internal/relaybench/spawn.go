@@ -190,6 +190,7 @@ func (sp *Spawned) Stop(logf func(string, ...any)) {
 			<-w
 		}
 	}
+	sp.reportErrors(logf)
 	if sp.keep {
 		logf("kept database %s and relay logs in %s", sp.DBName, sp.dir)
 		return
@@ -215,4 +216,22 @@ func parseURL(s string) (*url.URL, error) {
 		return nil, fmt.Errorf("relay URL %q: %w", s, err)
 	}
 	return u, nil
+}
+
+// reportErrors repeats the first error lines of the relays' logs, which are
+// removed with the run: an HTTP 500 is only explained there.
+func (sp *Spawned) reportErrors(logf func(string, ...any)) {
+	shown := 0
+	for i := range sp.procs {
+		b, err := os.ReadFile(filepath.Join(sp.dir, "relay-"+strconv.Itoa(i)+".log"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "level=ERROR") && shown < 5 {
+				logf("relay %d log: %s", i, line)
+				shown++
+			}
+		}
+	}
 }
