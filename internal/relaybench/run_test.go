@@ -161,3 +161,13 @@ func TestParseProcStatus(t *testing.T) {
 		t.Error("parseProcStatus without VmRSS succeeded")
 	}
 }
+
+func TestRaiseFileLimitReportsALimitItCannotReach(t *testing.T) {
+	got, err := RaiseFileLimit(1 << 40) // beyond any kernel's nr_open
+	if err == nil || !strings.Contains(err.Error(), "open-file limit") {
+		t.Errorf("RaiseFileLimit(2^40) = %d, %v; want an error naming the open-file limit", got, err)
+	}
+	if got, err := RaiseFileLimit(64); err != nil || got < 64 {
+		t.Errorf("RaiseFileLimit(64) = %d, %v; want at least 64", got, err)
+	}
+}

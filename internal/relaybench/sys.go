@@ -18,7 +18,7 @@ import (
 // RaiseFileLimit lets this process (and relays it spawns, which inherit the
 // limit) hold at least need descriptors: the soft limit goes up to the hard
 // one, and the hard one too when the process may raise it (root). It returns
-// the soft limit in force afterwards.
+// the soft limit in force afterwards, and an error if that is below need.
 func RaiseFileLimit(need uint64) (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -38,6 +38,9 @@ func RaiseFileLimit(need uint64) (uint64, error) {
 				return lim.Cur, fmt.Errorf("raise open-file limit to %d: %w", want.Cur, err)
 			}
 		}
+	}
+	if want.Cur < need {
+		return want.Cur, fmt.Errorf("open-file limit is %d, a run of this size needs %d: raise the hard limit (ulimit -Hn, limits.conf, or the container's nofile) or use fewer subscribers", want.Cur, need)
 	}
 	return want.Cur, nil
 }
