@@ -56,6 +56,8 @@ type Config struct {
 
 	LogLevel  string // debug, info, warn, error
 	LogFormat string // text or json
+
+	PprofAddr string // if set, serve net/http/pprof here (for profiling; keep it on loopback)
 }
 
 // DefaultConfig returns the defaults.
@@ -114,6 +116,7 @@ func (c *Config) settings() []setting {
 		{"pool-size", "RELAY_POOL_SIZE", "maximum database connections in the pool", (*intValue)(&c.PoolSize)},
 		{"log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
 		{"log-format", "RELAY_LOG_FORMAT", "text or json", (*stringValue)(&c.LogFormat)},
+		{"pprof-addr", "RELAY_PPROF_ADDR", "serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (default: off)", (*stringValue)(&c.PprofAddr)},
 	}
 }
 
@@ -198,6 +201,11 @@ func (c *Config) Validate() error {
 	}
 	if c.PoolSize < 2 {
 		bad("--pool-size must be at least 2, got %d", c.PoolSize)
+	}
+	if c.PprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			bad("--pprof-addr %q: want host:port (%v)", c.PprofAddr, err)
+		}
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

@@ -211,6 +211,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.readLoop(gctx) })
 	g.Go(func() error { return s.sequencerLoop(gctx) })
 	g.Go(func() error { return s.refresher.Run(gctx) })
+	if s.cfg.PprofAddr != "" {
+		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
+	}
 	g.Go(func() error {
 		s.log.Info("relay serving", "addr", ln.Addr().String())
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

@@ -14,27 +14,52 @@ type Entry[T any] struct {
 	// Value is the caller's payload (typically the subscription).
 	Value T
 
-	keys Keys
 	// mark is the sequence number of the last event this entry was matched
-	// for: an entry reached through several keys is visited once.
+	// for: an entry reached through several keys is visited once. It sits
+	// next to Subscriber so that visiting an entry touches one cache line.
 	mark uint64
+	keys Keys
+	// slots are where the entry sits in the buckets of its keys, so that
+	// removing it costs O(keys), whatever the size of the buckets.
+	slots []slot[T]
 }
 
 // Keys returns the keys the entry is indexed under. The caller must not
 // modify them.
 func (e *Entry[T]) Keys() Keys { return e.keys }
 
+// slot is one position of an entry: bucket b, index pos in b.members.
+type slot[T any] struct {
+	b   *bucket[T]
+	pos int
+}
+
+// member is one element of a bucket: the entry, and which of its slots
+// points back here (updated when a removal moves the member).
+type member[T any] struct {
+	e    *Entry[T]
+	slot int
+}
+
+// bucket holds the entries listening to one key of one topic. A slice, not a
+// set: matching walks contiguous memory, and removal swaps the last member
+// into the hole.
+type bucket[T any] struct {
+	topic, key string
+	members    []member[T]
+}
+
 // Index maps topic → key → entries. It is not safe for concurrent use: the
 // owner serialises access.
 type Index[T any] struct {
-	topics map[string]map[string]map[*Entry[T]]struct{}
+	topics map[string]map[string]*bucket[T]
 	seq    uint64
 	size   int
 }
 
 // New returns an empty index.
 func New[T any]() *Index[T] {
-	return &Index[T]{topics: map[string]map[string]map[*Entry[T]]struct{}{}}
+	return &Index[T]{topics: map[string]map[string]*bucket[T]{}}
 }
 
 // Len returns the number of entries in the index.
@@ -51,19 +76,25 @@ func (ix *Index[T]) Set(e *Entry[T], keys Keys) {
 		keys = Keys{}
 	}
 	e.keys = keys
+	n := 0
+	for _, ks := range keys {
+		n += len(ks)
+	}
+	e.slots = make([]slot[T], 0, n)
 	for topic, ks := range keys {
 		byKey := ix.topics[topic]
 		if byKey == nil {
-			byKey = map[string]map[*Entry[T]]struct{}{}
+			byKey = map[string]*bucket[T]{}
 			ix.topics[topic] = byKey
 		}
 		for _, k := range ks {
-			set := byKey[k]
-			if set == nil {
-				set = map[*Entry[T]]struct{}{}
-				byKey[k] = set
+			b := byKey[k]
+			if b == nil {
+				b = &bucket[T]{topic: topic, key: k}
+				byKey[k] = b
 			}
-			set[e] = struct{}{}
+			e.slots = append(e.slots, slot[T]{b: b, pos: len(b.members)})
+			b.members = append(b.members, member[T]{e: e, slot: len(e.slots) - 1})
 		}
 	}
 }
@@ -79,23 +110,35 @@ func (ix *Index[T]) Remove(e *Entry[T]) {
 }
 
 func (ix *Index[T]) remove(e *Entry[T]) {
-	for topic, ks := range e.keys {
-		byKey := ix.topics[topic]
-		for _, k := range ks {
-			set := byKey[k]
-			delete(set, e)
-			if len(set) == 0 {
-				delete(byKey, k)
+	for _, s := range e.slots {
+		b := s.b
+		last := len(b.members) - 1
+		moved := b.members[last]
+		b.members[s.pos] = moved
+		// moved may be e itself (a key listed twice): a later slot of e then
+		// reads the updated position.
+		moved.e.slots[moved.slot].pos = s.pos
+		b.members[last] = member[T]{}
+		b.members = b.members[:last]
+		switch {
+		case last == 0:
+			byKey := ix.topics[b.topic]
+			delete(byKey, b.key)
+			if len(byKey) == 0 {
+				delete(ix.topics, b.topic)
 			}
-		}
-		if len(byKey) == 0 {
-			delete(ix.topics, topic)
+		case cap(b.members) > 64 && last < cap(b.members)/4:
+			// Give memory back after a crowd of subscribers left a key.
+			b.members = append([]member[T](nil), b.members...)
 		}
 	}
+	e.slots = nil
 }
 
 // Match calls fn once for every entry that listens to topic under any of the
-// audience keys, except entries of the actor. It allocates nothing.
+// audience keys, except entries of the actor. It allocates nothing. fn may
+// Remove the entry it is given (the hub closes a subscription whose queue is
+// full), but must not change the index otherwise.
 func (ix *Index[T]) Match(topic string, audience []string, actor string, fn func(*Entry[T])) {
 	byKey := ix.topics[topic]
 	if byKey == nil {
@@ -103,12 +146,21 @@ func (ix *Index[T]) Match(topic string, audience []string, actor string, fn func
 	}
 	ix.seq++
 	for _, k := range audience {
-		for e := range byKey[k] {
-			if e.mark == ix.seq || e.Subscriber == actor {
-				continue
+		b := byKey[k]
+		if b == nil {
+			continue
+		}
+		for i := 0; i < len(b.members); {
+			e := b.members[i].e
+			if e.mark != ix.seq && e.Subscriber != actor {
+				e.mark = ix.seq
+				fn(e)
 			}
-			e.mark = ix.seq
-			fn(e)
+			// If fn removed e, the bucket's last member now sits at i and
+			// has not been visited yet.
+			if i < len(b.members) && b.members[i].e == e {
+				i++
+			}
 		}
 	}
 }

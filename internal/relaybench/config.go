@@ -1,0 +1,196 @@
+package relaybench
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limits that keep a run bounded in connections and time.
+const (
+	MaxSubscribers = 200_000
+	MaxDuration    = time.Hour
+	MaxRate        = 20_000
+	MaxSpawn       = 16
+)
+
+// Config is one run's settings.
+type Config struct {
+	DatabaseURL string
+	URLs        []*url.URL
+	JWTSecret   string
+	Transport   string
+
+	Subscribers int
+	Audience    int
+	Rate        float64
+	Warmup      time.Duration
+	Duration    time.Duration
+	Settle      time.Duration
+	Drain       time.Duration
+	Workers     int
+
+	ConnectConcurrency int
+	ConnectTimeout     time.Duration
+	PerSourceAddr      int
+
+	RelayPIDs []int
+	JSONPath  string
+	PlotPath  string
+	Label     string
+	Keep      bool // keep the bench population (and a spawned database)
+
+	Spawn      int
+	RelayBin   string
+	MigrateBin string
+	RelayFlags []string
+}
+
+// DefaultConfig returns the defaults: the issue's latency scenario scaled
+// down to a quick run.
+func DefaultConfig() Config {
+	return Config{
+		Transport:          "sse",
+		Subscribers:        1000,
+		Audience:           100,
+		Rate:               200,
+		Warmup:             3 * time.Second,
+		Duration:           10 * time.Second,
+		Settle:             2 * time.Second,
+		Drain:              10 * time.Second,
+		Workers:            8,
+		ConnectConcurrency: 64,
+		ConnectTimeout:     30 * time.Second,
+		PerSourceAddr:      20_000,
+	}
+}
+
+// Usage is the command's synopsis.
+const Usage = `usage: relaybench [flags]
+
+Drives running relays (--url, repeatable) or relays it starts itself
+(--spawn N) with N subscribers and a producer of templates, and reports
+commit→client latency, deliveries/s, relay memory per subscriber and
+errors. Only loopback targets are accepted.
+
+flags:
+`
+
+// ParseFlags reads args (and getenv for DATABASE_URL and RELAY_JWT_SECRET).
+func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (Config, error) {
+	c := DefaultConfig()
+	c.DatabaseURL = getenv("DATABASE_URL")
+	c.JWTSecret = getenv("RELAY_JWT_SECRET")
+	var urls, pids, relayFlags multi
+	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "database the relays serve (with --spawn: the server on which a fresh database is created) [$DATABASE_URL]")
+	fs.Var(&urls, "url", "relay base URL, e.g. http://127.0.0.1:8080 (repeatable; subscribers are spread over them)")
+	fs.StringVar(&c.JWTSecret, "jwt-secret", c.JWTSecret, "the relays' HS256 secret, to sign subscriber tokens [$RELAY_JWT_SECRET]")
+	fs.StringVar(&c.Transport, "transport", c.Transport, "sse or ws")
+	fs.IntVar(&c.Subscribers, "subscribers", c.Subscribers, "number of subscribers (each a user and a stream)")
+	fs.IntVar(&c.Audience, "audience", c.Audience, "subscribers each template reaches (must divide --subscribers)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "templates inserted per second (0: connect only, to measure idle memory)")
+	fs.DurationVar(&c.Warmup, "warmup", c.Warmup, "load before measuring")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "measured load")
+	fs.DurationVar(&c.Settle, "settle", c.Settle, "pause after connecting, before the idle memory reading")
+	fs.DurationVar(&c.Drain, "drain", c.Drain, "how long to wait for the last deliveries after the producer stops")
+	fs.IntVar(&c.Workers, "producers", c.Workers, "database connections inserting concurrently")
+	fs.IntVar(&c.ConnectConcurrency, "connect-concurrency", c.ConnectConcurrency, "streams being opened at once")
+	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", c.ConnectTimeout, "time allowed to open one stream")
+	fs.IntVar(&c.PerSourceAddr, "per-source-addr", c.PerSourceAddr, "connections per loopback source address (127.0.0.1, .2, …) before using the next")
+	fs.Var(&pids, "relay-pid", "process id of a relay, for its memory (repeatable, in --url order)")
+	fs.StringVar(&c.JSONPath, "json", "", "write the results as JSON to this file")
+	fs.StringVar(&c.PlotPath, "plot", "", "draw the latency distribution as SVG to this file")
+	fs.StringVar(&c.Label, "label", "", "a name for this run in the report")
+	fs.BoolVar(&c.Keep, "keep", false, "keep the bench users (and a spawned database) afterwards")
+	fs.IntVar(&c.Spawn, "spawn", 0, "start this many relays on a fresh database migrated by cmd/migrate, instead of --url")
+	fs.StringVar(&c.RelayBin, "relay-bin", "", "with --spawn: relay binary (default: go build ./cmd/relay)")
+	fs.StringVar(&c.MigrateBin, "migrate-bin", "", "with --spawn: migrate binary (default: go build ./cmd/migrate)")
+	fs.Var(&relayFlags, "relay-flag", "with --spawn: extra flag for the relays, e.g. --relay-flag=--queue-size=4096 (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, s := range urls {
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, fmt.Errorf("--url %q: want http://host:port", s)
+		}
+		c.URLs = append(c.URLs, u)
+	}
+	for _, s := range pids {
+		pid, err := strconv.Atoi(s)
+		if err != nil || pid <= 0 {
+			return c, fmt.Errorf("--relay-pid %q: want a process id", s)
+		}
+		c.RelayPIDs = append(c.RelayPIDs, pid)
+	}
+	c.RelayFlags = relayFlags
+	return c, c.Validate()
+}
+
+// Validate names every bad setting.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Spawn == 0 && len(c.URLs) == 0 {
+		bad("no relay: give --url (repeatable) or --spawn N")
+	}
+	if c.Spawn != 0 && len(c.URLs) > 0 {
+		bad("--spawn and --url exclude each other")
+	}
+	if c.Spawn < 0 || c.Spawn > MaxSpawn {
+		bad("--spawn must be between 0 and %d", MaxSpawn)
+	}
+	for _, u := range c.URLs {
+		if err := CheckLoopback(u); err != nil {
+			bad("%v", err)
+		}
+	}
+	if c.JWTSecret == "" {
+		bad("no JWT secret: set --jwt-secret or RELAY_JWT_SECRET (with --spawn, the relays are given it)")
+	}
+	if _, ok := Transports()[c.Transport]; !ok {
+		bad("--transport %q: want sse or ws", c.Transport)
+	}
+	if c.Subscribers < 1 || c.Subscribers > MaxSubscribers {
+		bad("--subscribers must be between 1 and %d", MaxSubscribers)
+	}
+	if c.Audience < 1 || c.Audience > c.Subscribers || c.Subscribers%max(c.Audience, 1) != 0 {
+		bad("--audience %d must divide --subscribers %d", c.Audience, c.Subscribers)
+	}
+	if c.Rate < 0 || c.Rate > MaxRate {
+		bad("--rate must be between 0 and %d", MaxRate)
+	}
+	if c.Warmup < 0 || c.Duration <= 0 || c.Warmup+c.Duration > MaxDuration {
+		bad("--warmup + --duration must be positive and at most %s", MaxDuration)
+	}
+	if c.Workers < 1 || c.Workers > 256 {
+		bad("--producers must be between 1 and 256")
+	}
+	if c.ConnectConcurrency < 1 || c.ConnectConcurrency > 4096 {
+		bad("--connect-concurrency must be between 1 and 4096")
+	}
+	if c.PerSourceAddr < 1 || c.PerSourceAddr > 28_000 {
+		bad("--per-source-addr must be between 1 and 28000 (the ephemeral port range)")
+	}
+	if len(c.RelayPIDs) > 0 && c.Spawn > 0 {
+		bad("--relay-pid is for --url relays; spawned relays are measured anyway")
+	}
+	return errors.Join(errs...)
+}
+
+// Templates returns how many templates a run inserts.
+func (c *Config) Templates() int {
+	return int(c.Rate * (c.Warmup + c.Duration).Seconds())
+}
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
