@@ -106,7 +106,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		pool.Close()
 		return nil, err
 	}
-	s.streams = &stream.Opener{Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch}
+	s.streams = &stream.Opener{
+		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch,
+		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
+	}
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
 	s.metrics = s.newMetrics()
 	s.refresher.Reloaded = s.metrics.FiltersReloaded

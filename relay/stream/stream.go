@@ -69,6 +69,9 @@ type Opener struct {
 	// CatchupBatch is how many events one replay query reads.
 	CatchupBatch int
 	Observer     Observer
+	// Filters loads filters of opening streams (see filter.Batcher); nil
+	// loads each on its own.
+	Filters *filter.Batcher
 
 	topicsMu sync.Mutex
 	topics   []string
@@ -130,13 +133,12 @@ func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
 	// Registered before the filter is loaded: a filter change notified from
 	// now on reaches this subscription, and the generation keeps an older
 	// load from overwriting a newer one.
-	gen := o.Hub.NextGeneration()
-	filters, err := filter.Load(ctx, o.Pool, []string{req.Subscriber})
+	f, gen, err := o.loadFilter(ctx, req.Subscriber)
 	if err != nil {
 		sub.Close()
 		return nil, err
 	}
-	activeFrom, err := o.Hub.Activate(sub, gen, filters[req.Subscriber])
+	activeFrom, err := o.Hub.Activate(sub, gen, f)
 	if err != nil {
 		sub.Close()
 		if errors.Is(err, hub.ErrSubscriberGone) {
@@ -145,6 +147,15 @@ func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
 		return nil, err
 	}
 	return &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom, keys: sub.Keys()}, nil
+}
+
+func (o *Opener) loadFilter(ctx context.Context, subscriber string) (filter.Filter, uint64, error) {
+	if o.Filters != nil {
+		return o.Filters.Load(ctx, subscriber)
+	}
+	gen := o.Hub.NextGeneration()
+	filters, err := filter.Load(ctx, o.Pool, []string{subscriber})
+	return filters[subscriber], gen, err
 }
 
 func (st *Stream) observer() Observer {
