@@ -62,12 +62,19 @@ func Logger() *slog.Logger {
 // It waits until the relay is ready. mutate adjusts the configuration.
 func Start(t testing.TB, dbURL string, mutate ...func(*relay.Config)) *Relay {
 	t.Helper()
+	return StartWithLogger(t, dbURL, Logger(), mutate...)
+}
+
+// StartWithLogger is Start with the relay logging to log (e.g. to a buffer a
+// test inspects).
+func StartWithLogger(t testing.TB, dbURL string, log *slog.Logger, mutate ...func(*relay.Config)) *Relay {
+	t.Helper()
 	cfg := Config(dbURL)
 	for _, m := range mutate {
 		m(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := relay.New(ctx, cfg, Logger())
+	srv, err := relay.New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatalf("start relay: %v", err)
