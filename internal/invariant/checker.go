@@ -217,11 +217,13 @@ func (c *Checker) WaitComplete(ctx context.Context, q Querier, subscribers []str
 	deadline := time.Now().Add(timeout)
 	for {
 		ok, err := c.Complete(ctx, q, subscribers)
-		if err != nil || ok {
-			return ok, err
+		if ok {
+			return true, nil
 		}
+		// An error is retried until the deadline: a fault test may still be
+		// waiting for the database to come back.
 		if time.Now().After(deadline) {
-			return false, nil
+			return false, err
 		}
 		select {
 		case <-ctx.Done():
