@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
+	"slices"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
@@ -26,7 +28,13 @@ const maxTopics = 64
 // authentication.
 func ParseRequest(r *http.Request) (Request, error) {
 	var req Request
-	q := r.URL.Query()
+	// r.URL.Query() silently drops what it cannot decode: a malformed
+	// last_event_id would then turn a resume into a live-only stream that
+	// misses events, and a malformed topic into every topic.
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return req, fmt.Errorf("%w: malformed query string: %w", ErrBadRequest, err)
+	}
 	if topics, ok := q["topic"]; ok {
 		if len(topics) > maxTopics {
 			return req, fmt.Errorf("%w: at most %d topic parameters", ErrBadRequest, maxTopics)
@@ -38,6 +46,12 @@ func ParseRequest(r *http.Request) (Request, error) {
 			}
 			req.Topics = append(req.Topics, t)
 		}
+	}
+	if v := r.Header.Values("Last-Event-ID"); len(v) > 1 && slices.ContainsFunc(v[1:], func(s string) bool { return s != v[0] }) {
+		return req, fmt.Errorf("%w: conflicting Last-Event-ID headers", ErrBadRequest)
+	}
+	if v := q["last_event_id"]; len(v) > 1 && slices.ContainsFunc(v[1:], func(s string) bool { return s != v[0] }) {
+		return req, fmt.Errorf("%w: conflicting last_event_id parameters", ErrBadRequest)
 	}
 	last := r.Header.Get("Last-Event-ID")
 	source := "Last-Event-ID header"
