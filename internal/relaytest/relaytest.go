@@ -62,12 +62,11 @@ func Logger() *slog.Logger {
 // It waits until the relay is ready. mutate adjusts the configuration.
 func Start(t testing.TB, dbURL string, mutate ...func(*relay.Config)) *Relay {
 	t.Helper()
-	return StartWithLogger(t, dbURL, Logger(), mutate...)
+	return StartLogging(t, dbURL, Logger(), mutate...)
 }
 
-// StartWithLogger is Start with the relay logging to log (e.g. to a buffer a
-// test inspects).
-func StartWithLogger(t testing.TB, dbURL string, log *slog.Logger, mutate ...func(*relay.Config)) *Relay {
+// StartLogging is Start with the relay logging to log.
+func StartLogging(t testing.TB, dbURL string, log *slog.Logger, mutate ...func(*relay.Config)) *Relay {
 	t.Helper()
 	cfg := Config(dbURL)
 	for _, m := range mutate {

@@ -28,12 +28,11 @@ const maxTopics = 64
 // authentication.
 func ParseRequest(r *http.Request) (Request, error) {
 	var req Request
-	// r.URL.Query() silently drops what it cannot decode: a malformed
-	// last_event_id would then turn a resume into a live-only stream that
-	// misses events, and a malformed topic into every topic.
+	// r.URL.Query() silently drops pairs it cannot parse (a ';', a bad %
+	// escape): a client would get a stream it did not ask for.
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return req, fmt.Errorf("%w: malformed query string: %w", ErrBadRequest, err)
+		return req, fmt.Errorf("%w: query string: %w", ErrBadRequest, err)
 	}
 	if topics, ok := q["topic"]; ok {
 		if len(topics) > maxTopics {
