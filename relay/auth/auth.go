@@ -53,12 +53,23 @@ func NewVerifier(secret []byte, opts Options) *Verifier {
 // Subject returns the subscriber id a request is authenticated as.
 func (v *Verifier) Subject(r *http.Request) (string, error) {
 	token := ""
+	// Credentials must be unambiguous: a proxy that checked one copy and a
+	// relay that used another would disagree on who the client is.
+	if len(r.Header.Values("Authorization")) > 1 {
+		return "", fmt.Errorf("%w: more than one Authorization header", ErrBadToken)
+	}
+	if q := r.URL.Query()["access_token"]; len(q) > 1 {
+		return "", fmt.Errorf("%w: more than one access_token parameter", ErrBadToken)
+	}
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, rest, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
 			return "", fmt.Errorf("%w: Authorization header must be \"Bearer <jwt>\"", ErrBadToken)
 		}
 		token = strings.TrimSpace(rest)
+		if q := r.URL.Query().Get("access_token"); q != "" && q != token {
+			return "", fmt.Errorf("%w: different tokens in the Authorization header and the access_token parameter", ErrBadToken)
+		}
 	} else {
 		token = r.URL.Query().Get("access_token")
 	}
@@ -140,6 +151,8 @@ func describe(err error) string {
 		return "wrong issuer"
 	case errors.Is(err, jwt.ErrTokenInvalidAudience):
 		return "wrong audience"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "a required claim (iss or aud) is missing"
 	default:
 		return "token rejected"
 	}

@@ -84,16 +84,18 @@ type Change struct {
 }
 
 // ParseChange decodes the payload of a pgrelay_filters notification. A
-// payload it cannot read means "everyone", which is always safe.
+// payload it cannot read means "everyone", which is always safe — and so
+// does one that names no subscribers array ({}, null, a misspelt key): read
+// as "nobody", it would leave filters stale until the next full resync.
 func ParseChange(payload string) Change {
 	var c struct {
-		All         bool     `json:"all"`
-		Subscribers []string `json:"subscribers"`
+		All         bool      `json:"all"`
+		Subscribers *[]string `json:"subscribers"`
 	}
-	if err := json.Unmarshal([]byte(payload), &c); err != nil || c.All {
+	if err := json.Unmarshal([]byte(payload), &c); err != nil || c.All || c.Subscribers == nil || *c.Subscribers == nil {
 		return Change{All: true}
 	}
-	return Change{Subscribers: c.Subscribers}
+	return Change{Subscribers: *c.Subscribers}
 }
 
 // Target is where refreshed filters go: the hub of connected subscribers.

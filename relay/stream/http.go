@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
@@ -44,6 +45,12 @@ func ParseRequest(r *http.Request) (Request, error) {
 			}
 			req.Topics = append(req.Topics, t)
 		}
+	}
+	if v := r.Header.Values("Last-Event-ID"); len(v) > 1 && slices.ContainsFunc(v[1:], func(s string) bool { return s != v[0] }) {
+		return req, fmt.Errorf("%w: conflicting Last-Event-ID headers", ErrBadRequest)
+	}
+	if v := q["last_event_id"]; len(v) > 1 && slices.ContainsFunc(v[1:], func(s string) bool { return s != v[0] }) {
+		return req, fmt.Errorf("%w: conflicting last_event_id parameters", ErrBadRequest)
 	}
 	last := r.Header.Get("Last-Event-ID")
 	source := "Last-Event-ID header"
