@@ -65,7 +65,7 @@ func StartProcess(t testing.TB, bin, dbURL string, env ...string) *Process {
 	}
 	p := &Process{cmd: cmd, done: make(chan struct{})}
 	// The relay logs the address the kernel gave it.
-	servingLine := regexp.MustCompile(`msg="relay serving" addr=(\S+)`)
+	servingLine := regexp.MustCompile(`msg="relay serving".* addr=(\S+)`)
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)

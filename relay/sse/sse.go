@@ -50,7 +50,7 @@ func (h *Handler) refuse(w http.ResponseWriter, user string, err error) {
 		status = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "2")
 	} else {
-		h.Log.Info("stream refused", "transport", "sse", "user", user, "status", status, "reason", err.Error())
+		h.Log.Info("stream refused", "transport", "sse", "user", user, "status", status, "reason", stream.LogReason(err))
 	}
 	stream.WriteError(w, status, err)
 }

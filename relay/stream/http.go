@@ -108,3 +108,25 @@ func WriteError(w http.ResponseWriter, status int, err error) {
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(map[string]string{"error": msg})
 }
+
+// LogReason describes why a request was refused for the relay's log. It
+// never includes what the client sent (parameter values, tokens), which may
+// be confidential: only the kind of problem.
+func LogReason(err error) string {
+	switch {
+	case errors.Is(err, auth.ErrNoToken):
+		return "missing token"
+	case errors.Is(err, auth.ErrBadToken):
+		return "invalid token"
+	case errors.Is(err, ErrUnknownSubscriber):
+		return "unknown subscriber"
+	case errors.Is(err, ErrUnknownTopic):
+		return "unknown topic"
+	case errors.Is(err, ErrBadRequest):
+		return "bad request parameter"
+	case errors.Is(err, hub.ErrShutdown):
+		return "shutting down"
+	default:
+		return "error"
+	}
+}
