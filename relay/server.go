@@ -63,6 +63,7 @@ type Server struct {
 	router    chi.Router
 	ws        *ws.Handler
 
+	events     *eventlog.Reader
 	wake       chan struct{}
 	listening  atomic.Bool
 	caughtUp   atomic.Bool
@@ -98,6 +99,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		hub:    hub.New(cfg.QueueSize),
 		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
 		wake:   make(chan struct{}, 1),
+		events: eventlog.NewReader(250 * time.Millisecond),
 		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
 		}),
@@ -352,7 +354,7 @@ func (s *Server) drain(ctx context.Context) error {
 	for {
 		// While the listener is (re)connecting, reads are catch-up too.
 		catchingUp := !s.caughtUp.Load() || !s.listening.Load()
-		events, err := eventlog.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
+		events, err := s.events.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
 		if err != nil {
 			return err
 		}

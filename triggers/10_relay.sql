@@ -154,23 +154,17 @@ BEGIN
 END
 $fn$;
 
--- relay.horizon returns the position below which the log is settled: every
--- transaction with a smaller xid that could have written to this database
--- has ended, so no event can appear there any more. It is the oldest
--- transaction still running in the current snapshot, ignoring transactions
--- known to belong to other databases (they cannot write relay.events here),
--- so a long transaction in another database of the same server does not hold
--- delivery back. Transactions whose database cannot be seen (the role lacks
--- pg_read_all_stats, or the session ended meanwhile) count as this
--- database's: the horizon errs towards waiting, never towards skipping.
---
--- STABLE, so it sees the calling statement's snapshot: the horizon and the
--- rows the statement reads must come from the same snapshot.
-CREATE OR REPLACE FUNCTION relay.horizon() RETURNS bigint
+-- relay.foreign_xids returns the ids (low 32 bits) of the transactions
+-- running now that are known to belong to other databases: sessions of other
+-- databases (pg_stat_activity) and their prepared transactions. They cannot
+-- write this database's log. Reading pg_stat_activity costs far more than
+-- the rest of a log read, so relays call this every few hundred milliseconds
+-- and pass the result to relay.horizon(foreign_xids): an xid never changes
+-- database, so a stale list is still right, it only misses newer foreign
+-- transactions (which then count as this database's until the next call).
+CREATE OR REPLACE FUNCTION relay.foreign_xids() RETURNS bigint[]
 LANGUAGE sql STABLE AS $fn$
-    WITH snap AS (SELECT pg_current_snapshot() AS s),
-    elsewhere AS (
-        -- xid is 32 bits here and 64 in the snapshot: compare the low half.
+    SELECT coalesce(array_agg(xid32), '{}') FROM (
         SELECT backend_xid::text::bigint AS xid32
           FROM pg_stat_activity
          WHERE backend_xid IS NOT NULL
@@ -179,11 +173,35 @@ LANGUAGE sql STABLE AS $fn$
         SELECT transaction::text::bigint
           FROM pg_prepared_xacts
          WHERE database <> current_database()
-    )
+    ) AS elsewhere
+$fn$;
+
+-- relay.horizon returns the position below which the log is settled: every
+-- transaction with a smaller xid that could have written to this database
+-- has ended, so no event can appear there any more. It is the oldest
+-- transaction still running in the current snapshot, ignoring the given
+-- transactions of other databases (NULL: look them up now), so a long
+-- transaction in another database of the same server does not hold delivery
+-- back. Transactions whose database cannot be seen (the role lacks
+-- pg_read_all_stats, or the session ended meanwhile) count as this
+-- database's: the horizon errs towards waiting, never towards skipping.
+--
+-- STABLE, so it sees the calling statement's snapshot: the horizon and the
+-- rows the statement reads must come from the same snapshot.
+CREATE OR REPLACE FUNCTION relay.horizon(foreign_xids bigint[]) RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    -- xid is 32 bits in pg_stat_activity and 64 in the snapshot: compare the
+    -- low half.
     SELECT coalesce(
         (SELECT min(x::text::bigint)
            FROM pg_snapshot_xip(snap.s) AS x
-          WHERE x::text::bigint % 4294967296 NOT IN (SELECT xid32 FROM elsewhere)),
+          WHERE NOT (x::text::bigint % 4294967296 = ANY (snap.f))),
         pg_snapshot_xmax(snap.s)::text::bigint)
-      FROM snap
+      FROM (SELECT pg_current_snapshot() AS s,
+                   coalesce(foreign_xids, relay.foreign_xids()) AS f) AS snap
+$fn$;
+
+CREATE OR REPLACE FUNCTION relay.horizon() RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    SELECT relay.horizon(NULL)
 $fn$;

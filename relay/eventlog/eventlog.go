@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -124,7 +125,7 @@ const readAfterSQL = `
 SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
   FROM relay.events
  WHERE (xid, id) > ($1, $2)
-   AND xid < relay.horizon()
+   AND xid < relay.horizon($4)
  ORDER BY xid, id
  LIMIT $3`
 
@@ -132,7 +133,11 @@ SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
 // only returns events of ended transactions, so the last one returned is a
 // safe position to continue from.
 func ReadAfter(ctx context.Context, q Querier, after ID, limit int) ([]Event, error) {
-	rows, err := q.Query(ctx, readAfterSQL, after.Xid, after.Seq, limit)
+	return readAfter(ctx, q, after, limit, nil)
+}
+
+func readAfter(ctx context.Context, q Querier, after ID, limit int, foreign []int64) ([]Event, error) {
+	rows, err := q.Query(ctx, readAfterSQL, after.Xid, after.Seq, limit, foreign)
 	if err != nil {
 		return nil, fmt.Errorf("read events after %s: %w", after, err)
 	}
@@ -197,11 +202,15 @@ func collect(rows pgx.Rows) ([]Event, error) {
 // Tail returns the position of the newest settled event (the zero ID for an
 // empty log): a new subscriber without a resume id starts after it.
 func Tail(ctx context.Context, q Querier) (ID, error) {
+	return tail(ctx, q, nil)
+}
+
+func tail(ctx context.Context, q Querier, foreign []int64) (ID, error) {
 	var id ID
 	err := q.QueryRow(ctx, `
 SELECT xid, id FROM relay.events
- WHERE xid < relay.horizon()
- ORDER BY xid DESC, id DESC LIMIT 1`).Scan(&id.Xid, &id.Seq)
+ WHERE xid < relay.horizon($1)
+ ORDER BY xid DESC, id DESC LIMIT 1`, foreign).Scan(&id.Xid, &id.Seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Horizon(ctx, q)
 	}
@@ -220,4 +229,75 @@ func Horizon(ctx context.Context, q Querier) (ID, error) {
 		return ID{}, fmt.Errorf("read retention horizon: %w", err)
 	}
 	return id, nil
+}
+
+// Reader reads the log like ReadAfter and Tail for a relay that reads it
+// hundreds of times a second. Finding the transactions that belong to other
+// databases (relay.foreign_xids) costs more than the read itself, so Reader
+// remembers them for up to maxAge. A remembered list is never wrong, since a
+// transaction never changes database; it only misses foreign transactions
+// begun since, which hold the horizon back until the next refresh.
+type Reader struct {
+	maxAge time.Duration
+
+	mu      sync.Mutex
+	foreign []int64
+	fetched time.Time
+}
+
+// NewReader returns a Reader that refreshes its list of foreign transactions
+// at most every maxAge.
+func NewReader(maxAge time.Duration) *Reader {
+	return &Reader{maxAge: maxAge}
+}
+
+// foreignXIDs returns the remembered list, refreshing it through q when it is
+// older than maxAge.
+func (r *Reader) foreignXIDs(ctx context.Context, q Querier) ([]int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.foreign != nil && time.Since(r.fetched) < r.maxAge {
+		return r.foreign, nil
+	}
+	var xids []int64
+	if err := q.QueryRow(ctx, `SELECT relay.foreign_xids()`).Scan(&xids); err != nil {
+		return nil, fmt.Errorf("list transactions of other databases: %w", err)
+	}
+	if xids == nil {
+		xids = []int64{}
+	}
+	r.foreign, r.fetched = xids, time.Now()
+	return xids, nil
+}
+
+// ReadAfter is ReadAfter with the remembered list of foreign transactions.
+func (r *Reader) ReadAfter(ctx context.Context, q Querier, after ID, limit int) ([]Event, error) {
+	foreign, err := r.foreignXIDs(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return readAfter(ctx, q, after, limit, foreign)
+}
+
+// Newest returns the newest settled position after after, and false if there
+// is none: what the sequencer polls for.
+func (r *Reader) Newest(ctx context.Context, q Querier, after ID) (ID, bool, error) {
+	foreign, err := r.foreignXIDs(ctx, q)
+	if err != nil {
+		return ID{}, false, err
+	}
+	var id ID
+	err = q.QueryRow(ctx, `
+SELECT xid, id FROM relay.events
+ WHERE (xid, id) > ($1, $2)
+   AND xid < relay.horizon($3)
+ ORDER BY xid DESC, id DESC
+ LIMIT 1`, after.Xid, after.Seq, foreign).Scan(&id.Xid, &id.Seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ID{}, false, nil
+	}
+	if err != nil {
+		return ID{}, false, fmt.Errorf("poll the log after %s: %w", after, err)
+	}
+	return id, true, nil
 }

@@ -33,8 +33,8 @@ func newDB(t *testing.T) *pgtest.DB {
 
 // readUntil polls ReadAfter(after) until it has returned n events in all, and
 // returns them. Polling is the contract: an event becomes readable once every
-// transaction older than it has ended, anywhere in the cluster (other tests'
-// databases included), which takes an unknown but short time.
+// transaction of this database older than it has ended, which takes an
+// unknown but short time.
 func readUntil(t *testing.T, q eventlog.Querier, after eventlog.ID, n int) []eventlog.Event {
 	t.Helper()
 	ctx := context.Background()

@@ -14,7 +14,7 @@ import (
 )
 
 // settle bounds waits on the log: pruning, like reading, stops below the
-// cluster-wide snapshot xmin, which other tests' transactions hold back.
+// horizon, and a loaded machine running the whole suite slows everything.
 const settle = 30 * time.Second
 
 func positions(t *testing.T, db *pgtest.DB, where string) []eventlog.ID {

@@ -9,7 +9,6 @@ package sequencer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -24,6 +23,10 @@ const lockKey int64 = 0x7067_7273_6571
 
 // WakeChannel is what capture triggers notify when the sequencer is idle.
 const WakeChannel = "pgrelay_wake"
+
+// foreignRefresh is how long the sequencer trusts its list of transactions
+// running in other databases (see eventlog.Reader).
+const foreignRefresh = 250 * time.Millisecond
 
 // EventsChannel is what the sequencer notifies when the log has grown.
 const EventsChannel = "pgrelay_events"
@@ -125,13 +128,6 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 	return err
 }
 
-const newestSQL = `
-SELECT xid, id FROM relay.events
- WHERE (xid, id) > ($1, $2)
-   AND xid < relay.horizon()
- ORDER BY xid DESC, id DESC
- LIMIT 1`
-
 func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+WakeChannel); err != nil {
 		return fmt.Errorf("listen for wake-ups: %w", err)
@@ -150,14 +146,13 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	}
 	idle := false
 	lastNews := time.Now()
+	log := eventlog.NewReader(foreignRefresh)
 	for {
-		var newest eventlog.ID
-		err := conn.QueryRow(ctx, newestSQL, cursor.Xid, cursor.Seq).Scan(&newest.Xid, &newest.Seq)
+		newest, found, err := log.Newest(ctx, conn, cursor)
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
 		case err != nil:
-			return fmt.Errorf("poll log: %w", err)
-		default:
+			return err
+		case found:
 			if err := announce(ctx, conn, newest); err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 // Command poller reads relay.events the way a busy sequencer would: every
-// interval it asks for the events after the last one it saw, with the same
-// query the relay uses (eventlog.ReadAfter). bench/producer-cost.sh runs it
+// interval it asks for the events after the last one it saw, as a relay's
+// reader does (eventlog.Reader, with its cached list of other databases'
+// transactions). bench/producer-cost.sh runs it
 // beside pgbench so the producers pay for a live reader (its snapshot, its
 // index scans, its payload reads) and not only for their own writes.
 //
@@ -61,6 +62,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err != nil {
 		return err
 	}
+	reader := eventlog.NewReader(250 * time.Millisecond)
 	var polls, events int
 	ticker := time.NewTicker(*interval)
 	defer ticker.Stop()
@@ -71,7 +73,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return nil
 		case <-ticker.C:
 		}
-		batchEvents, err := eventlog.ReadAfter(ctx, conn, last, *batch)
+		batchEvents, err := reader.ReadAfter(ctx, conn, last, *batch)
 		if errors.Is(err, context.Canceled) || ctx.Err() != nil {
 			continue // reported by the select above
 		}
