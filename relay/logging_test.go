@@ -2,12 +2,10 @@ package relay_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,26 +15,8 @@ import (
 	"github.com/pgrelay/pgrelay/relay/auth"
 )
 
-// logBuffer collects log output written from many goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lines returns the JSON log records whose msg is msg.
-func (b *logBuffer) lines(t *testing.T, msg string) []map[string]any {
+// logLines returns the JSON log records in b whose msg is msg.
+func logLines(t *testing.T, b *relaytest.Buffer, msg string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(b.String()))
@@ -56,7 +36,7 @@ func TestLogsOneLinePerStreamOpenAndCloseAndNeverTheToken(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
-	logs := &logBuffer{}
+	logs := &relaytest.Buffer{}
 	log := relay.NewLogger(logs, relay.Config{LogLevel: "debug", LogFormat: "json"})
 	r := relaytest.StartLogging(t, db.URL, log, func(c *relay.Config) { c.Name = "relay-under-test" })
 
@@ -96,13 +76,13 @@ func TestLogsOneLinePerStreamOpenAndCloseAndNeverTheToken(t *testing.T) {
 			t.Errorf("GET /events%s: %d, want %d", c.query, got.Status, c.status)
 		}
 	}
-	relaytest.Eventually(t, settle, "stream closed logged", func() bool { return len(logs.lines(t, "stream closed")) == 1 })
+	relaytest.Eventually(t, settle, "stream closed logged", func() bool { return len(logLines(t, logs, "stream closed")) == 1 })
 
-	opened := logs.lines(t, "stream opened")
+	opened := logLines(t, logs, "stream opened")
 	if len(opened) != 1 {
 		t.Fatalf("%d \"stream opened\" lines, want 1:\n%s", len(opened), logs)
 	}
-	closed := logs.lines(t, "stream closed")[0]
+	closed := logLines(t, logs, "stream closed")[0]
 	for _, rec := range []map[string]any{opened[0], closed} {
 		if rec["user"] != "zolo-1" || rec["transport"] != "sse" || rec["relay"] != "relay-under-test" {
 			t.Errorf("%s line lacks user, transport or relay: %v", rec["msg"], rec)
@@ -111,7 +91,7 @@ func TestLogsOneLinePerStreamOpenAndCloseAndNeverTheToken(t *testing.T) {
 	if closed["reason"] != "client closed" {
 		t.Errorf("stream closed with reason %v, want client closed", closed["reason"])
 	}
-	if refused := logs.lines(t, "stream refused"); len(refused) != len(refusals) {
+	if refused := logLines(t, logs, "stream refused"); len(refused) != len(refusals) {
 		t.Errorf("%d \"stream refused\" lines, want %d", len(refused), len(refusals))
 	}
 

@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -262,29 +260,11 @@ func rawStatus(t *testing.T, base, request string) int {
 	return resp.StatusCode
 }
 
-// syncBuffer is a bytes.Buffer safe for the relay's concurrent logging.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestLogsCarryNoTokenAndNoRowContent(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
-	var logs syncBuffer
+	var logs relaytest.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r := relaytest.StartLogging(t, db.URL, log)
 	token := relaytest.Token(t, "zowi-1")

@@ -1,7 +1,6 @@
 package relay_test
 
 import (
-	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -10,30 +9,14 @@ import (
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 )
 
-// templateRow is the data of a templates event.
-type templateRow struct {
-	ID               string   `json:"id"`
-	Name             string   `json:"name"`
-	ShareLocationIDs []string `json:"share_location_ids"`
-	CreatedBy        string   `json:"created_by"`
-	CreatedAt        string   `json:"created_at"`
-}
-
+// names returns the template names of events (see relaytest.TemplateNames).
 func names(t *testing.T, events []relaytest.Event) []string {
 	t.Helper()
-	var out []string
-	for _, e := range events {
-		if e.Event != "templates" {
-			t.Fatalf("event type %q, want templates: %+v", e.Event, e)
-		}
-		var row templateRow
-		if err := json.Unmarshal([]byte(e.Data), &row); err != nil {
-			t.Fatalf("event data is not a template row: %v: %s", err, e.Data)
-		}
-		out = append(out, row.Name)
-	}
-	return out
+	return relaytest.TemplateNames(t, events)
 }
+
+// templateRow is the data of a templates event.
+type templateRow = relaytest.TemplateRow
 
 func TestSeedScenarioAcrossFourRelays(t *testing.T) {
 	t.Parallel()

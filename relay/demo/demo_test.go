@@ -1,7 +1,6 @@
 package demo_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,27 +17,9 @@ import (
 	"github.com/pgrelay/pgrelay/relay/demo"
 )
 
-// syncBuffer is the demo's output, read while the demo writes it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startDemo runs a demo on its own database (never pgrelay_demo, which a
 // developer's demo may be using) and free ports, until the test ends.
-func startDemo(t *testing.T, mutate func(*demo.Config)) (*demo.Demo, *syncBuffer) {
+func startDemo(t *testing.T, mutate func(*demo.Config)) (*demo.Demo, *relaytest.Buffer) {
 	t.Helper()
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
@@ -62,7 +42,7 @@ func startDemo(t *testing.T, mutate func(*demo.Config)) (*demo.Demo, *syncBuffer
 		cancel()
 		t.Fatalf("set up demo: %v", err)
 	}
-	out := &syncBuffer{}
+	out := &relaytest.Buffer{}
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, out) }()
 	t.Cleanup(func() {

@@ -72,12 +72,8 @@ func (s *Sequencer) Run(ctx context.Context) error {
 		if err != nil {
 			s.log.Warn("sequencer connection failed; retrying", "err", err)
 		}
-		t := time.NewTimer(s.cfg.Retry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, s.cfg.Retry); err != nil {
+			return err
 		}
 	}
 }
@@ -98,12 +94,8 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 		if won {
 			break
 		}
-		t := time.NewTimer(s.cfg.Retry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, s.cfg.Retry); err != nil {
+			return err
 		}
 	}
 	s.log.Info("this relay is now the sequencer")
@@ -220,4 +212,16 @@ func announce(ctx context.Context, conn *pgx.Conn, newest eventlog.ID) error {
 		return fmt.Errorf("announce events up to %s: %w", newest, err)
 	}
 	return nil
+}
+
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

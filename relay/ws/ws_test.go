@@ -26,28 +26,9 @@ import (
 // parallel tests dropping databases hold such transactions for seconds.
 const wait = 30 * time.Second
 
-type templateRow struct {
-	ID               string   `json:"id"`
-	Name             string   `json:"name"`
-	ShareLocationIDs []string `json:"share_location_ids"`
-	CreatedBy        string   `json:"created_by"`
-	CreatedAt        string   `json:"created_at"`
-}
-
 func names(t *testing.T, events []relaytest.Event) []string {
 	t.Helper()
-	var out []string
-	for _, e := range events {
-		if e.Event != "templates" {
-			t.Fatalf("message topic %q, want templates: %+v", e.Event, e)
-		}
-		var row templateRow
-		if err := json.Unmarshal([]byte(e.Data), &row); err != nil {
-			t.Fatalf("message data is not a template row: %v: %s", err, e.Data)
-		}
-		out = append(out, row.Name)
-	}
-	return out
+	return relaytest.TemplateNames(t, events)
 }
 
 func TestWebSocketSeedScenarioAcrossFourRelays(t *testing.T) {
@@ -120,7 +101,7 @@ func TestWebSocketMessageIsExactlyIDTopicAndTheRow(t *testing.T) {
 		t.Fatalf("message keys %q, want [data id topic]: %s", keys, raw)
 	}
 	var topic, eventID string
-	var row templateRow
+	var row relaytest.TemplateRow
 	_ = json.Unmarshal(msg["topic"], &topic)
 	_ = json.Unmarshal(msg["id"], &eventID)
 	if err := json.Unmarshal(msg["data"], &row); err != nil {
