@@ -313,3 +313,41 @@ func TestALongProducerTransactionHoldsLaterEventsBackThenAllArriveInIDOrder(t *t
 	sc.Finish(fmt.Sprintf("a transaction (xid %d) held open while %d other transactions committed, then committed",
 		xid, held), faultTimeout)
 }
+
+func TestWebSocketSubscribersLoseNothingThroughKilledBackendsAndARelayShutdown(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relays, urls := startRelays(t, db, 3)
+	// Every other subscriber on WebSocket, the rest on SSE, so both
+	// transports share the same faults.
+	var i int
+	sc := workload.Start(t, db, urls, workload.Options{
+		Customize: func(sub string, c *invariant.Client) {
+			c.WebSocket = i%2 == 0
+			i++
+		},
+	})
+	ctx := context.Background()
+	var injected []string
+
+	for round := range 3 {
+		if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		before := backendPIDs(t, db, relay.ListenerApplicationName)
+		n := terminate(t, db, relay.ListenerApplicationName, relay.ApplicationName)
+		injected = append(injected, fmt.Sprintf("round %d: terminated all %d pgrelay and pgrelay-listener backends", round+1, n))
+		waitNewListeners(t, db, len(relays), before)
+	}
+	// A graceful shutdown closes WebSocket streams with 1012 and SSE streams
+	// with a final comment; their clients resume on the other relays.
+	if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
+		t.Fatal(err)
+	}
+	relays[0].Stop(t)
+	injected = append(injected, "stopped relay 1 of 3 (graceful shutdown)")
+	if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
+		t.Fatal(err)
+	}
+	sc.Finish(strings.Join(injected, "; "), faultTimeout)
+}

@@ -19,7 +19,7 @@ import (
 // retrying cannot help, so the client stops.
 var ErrRejected = errors.New("relay rejected the subscription")
 
-// Client is a resilient SSE subscriber. Like a browser's EventSource behind
+// Client is a resilient subscriber over SSE (or WebSocket). Like a browser's EventSource behind
 // a load balancer, it reconnects after any disconnect, to the next relay of
 // Relays in turn, sending the id of the last event it received as
 // Last-Event-ID; it records every event in Checker.
@@ -40,6 +40,8 @@ type Client struct {
 	// EventsPerConnection, if positive, closes the stream after that many
 	// events and reconnects at once: a client in a tight reconnect loop.
 	EventsPerConnection int
+	// WebSocket subscribes through GET /ws instead of GET /events.
+	WebSocket bool
 
 	lastID    atomic.Value // string
 	connects  atomic.Int64
@@ -81,7 +83,13 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		base := c.Relays[i%len(c.Relays)]
-		opened, err := c.stream(ctx, client, base)
+		var opened bool
+		var err error
+		if c.WebSocket {
+			opened, err = c.streamWS(ctx, base)
+		} else {
+			opened, err = c.stream(ctx, client, base)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
