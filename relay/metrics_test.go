@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -148,5 +149,28 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 	db.Exec(t, `UPDATE users SET name = 'Lena B.' WHERE id = 'zolo-1'`)
 	relaytest.Eventually(t, settle, "filter reload counted", func() bool {
 		return sample(scrape(t, r.URL), "pgrelay_filter_reloads_total") > sample(final, "pgrelay_filter_reloads_total")
+	})
+}
+
+func TestHorizonHeldShowsAnOpenWriteTransactionHoldingDeliveryBack(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	if got := sample(scrape(t, r.URL), "pgrelay_horizon_held_seconds"); got < 0 || got > 5 {
+		t.Fatalf("pgrelay_horizon_held_seconds = %v with no long transaction, want a few seconds at most", got)
+	}
+
+	ctx := context.Background()
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // ends the held transaction
+	if _, err := tx.Exec(ctx, `UPDATE orgs SET name = name WHERE id = 'org-1'`); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.Eventually(t, settle, "the gauge to show the open transaction", func() bool {
+		return sample(scrape(t, r.URL), "pgrelay_horizon_held_seconds") >= 1
 	})
 }

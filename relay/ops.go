@@ -50,6 +50,17 @@ func (s *Server) newMetrics() *metrics.Metrics {
 			}
 			return usage, nil
 		},
+		HorizonHeld: func(ctx context.Context) (float64, error) {
+			var seconds float64
+			err := s.pool.QueryRow(ctx, `
+SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND backend_xid IS NOT NULL`).Scan(&seconds)
+			if err != nil {
+				return 0, fmt.Errorf("read the oldest open write transaction: %w", err)
+			}
+			return seconds, nil
+		},
 		QueryTimeout: time.Second,
 	}, s.log)
 }

@@ -39,7 +39,12 @@ type Sources struct {
 	// fraction of PostgreSQL's NOTIFY queue in use. It is called with a
 	// context that expires after QueryTimeout.
 	NotificationQueueUsage func(ctx context.Context) (float64, error)
-	// QueryTimeout bounds NotificationQueueUsage (default 1s), so a slow
+	// HorizonHeld returns how long, in seconds, the oldest write transaction
+	// of the relay's database has been open: events committed after it began
+	// wait for it to end (0 when none is open). Called like
+	// NotificationQueueUsage.
+	HorizonHeld func(ctx context.Context) (float64, error)
+	// QueryTimeout bounds the database queries above (default 1s), so a slow
 	// database does not hang scrapes.
 	QueryTimeout time.Duration
 }
@@ -130,14 +135,20 @@ func (m *Metrics) registerSources(src Sources) {
 	if src.Leader != nil {
 		gauge("pgrelay_sequencer_leader", "1 while this relay is the sequencer (announces events and prunes the log).", func() float64 { return boolFloat(src.Leader()) })
 	}
+	timeout := src.QueryTimeout
+	if timeout <= 0 {
+		timeout = time.Second
+	}
 	if src.NotificationQueueUsage != nil {
-		timeout := src.QueryTimeout
-		if timeout <= 0 {
-			timeout = time.Second
-		}
 		m.reg.MustRegister(&queueUsage{query: src.NotificationQueueUsage, timeout: timeout, desc: prometheus.NewDesc(
 			"pgrelay_notification_queue_usage_ratio",
 			"pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use (NOTIFY fails when it is full).",
+			nil, nil)})
+	}
+	if src.HorizonHeld != nil {
+		m.reg.MustRegister(&queueUsage{query: src.HorizonHeld, timeout: timeout, desc: prometheus.NewDesc(
+			"pgrelay_horizon_held_seconds",
+			"Age of the oldest open write transaction in the relay's database: events committed since it began are delivered only when it ends.",
 			nil, nil)})
 	}
 }
@@ -149,7 +160,8 @@ func boolFloat(b bool) float64 {
 	return 0
 }
 
-// queueUsage asks PostgreSQL at scrape time, so the value is never stale.
+// queueUsage is a gauge read from the database at scrape time, so the value
+// is never stale.
 type queueUsage struct {
 	query   func(ctx context.Context) (float64, error)
 	timeout time.Duration
