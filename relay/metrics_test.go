@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay"
 )
 
 // scrape reads GET /metrics and parses the Prometheus text format.
@@ -173,4 +175,30 @@ func TestHorizonHeldShowsAnOpenWriteTransactionHoldingDeliveryBack(t *testing.T)
 	relaytest.Eventually(t, settle, "the gauge to show the open transaction", func() bool {
 		return sample(scrape(t, r.URL), "pgrelay_horizon_held_seconds") >= 1
 	})
+}
+
+func TestSmallEventsReachRelaysInsideAnnouncementsWithoutALogRead(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	// No safety poll: after start-up, events can only come from the
+	// sequencer's announcements (or a read they trigger).
+	slow := func(c *relay.Config) { c.SafetyPoll = time.Hour }
+	a := relaytest.Start(t, db.URL, slow)
+	b := relaytest.Start(t, db.URL, slow)
+	ca := relaytest.Subscribe(t, a.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
+	cb := relaytest.Subscribe(t, b.URL, relaytest.Token(t, "zelo-1"), relaytest.SSEOptions{})
+
+	const n = 5
+	for i := range n {
+		relaytest.InsertTemplate(t, db, fmt.Sprintf("small-%d", i), "zowi-1", "loc-2")
+		// One at a time, so each announcement follows the relays' position.
+		ca.Collect(t, 1, settle)
+		cb.Collect(t, 1, settle)
+	}
+	for _, r := range []*relaytest.Relay{a, b} {
+		if got := sample(scrape(t, r.URL), "pgrelay_events_announced_total"); got != n {
+			t.Errorf("relay %s: %v events arrived in announcements, want all %d", r.URL, got, n)
+		}
+	}
 }

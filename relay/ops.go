@@ -38,6 +38,7 @@ func (s *Server) corsMiddleware() func(http.Handler) http.Handler {
 func (s *Server) newMetrics() *metrics.Metrics {
 	return metrics.New(metrics.Sources{
 		EventsReceived:     func() uint64 { return s.hub.Stats().Published },
+		EventsAnnounced:    s.announced.Load,
 		SlowConsumers:      func() uint64 { return s.hub.Stats().SlowConsumers },
 		Subscriptions:      func() int { return s.hub.Stats().Subscriptions },
 		ListenerReconnects: s.reconnects.Load,

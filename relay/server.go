@@ -69,6 +69,7 @@ type Server struct {
 	caughtUp   atomic.Bool
 	isLeader   atomic.Bool
 	reconnects atomic.Uint64
+	announced  atomic.Uint64
 }
 
 // New connects to the database, checks that it is migrated, and builds a
@@ -299,7 +300,20 @@ func (s *Server) sequencerLoop(ctx context.Context) error {
 // refresher, without blocking the listener.
 type listenHandler struct{ s *Server }
 
-func (h listenHandler) EventsAvailable() { h.s.wakeReader() }
+// Announced publishes announced events straight to the hub when they follow
+// from its position, and otherwise (a relay behind or ahead, events too large
+// to announce, a reconnect) wakes the reader to read the log.
+func (h listenHandler) Announced(payload string) {
+	a, err := eventlog.DecodeAnnouncement(payload)
+	if err == nil && len(a.Events) > 0 && h.s.hub.PublishAfter(a.Prev, a.Events) {
+		h.s.announced.Add(uint64(len(a.Events)))
+		return
+	}
+	if err == nil && payload != "" && !h.s.hub.Position().Less(a.Upto) {
+		return // nothing new for this relay
+	}
+	h.s.wakeReader()
+}
 
 func (h listenHandler) FiltersChanged(c filter.Change) { h.s.refresher.Notify(c) }
 

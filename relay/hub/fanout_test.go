@@ -139,3 +139,18 @@ func TestShutdownClosesEverySubscriptionAndRefusesNewOnes(t *testing.T) {
 		t.Fatalf("Subscribe after Shutdown: %v, want ErrShutdown", err)
 	}
 }
+
+func TestAnnouncedEventsArePublishedOnlyWhenTheyFollowThePosition(t *testing.T) {
+	h := hub.New(10)
+	a := open(t, h, "a", "k")
+	h.Publish([]eventlog.Event{event(1, "k")})
+	if h.PublishAfter(eventlog.ID{Xid: 100, Seq: 2}, []eventlog.Event{event(3, "k")}) {
+		t.Fatal("published events that skip event 2")
+	}
+	if !h.PublishAfter(eventlog.ID{Xid: 100, Seq: 1}, []eventlog.Event{event(2, "k"), event(3, "k")}) {
+		t.Fatal("refused events that follow the position")
+	}
+	if got := ids(a.Next()); len(got) != 3 || got[2] != 3 {
+		t.Fatalf("got %v, want [1 2 3]", got)
+	}
+}

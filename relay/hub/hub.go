@@ -247,10 +247,29 @@ func (h *Hub) Connected() []string {
 }
 
 // Publish delivers events, which must follow the hub's position in log
-// order, to every matching subscription.
+// order, to every matching subscription. Events at or before the position
+// are skipped.
 func (h *Hub) Publish(events []eventlog.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.publishLocked(events)
+}
+
+// PublishAfter publishes events only if they follow exactly from the hub's
+// position (the first one's predecessor is prev), and reports whether it did.
+// Announced events use it: a relay that is behind or ahead reads the log
+// instead, so nothing is skipped.
+func (h *Hub) PublishAfter(prev eventlog.ID, events []eventlog.Event) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.position != prev {
+		return false
+	}
+	h.publishLocked(events)
+	return true
+}
+
+func (h *Hub) publishLocked(events []eventlog.Event) {
 	for i := range events {
 		e := &events[i]
 		if !h.position.Less(e.ID) {

@@ -29,8 +29,10 @@ const (
 
 // Handler is what notifications drive.
 type Handler interface {
-	// EventsAvailable asks for a read of the log. It must not block.
-	EventsAvailable()
+	// Announced receives an announcement of new events (the payload of a
+	// pgrelay_events notification; "" after a (re)connect, meaning "read the
+	// log"). It must not block.
+	Announced(payload string)
 	// FiltersChanged asks for a filter reload. It must not block.
 	FiltersChanged(filter.Change)
 	// Connected reports whether the listener is connected and caught up on
@@ -78,8 +80,8 @@ func (l *Listener) Run(ctx context.Context) error {
 		ReconnectDelay: -1,
 	}
 	pl.Handle(EventsChannel, handlerFunc{
-		notify:  func(*pgconn.Notification) { l.handler.EventsAvailable() },
-		backlog: func() { l.handler.EventsAvailable(); l.backlogDone() },
+		notify:  func(n *pgconn.Notification) { l.handler.Announced(n.Payload) },
+		backlog: func() { l.handler.Announced(""); l.backlogDone() },
 	})
 	pl.Handle(FiltersChannel, handlerFunc{
 		notify:  func(n *pgconn.Notification) { l.handler.FiltersChanged(filter.ParseChange(n.Payload)) },

@@ -23,8 +23,12 @@ import (
 
 // Sources are read when Prometheus scrapes. Every field is optional.
 type Sources struct {
-	// EventsReceived counts events the relay read from the log.
+	// EventsReceived counts events the relay received (read from the log or
+	// announced).
 	EventsReceived func() uint64
+	// EventsAnnounced counts the events that arrived inside the sequencer's
+	// announcements, so the relay did not read them from the log.
+	EventsAnnounced func() uint64
 	// SlowConsumers counts streams closed because their queue was full.
 	SlowConsumers func() uint64
 	// Subscriptions is the number of open subscriptions in the hub.
@@ -123,7 +127,10 @@ func (m *Metrics) registerSources(src Sources) {
 	gauge := func(name, help string, f func() float64) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 	}
-	counter("pgrelay_events_received_total", "Events read from the log by this relay.", src.EventsReceived)
+	counter("pgrelay_events_received_total", "Events this relay received, read from the log or announced.", src.EventsReceived)
+	if src.EventsAnnounced != nil {
+		counter("pgrelay_events_announced_total", "Events that arrived inside the sequencer's notifications, with no log read.", src.EventsAnnounced)
+	}
 	counter("pgrelay_slow_consumer_disconnects_total", "Streams closed because the client fell too far behind (its queue was full).", src.SlowConsumers)
 	counter("pgrelay_listener_reconnects_total", "Reconnects of the relay's LISTEN connection.", src.ListenerReconnects)
 	if src.Subscriptions != nil {

@@ -145,7 +145,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 		case err != nil:
 			return err
 		case found:
-			if err := announce(ctx, conn, newest); err != nil {
+			if err := announceEvents(ctx, conn, cursor, newest); err != nil {
 				return err
 			}
 			cursor = newest
@@ -207,6 +207,34 @@ func setIdle(ctx context.Context, conn *pgx.Conn, idle bool) error {
 	return nil
 }
 
+// announceLimit is how many new events one poll announces with their rows;
+// beyond that (a burst) relays are told the position and read the log.
+const announceLimit = 64
+
+// announceEvents tells every relay about the events in (cursor, newest]:
+// with their rows when they fit in notifications, so relays need not read
+// them from the log, else by position.
+func announceEvents(ctx context.Context, conn *pgx.Conn, cursor, newest eventlog.ID) error {
+	events, err := eventlog.ReadBetween(ctx, conn, cursor, newest, announceLimit+1)
+	if err != nil {
+		return err
+	}
+	if len(events) > announceLimit {
+		return announce(ctx, conn, newest)
+	}
+	payloads, err := eventlog.EncodeAnnouncements(cursor, events, newest)
+	if err != nil {
+		return err
+	}
+	for _, p := range payloads {
+		if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, p); err != nil {
+			return fmt.Errorf("announce events up to %s: %w", newest, err)
+		}
+	}
+	return nil
+}
+
+// announce tells every relay the newest position only: they read the log.
 func announce(ctx context.Context, conn *pgx.Conn, newest eventlog.ID) error {
 	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, newest.String()); err != nil {
 		return fmt.Errorf("announce events up to %s: %w", newest, err)
