@@ -91,34 +91,37 @@ func waitNewListeners(t *testing.T, db *pgtest.DB, n int, killed []int32) {
 	})
 }
 
+// killRounds terminates this database's sessions with the given application
+// names once per round, after the producers have committed a few more
+// transactions, waits until every relay's listener is back, and returns a
+// line per round saying what it did.
+func killRounds(t *testing.T, db *pgtest.DB, sc *workload.Scenario, relays int, rounds int, what string, appNames ...string) []string {
+	t.Helper()
+	var done []string
+	for round := range rounds {
+		if err := sc.Producers.WaitCommitted(context.Background(), 15, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		before := backendPIDs(t, db, relay.ListenerApplicationName)
+		n := terminate(t, db, appNames...)
+		done = append(done, fmt.Sprintf("round %d: terminated %d %s backends", round+1, n, what))
+		waitNewListeners(t, db, relays, before)
+	}
+	return done
+}
+
 func TestTerminatedRelayBackendsLoseNothingDuplicateNothingLeakNothing(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relays, urls := startRelays(t, db, 3)
 	sc := workload.Start(t, db, urls, workload.Options{})
 	ctx := context.Background()
-	var injected []string
 
-	// The LISTEN backend, repeatedly, while events flow.
-	for round := range 5 {
-		if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
-			t.Fatal(err)
-		}
-		before := backendPIDs(t, db, relay.ListenerApplicationName)
-		n := terminate(t, db, relay.ListenerApplicationName)
-		injected = append(injected, fmt.Sprintf("round %d: terminated %d pgrelay-listener backends", round+1, n))
-		waitNewListeners(t, db, len(relays), before)
-	}
-	// Every session of every relay: listener, sequencer and pool.
-	for round := range 3 {
-		if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
-			t.Fatal(err)
-		}
-		before := backendPIDs(t, db, relay.ListenerApplicationName)
-		n := terminate(t, db, relay.ListenerApplicationName, relay.ApplicationName)
-		injected = append(injected, fmt.Sprintf("round %d: terminated all %d pgrelay and pgrelay-listener backends", round+1, n))
-		waitNewListeners(t, db, len(relays), before)
-	}
+	// The LISTEN backend, repeatedly, while events flow; then every session
+	// of every relay: listener, sequencer and pool.
+	injected := killRounds(t, db, sc, len(relays), 5, "pgrelay-listener", relay.ListenerApplicationName)
+	injected = append(injected, killRounds(t, db, sc, len(relays), 3, "pgrelay and pgrelay-listener",
+		relay.ListenerApplicationName, relay.ApplicationName)...)
 	if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
 		t.Fatal(err)
 	}
@@ -328,17 +331,9 @@ func TestWebSocketSubscribersLoseNothingThroughKilledBackendsAndARelayShutdown(t
 		},
 	})
 	ctx := context.Background()
-	var injected []string
 
-	for round := range 3 {
-		if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
-			t.Fatal(err)
-		}
-		before := backendPIDs(t, db, relay.ListenerApplicationName)
-		n := terminate(t, db, relay.ListenerApplicationName, relay.ApplicationName)
-		injected = append(injected, fmt.Sprintf("round %d: terminated all %d pgrelay and pgrelay-listener backends", round+1, n))
-		waitNewListeners(t, db, len(relays), before)
-	}
+	injected := killRounds(t, db, sc, len(relays), 3, "pgrelay and pgrelay-listener",
+		relay.ListenerApplicationName, relay.ApplicationName)
 	// A graceful shutdown closes WebSocket streams with 1012 and SSE streams
 	// with a final comment; their clients resume on the other relays.
 	if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"sync"
 	"testing"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
 )
 
 // TemplateRow is the data of a templates event.
@@ -53,4 +55,30 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// SeedUsers are the subscribers of the seed story, of every kind and both
+// orgs.
+var SeedUsers = []string{"zowi-1", "zowi-2", "zolo-1", "zewi-1", "zelo-1", "zowi-9", "zolo-9"}
+
+// InsertSeedTemplates inserts the seed scenario's templates, in order, and
+// returns, per user of SeedUsers, the names CONTRACT §4 says it receives, in
+// that order.
+func InsertSeedTemplates(t testing.TB, db *pgtest.DB) map[string][]string {
+	t.Helper()
+	InsertTemplate(t, db, "t1 berlin by lena", "zolo-1", "loc-1")
+	InsertTemplate(t, db, "t2 paris by olga", "zowi-1", "loc-2")
+	InsertTemplate(t, db, "t3 nowhere by emil", "zewi-1")
+	InsertTemplate(t, db, "t4 rome+berlin by elsa", "zelo-1", "loc-3", "loc-1")
+	InsertTemplate(t, db, "t5 oslo by ines", "zolo-9", "loc-9")
+	InsertTemplate(t, db, "t6 oslo by lena", "zolo-1", "loc-9")
+	return map[string][]string{
+		"zowi-1": {"t1 berlin by lena", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
+		"zowi-2": {"t1 berlin by lena", "t2 paris by olga", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
+		"zolo-1": {"t4 rome+berlin by elsa"},
+		"zewi-1": {"t1 berlin by lena", "t2 paris by olga", "t4 rome+berlin by elsa"},
+		"zelo-1": {"t2 paris by olga"},
+		"zowi-9": {"t5 oslo by ines", "t6 oslo by lena"},
+		"zolo-9": {"t6 oslo by lena"},
+	}
 }

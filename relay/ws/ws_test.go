@@ -39,28 +39,13 @@ func TestWebSocketSeedScenarioAcrossFourRelays(t *testing.T) {
 	for i := range relays {
 		relays[i] = relaytest.Start(t, db.URL)
 	}
-	users := []string{"zowi-1", "zowi-2", "zolo-1", "zewi-1", "zelo-1", "zowi-9", "zolo-9"}
+	users := relaytest.SeedUsers
 	clients := map[string]*relaytest.WS{}
 	for i, u := range users {
 		clients[u] = relaytest.SubscribeWS(t, relays[i%4].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
 	}
 
-	relaytest.InsertTemplate(t, db, "t1 berlin by lena", "zolo-1", "loc-1")
-	relaytest.InsertTemplate(t, db, "t2 paris by olga", "zowi-1", "loc-2")
-	relaytest.InsertTemplate(t, db, "t3 nowhere by emil", "zewi-1")
-	relaytest.InsertTemplate(t, db, "t4 rome+berlin by elsa", "zelo-1", "loc-3", "loc-1")
-	relaytest.InsertTemplate(t, db, "t5 oslo by ines", "zolo-9", "loc-9")
-	relaytest.InsertTemplate(t, db, "t6 oslo by lena", "zolo-1", "loc-9")
-
-	want := map[string][]string{
-		"zowi-1": {"t1 berlin by lena", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
-		"zowi-2": {"t1 berlin by lena", "t2 paris by olga", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
-		"zolo-1": {"t4 rome+berlin by elsa"},
-		"zewi-1": {"t1 berlin by lena", "t2 paris by olga", "t4 rome+berlin by elsa"},
-		"zelo-1": {"t2 paris by olga"},
-		"zowi-9": {"t5 oslo by ines", "t6 oslo by lena"},
-		"zolo-9": {"t6 oslo by lena"},
-	}
+	want := relaytest.InsertSeedTemplates(t, db)
 	for _, u := range users {
 		got := names(t, clients[u].Collect(t, len(want[u]), wait))
 		if !slices.Equal(got, want[u]) {
