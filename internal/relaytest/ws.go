@@ -117,12 +117,47 @@ func (w *WS) Collect(t testing.TB, n int, timeout time.Duration) []Event {
 		case e := <-w.Events:
 			out = append(out, e)
 		case err := <-w.Closed:
-			t.Fatalf("connection closed after %d of %d events: %v: %v", len(out), n, err, out)
+			t.Fatalf("connection closed after %d of %d events: %v; ids: %v", len(out), n, err, eventIDs(out))
 		case <-deadline:
-			t.Fatalf("got %d of %d events within %s: %v", len(out), n, timeout, out)
+			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, eventIDs(out))
 		}
 	}
 	return out
+}
+
+// CollectUnlessClosed waits until n events arrived and returns them, or
+// returns what arrived and the reason if the relay closes the connection
+// first. It fails the test after timeout.
+func (w *WS) CollectUnlessClosed(t testing.TB, n int, timeout time.Duration) ([]Event, error) {
+	t.Helper()
+	out := make([]Event, 0, n)
+	deadline := time.After(timeout)
+	for len(out) < n {
+		select {
+		case e := <-w.Events:
+			out = append(out, e)
+		case err := <-w.Closed:
+			for {
+				select {
+				case e := <-w.Events:
+					out = append(out, e)
+				default:
+					return out, err
+				}
+			}
+		case <-deadline:
+			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, eventIDs(out))
+		}
+	}
+	return out, nil
+}
+
+func eventIDs(events []Event) []string {
+	ids := make([]string, len(events))
+	for i, e := range events {
+		ids[i] = e.ID
+	}
+	return ids
 }
 
 // Quiet asserts that no event arrives for d.
