@@ -25,7 +25,7 @@ type Announcement struct {
 type wireEvent struct {
 	ID        string          `json:"id"`
 	Topic     string          `json:"t"`
-	Payload   json.RawMessage `json:"p"`
+	Payload   json.RawMessage `json:"p,omitempty"`
 	Audience  []string        `json:"a,omitempty"`
 	Actor     string          `json:"x,omitempty"`
 	CreatedAt time.Time       `json:"c"`
@@ -41,52 +41,54 @@ type wireAnnouncement struct {
 // which must be every event in (prev, upto], in order. Events travel in as
 // few payloads of at most MaxAnnouncement bytes as they fit in; from the
 // first event that does not fit in a payload of its own, the rest is
-// announced by position only.
+// announced by position only. Rows keep their exact bytes (encoding/json
+// would compact them), so an announced event is delivered byte for byte as
+// one read from the log.
 func EncodeAnnouncements(prev ID, events []Event, upto ID) ([]string, error) {
 	var out []string
-	chunk := wireAnnouncement{Prev: prev.String()}
-	size := 0
-	flush := func() error {
-		if len(chunk.Events) == 0 {
-			return nil
+	var chunk []string
+	chunkPrev, size := prev, 0
+	flush := func() {
+		if len(chunk) > 0 {
+			out = append(out, `{"prev":"`+chunkPrev.String()+`","events":[`+strings.Join(chunk, ",")+`]}`)
 		}
-		b, err := json.Marshal(chunk)
-		if err != nil {
-			return fmt.Errorf("encode announcement: %w", err)
-		}
-		out = append(out, string(b))
-		return nil
 	}
-	for _, e := range events {
-		w := wireEvent{ID: e.ID.String(), Topic: e.Topic, Payload: e.Payload, Audience: e.Audience, Actor: e.Actor, CreatedAt: e.CreatedAt}
-		b, err := json.Marshal(w)
+	for i, e := range events {
+		enc, err := encodeEvent(e)
 		if err != nil {
-			return nil, fmt.Errorf("encode announced event %s: %w", e.ID, err)
+			return nil, err
 		}
 		// 64 bytes cover the envelope: {"prev":"<33>","events":[...]}.
-		if size+len(b)+1 > MaxAnnouncement-64 {
-			if err := flush(); err != nil {
-				return nil, err
+		if size+len(enc)+1 > MaxAnnouncement-64 {
+			flush()
+			if len(enc) > MaxAnnouncement-64 {
+				return append(out, positionOnly(upto)), nil
 			}
-			if len(b) > MaxAnnouncement-64 {
-				b, _ := json.Marshal(wireAnnouncement{Upto: upto.String()})
-				return append(out, string(b)), nil
-			}
-			chunk = wireAnnouncement{Prev: chunk.Events[len(chunk.Events)-1].ID}
-			size = 0
+			chunk, chunkPrev, size = nil, events[i-1].ID, 0
 		}
-		chunk.Events = append(chunk.Events, w)
-		size += len(b) + 1
+		chunk = append(chunk, enc)
+		size += len(enc) + 1
 	}
-	if err := flush(); err != nil {
-		return nil, err
-	}
+	flush()
 	if len(out) == 0 {
-		b, _ := json.Marshal(wireAnnouncement{Upto: upto.String()})
-		out = append(out, string(b))
+		out = append(out, positionOnly(upto))
 	}
 	return out, nil
 }
+
+// encodeEvent renders one event with its row spliced in unchanged.
+func encodeEvent(e Event) (string, error) {
+	b, err := json.Marshal(wireEvent{ID: e.ID.String(), Topic: e.Topic, Audience: e.Audience, Actor: e.Actor, CreatedAt: e.CreatedAt})
+	if err != nil {
+		return "", fmt.Errorf("encode announced event %s: %w", e.ID, err)
+	}
+	if !json.Valid(e.Payload) {
+		return "", fmt.Errorf("encode announced event %s: row is not JSON", e.ID)
+	}
+	return string(b[:len(b)-1]) + `,"p":` + string(e.Payload) + `}`, nil
+}
+
+func positionOnly(upto ID) string { return `{"upto":"` + upto.String() + `"}` }
 
 // DecodeAnnouncement reads a notification payload of the events channel. A
 // bare event id (what earlier versions sent) is an announcement by position.

@@ -106,3 +106,16 @@ func TestABareIDIsAnAnnouncementByPosition(t *testing.T) {
 		}
 	}
 }
+
+func TestAnnouncedRowsKeepTheirExactBytes(t *testing.T) {
+	e := announced(1, 10)[0]
+	e.Payload = []byte(`{"id": "a", "name": "spaced  out", "n": [1, 2]}`)
+	payloads, err := eventlog.EncodeAnnouncements(eventlog.ID{}, []eventlog.Event{e}, e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := decodeAll(t, eventlog.ID{}, payloads)
+	if len(got) != 1 || string(got[0].Payload) != string(e.Payload) {
+		t.Fatalf("row arrived as %q, want %q byte for byte", got[0].Payload, e.Payload)
+	}
+}
