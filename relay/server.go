@@ -62,6 +62,7 @@ type Server struct {
 	name      string
 	router    chi.Router
 	ws        *ws.Handler
+	sse       *sse.Handler
 
 	events     *eventlog.Reader
 	wake       chan struct{}
@@ -173,11 +174,12 @@ func (s *Server) routes() chi.Router {
 	})
 	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
 	sseMetrics := s.metrics.Transport("sse")
-	r.Method(http.MethodGet, "/events", &sse.Handler{
+	s.sse = &sse.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
-		WriteTimeout: s.cfg.WriteTimeout, Retry: 2 * time.Second,
+		WriteTimeout: s.cfg.WriteTimeout, Heartbeat: s.cfg.Heartbeat, Retry: 2 * time.Second,
 		Limiter: s.limits, Connected: sseMetrics.Connected, Observer: sseMetrics,
-	})
+	}
+	r.Method(http.MethodGet, "/events", s.sse)
 	wsMetrics := s.metrics.Transport("ws")
 	s.ws = &ws.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
@@ -217,6 +219,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.readLoop(gctx) })
 	g.Go(func() error { return s.sequencerLoop(gctx) })
 	g.Go(func() error { return s.refresher.Run(gctx) })
+	g.Go(func() error { return s.sse.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
 	}

@@ -300,6 +300,10 @@ func (h *Hub) enqueue(s *Subscription, msg *Message) {
 	s.queue = append(s.queue, msg)
 	s.mu.Unlock()
 	h.enqueued.Add(1)
+	if s.notify != nil {
+		s.notify()
+		return
+	}
 	select {
 	case s.ready <- struct{}{}:
 	default:
@@ -336,6 +340,9 @@ func (h *Hub) closeLocked(s *Subscription, err error) {
 	s.queue = nil
 	s.mu.Unlock()
 	close(s.done)
+	if s.notify != nil {
+		s.notify()
+	}
 }
 
 // Shutdown closes every subscription with ErrShutdown and refuses new ones.
@@ -370,6 +377,7 @@ type Subscription struct {
 	done       chan struct{}
 
 	// guarded by hub.mu
+	notify     func()
 	err        error
 	gen        uint64
 	active     bool
@@ -385,6 +393,17 @@ func (s *Subscription) Subscriber() string { return s.subscriber }
 
 // Ready is signalled when events are queued.
 func (s *Subscription) Ready() <-chan struct{} { return s.ready }
+
+// Notify makes the hub call fn, instead of signalling Ready, whenever events
+// are queued and when the subscription ends: a transport that serves many
+// connections from a few goroutines learns which ones have work without a
+// goroutine waiting on each. fn runs with the hub's lock held: it must not
+// block or call back into the hub.
+func (s *Subscription) Notify(fn func()) {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	s.notify = fn
+}
 
 // Done is closed when the hub ends the subscription; Err says why.
 func (s *Subscription) Done() <-chan struct{} { return s.done }

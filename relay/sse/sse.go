@@ -7,11 +7,16 @@
 package sse
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
@@ -37,6 +42,47 @@ type Handler struct {
 	Limiter *limit.Limiter
 	// Observer, if set, is told of every event this transport delivers.
 	Observer stream.Observer
+	// Heartbeat is the keep-alive interval of streams served by Run.
+	Heartbeat time.Duration
+
+	mu      sync.Mutex
+	pump    *pump
+	writers writerPool
+}
+
+// Run serves the live part of streams from a few goroutines until ctx is
+// done, then tells every stream it holds to reconnect and returns once they
+// are closed. Without Run, each stream is served on its request's goroutine.
+func (h *Handler) Run(ctx context.Context) error {
+	heartbeat := h.Heartbeat
+	if heartbeat <= 0 {
+		heartbeat = 10 * time.Second
+	}
+	timeout := h.WriteTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	p, err := newPump(h.Log, heartbeat, timeout)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.pump = p
+	h.mu.Unlock()
+	p.run(ctx)
+	h.mu.Lock()
+	h.pump = nil
+	h.mu.Unlock()
+	return nil
+}
+
+// Live reports whether Run is serving streams.
+func (h *Handler) Live() bool { return h.livePump() != nil }
+
+func (h *Handler) livePump() *pump {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pump
 }
 
 // refuse answers a request that gets no stream, and logs why (never the
@@ -68,59 +114,135 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req.Subscriber = subscriber
 	req.Observer = h.Observer
-	release, err := h.Limiter.Admit(w, subscriber)
+	admitted, err := h.Limiter.Admit(w, subscriber)
 	if err != nil {
 		h.Log.Info("stream refused", "transport", "sse", "user", subscriber, "reason", err.Error())
 		return
 	}
-	defer release()
 	st, err := h.Streams.Open(r.Context(), req)
 	if err != nil {
+		admitted()
 		h.refuse(w, subscriber, err)
 		return
 	}
-	defer st.Close()
-
-	rc := http.NewResponseController(w)
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/event-stream")
-	hdr.Set("Cache-Control", "no-cache")
-	hdr.Set("Connection", "keep-alive")
-	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
-	w.WriteHeader(http.StatusOK)
-
 	if h.Connected != nil {
 		h.Connected(1)
-		defer h.Connected(-1)
 	}
+	release := func() {
+		if h.Connected != nil {
+			h.Connected(-1)
+		}
+		admitted()
+	}
+	h.Log.Info("stream opened", "transport", "sse", "user", subscriber, "topics", req.Topics, "resume", req.After != nil)
+	if p := h.livePump(); p != nil && r.ProtoMajor == 1 {
+		if h.serveLive(w, r, p, &liveConn{st: st, user: subscriber, opened: time.Now(), release: release}) {
+			return
+		}
+	}
+	defer release()
+	defer st.Close()
+	h.serveOnRequest(w, r, st, subscriber)
+}
+
+// serveLive takes the connection over from net/http, writes the response
+// header and the replay itself, then hands the stream to the pump. It
+// returns false, having written nothing, if the connection cannot be taken
+// over; the stream is then served on the request's goroutine.
+func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, p *pump, c *liveConn) bool {
+	header := w.Header().Clone()
+	nc, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	// The server's deadlines were for reading the request; a GET has no
+	// body, and nothing the client sends afterwards matters.
+	_ = nc.SetDeadline(time.Time{})
+	c.nc = nc
+	bw := h.writers.get(nc)
+	sink := &connSink{conn: nc, bw: bw, timeout: h.WriteTimeout}
+	setStreamHeaders(header)
+	header.Set("Connection", "close") // the body ends when the connection does
+	err = sink.writeHeader(header)
+	if err == nil {
+		err = sink.write(h.retryFrame())
+	}
+	if err == nil {
+		err = c.st.Classify(c.st.Replay(r.Context(), sink))
+	}
+	h.writers.put(bw)
+	if err != nil {
+		reason, notice := ending(err)
+		if reason == "error" && !errors.Is(err, os.ErrDeadlineExceeded) {
+			h.Log.Warn("stream failed", "transport", "sse", "user", c.user, "err", err)
+		}
+		p.closeUnowned(c, reason, notice)
+		return true
+	}
+	if !p.add(c) {
+		reason, notice := ending(hub.ErrShutdown)
+		p.closeUnowned(c, reason, notice)
+	}
+	return true
+}
+
+// serveOnRequest streams on the request's goroutine through net/http: for
+// connections that cannot be taken over (HTTP/2) or when no pump runs.
+func (h *Handler) serveOnRequest(w http.ResponseWriter, r *http.Request, st *stream.Stream, subscriber string) {
+	rc := http.NewResponseController(w)
+	setStreamHeaders(w.Header())
+	w.WriteHeader(http.StatusOK)
 	sink := &sink{w: w, rc: rc, timeout: h.WriteTimeout}
 	start := time.Now()
-	h.Log.Info("stream opened", "transport", "sse", "user", subscriber, "topics", req.Topics, "resume", req.After != nil)
-	if err := sink.write([]byte("retry: " + strconv.Itoa(int(h.Retry/time.Millisecond)) + "\n\n")); err != nil {
+	if err := sink.write(h.retryFrame()); err != nil {
 		return
 	}
-	err = st.Run(r.Context(), sink)
-	reason := "client closed"
-	switch {
-	case errors.Is(err, hub.ErrShutdown):
-		reason = "shutdown"
-		_ = sink.write([]byte(": relay shutting down, reconnect\n\n"))
+	err := st.Run(r.Context(), sink)
+	reason, notice := ending(err)
+	if notice != nil {
+		_ = sink.write(notice)
 		_ = rc.Flush()
-	case errors.Is(err, hub.ErrSlowConsumer):
-		reason = "slow consumer"
-		_ = sink.write([]byte(": closed: slow consumer, resume with Last-Event-ID\n\n"))
-		_ = rc.Flush()
-	case errors.Is(err, hub.ErrSubscriberGone):
-		reason = "subscriber deleted"
-		_ = sink.write([]byte(": closed: subscriber no longer exists\n\n"))
-		_ = rc.Flush()
-	case err != nil && !errors.Is(err, context.Canceled):
-		reason = "error"
+	}
+	if reason == "error" {
 		h.Log.Warn("stream failed", "transport", "sse", "user", subscriber, "err", err)
 	}
 	h.Log.Info("stream closed", "transport", "sse", "user", subscriber, "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
 }
 
+func setStreamHeaders(hdr http.Header) {
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+}
+
+func (h *Handler) retryFrame() []byte {
+	return []byte("retry: " + strconv.Itoa(int(h.Retry/time.Millisecond)) + "\n\n")
+}
+
+// ending names why a stream ended, for the log, and the comment that tells
+// the client (nil when there is nobody left to tell).
+func ending(err error) (reason string, notice []byte) {
+	switch {
+	case errors.Is(err, hub.ErrShutdown):
+		return "shutdown", []byte(": relay shutting down, reconnect\n\n")
+	case errors.Is(err, hub.ErrSlowConsumer):
+		return "slow consumer", []byte(": closed: slow consumer, resume with Last-Event-ID\n\n")
+	case errors.Is(err, hub.ErrSubscriberGone):
+		return "subscriber deleted", []byte(": closed: subscriber no longer exists\n\n")
+	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, hub.ErrClosed):
+		return "client closed", nil
+	default:
+		return "error", nil
+	}
+}
+
+var pingFrame = []byte(": ping\n\n")
+
+func resetFrame(at eventlog.ID) []byte {
+	return []byte("id: " + at.String() + "\nevent: reset\ndata: {\"reason\":\"events after your last id are no longer retained; reload\"}\n\n")
+}
+
+// sink writes a stream through net/http's ResponseWriter.
 type sink struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
@@ -139,10 +261,64 @@ func (s *sink) write(b []byte) error {
 
 func (s *sink) Event(m *hub.Message) error { return s.write(m.SSE()) }
 
-func (s *sink) Reset(at eventlog.ID) error {
-	return s.write([]byte("id: " + at.String() + "\nevent: reset\ndata: {\"reason\":\"events after your last id are no longer retained; reload\"}\n\n"))
-}
+func (s *sink) Reset(at eventlog.ID) error { return s.write(resetFrame(at)) }
 
-func (s *sink) Heartbeat() error { return s.write([]byte(": ping\n\n")) }
+func (s *sink) Heartbeat() error { return s.write(pingFrame) }
 
 func (s *sink) Flush() error { return s.rc.Flush() }
+
+// connSink writes a stream straight to a taken-over connection, buffered.
+type connSink struct {
+	conn    net.Conn
+	bw      *bufio.Writer
+	timeout time.Duration
+}
+
+func (s *connSink) writeHeader(header http.Header) error {
+	if err := s.write([]byte("HTTP/1.1 200 OK\r\n")); err != nil {
+		return err
+	}
+	if err := header.Write(s.bw); err != nil {
+		return err
+	}
+	return s.write([]byte("\r\n"))
+}
+
+func (s *connSink) write(b []byte) error {
+	if s.timeout > 0 {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
+	}
+	_, err := s.bw.Write(b)
+	return err
+}
+
+func (s *connSink) Event(m *hub.Message) error { return s.write(m.SSE()) }
+
+func (s *connSink) Reset(at eventlog.ID) error { return s.write(resetFrame(at)) }
+
+func (s *connSink) Heartbeat() error { return s.write(pingFrame) }
+
+func (s *connSink) Flush() error {
+	err := s.bw.Flush()
+	if err == nil && s.timeout > 0 {
+		// The pump writes without waiting, and would see a stale deadline.
+		err = s.conn.SetWriteDeadline(time.Time{})
+	}
+	return err
+}
+
+// writerPool recycles the buffered writers used for replays.
+type writerPool struct{ pool sync.Pool }
+
+func (wp *writerPool) get(w io.Writer) *bufio.Writer {
+	if bw, ok := wp.pool.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
+	}
+	return bufio.NewWriterSize(w, 16<<10)
+}
+
+func (wp *writerPool) put(bw *bufio.Writer) {
+	bw.Reset(nil)
+	wp.pool.Put(bw)
+}

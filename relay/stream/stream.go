@@ -116,6 +116,8 @@ type Stream struct {
 	sub        *hub.Subscription
 	activeFrom eventlog.ID
 	keys       match.Keys
+	// last is the position of the last event written to the client.
+	last eventlog.ID
 }
 
 // Open registers req's subscription and loads its filter. The caller must
@@ -168,33 +170,25 @@ func (st *Stream) observer() Observer {
 // Close ends the subscription.
 func (st *Stream) Close() { st.sub.Close() }
 
-// sinkError classifies a failed write: a write that timed out means the
-// client stopped reading fast enough, which is the same condition as a full
-// queue.
-func (st *Stream) sinkError(err error) error {
+// Run replays and then streams live events into sink until ctx is done, the
+// sink fails, or the hub ends the subscription (the returned error says why:
+// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone).
+func (st *Stream) Run(ctx context.Context, sink Sink) error {
+	return st.Classify(st.run(ctx, sink))
+}
+
+// Classify turns a failed write into why the stream ended: a write that timed
+// out means the client stopped reading fast enough, which is the same
+// condition as a full queue, and ends the subscription as a slow consumer.
+func (st *Stream) Classify(err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return fmt.Errorf("%w (%v)", st.o.Hub.CloseSlow(st.sub), err)
 	}
 	return err
 }
 
-// Run replays and then streams live events into sink until ctx is done, the
-// sink fails, or the hub ends the subscription (the returned error says why:
-// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone).
-func (st *Stream) Run(ctx context.Context, sink Sink) error {
-	return st.sinkError(st.run(ctx, sink))
-}
-
 func (st *Stream) run(ctx context.Context, sink Sink) error {
-	last := st.activeFrom
-	if st.req.After != nil {
-		var err error
-		last, err = st.replay(ctx, sink, *st.req.After)
-		if err != nil {
-			return err
-		}
-	}
-	if err := sink.Flush(); err != nil {
+	if err := st.Replay(ctx, sink); err != nil {
 		return err
 	}
 	heartbeat := time.NewTicker(st.o.Heartbeat)
@@ -213,19 +207,8 @@ func (st *Stream) run(ctx context.Context, sink Sink) error {
 				return err
 			}
 		case <-st.sub.Ready():
-			for _, m := range st.sub.Next() {
-				// The hub may hold events this client already has: those
-				// replayed from the log, or a resume id ahead of this relay.
-				if !last.Less(m.ID) {
-					continue
-				}
-				if err := sink.Event(m); err != nil {
-					return err
-				}
-				last = m.ID
-				if obs := st.observer(); obs != nil {
-					obs.Delivered(m, true)
-				}
+			if err := st.Deliver(sink); err != nil {
+				return err
 			}
 			if err := sink.Flush(); err != nil {
 				return err
@@ -233,6 +216,48 @@ func (st *Stream) run(ctx context.Context, sink Sink) error {
 		}
 	}
 }
+
+// Replay writes what the client missed, if it asked to resume, and flushes.
+// Call it once, before Deliver; live events queue meanwhile.
+func (st *Stream) Replay(ctx context.Context, sink Sink) error {
+	st.last = st.activeFrom
+	if st.req.After != nil {
+		last, err := st.replay(ctx, sink, *st.req.After)
+		if err != nil {
+			return err
+		}
+		st.last = last
+	}
+	return sink.Flush()
+}
+
+// Deliver writes the live events queued since the last call, without waiting
+// for more and without flushing.
+func (st *Stream) Deliver(sink Sink) error {
+	for _, m := range st.sub.Next() {
+		// The hub may hold events this client already has: those replayed
+		// from the log, or a resume id ahead of this relay.
+		if !st.last.Less(m.ID) {
+			continue
+		}
+		if err := sink.Event(m); err != nil {
+			return err
+		}
+		st.last = m.ID
+		if obs := st.observer(); obs != nil {
+			obs.Delivered(m, true)
+		}
+	}
+	return nil
+}
+
+// Notify makes the hub call fn whenever Deliver has events to write and when
+// the subscription ends (see hub.Subscription.Notify): for transports that
+// do not wait on a goroutine per stream.
+func (st *Stream) Notify(fn func()) { st.sub.Notify(fn) }
+
+// Err returns why the hub ended the stream, or nil while it is open.
+func (st *Stream) Err() error { return st.sub.Err() }
 
 // replay sends the events after `after` up to where live delivery starts, or
 // a reset if some of them were pruned. It returns the last position sent.

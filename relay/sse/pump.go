@@ -1,0 +1,379 @@
+package sse
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/stream"
+)
+
+// pump writes live events to streams whose connections it owns, from a few
+// worker goroutines instead of one goroutine per connection: an idle stream
+// is a small struct, a hub subscription and a socket. This is what lets a
+// relay hold tens of thousands of idle streams in little memory.
+//
+// The hub tells the pump which streams have events (stream.Notify); a worker
+// takes each such stream in turn, appends its events to a pooled buffer and
+// writes it without blocking. A client whose socket buffer is full gets a
+// goroutine of its own for as long as its write blocks, up to the write
+// timeout; a client that closes its connection is noticed by the hangup
+// watcher, not by a reader per connection.
+type pump struct {
+	log       *slog.Logger
+	heartbeat time.Duration
+	timeout   time.Duration
+	hangups   *hangups
+
+	mu       sync.Mutex
+	work     *sync.Cond
+	ready    []*liveConn
+	streams  map[*liveConn]struct{}
+	stopping bool
+	quit     bool
+	drained  chan struct{}
+
+	workers sync.WaitGroup
+	blocked sync.WaitGroup
+	bufs    sync.Pool
+}
+
+// connState says who may touch a liveConn's connection and stream.
+type connState uint8
+
+const (
+	idle    connState = iota // nobody: waiting for events
+	queued                   // in pump.ready
+	running                  // a worker, or a blocked write, owns it
+	rerun                    // running, and woken again since it started
+	gone                     // closed
+)
+
+// liveConn is one stream in the pump's care.
+type liveConn struct {
+	st     *stream.Stream
+	nc     net.Conn
+	user   string
+	opened time.Time
+	// release undoes the stream's admission (limits, metrics).
+	release   func()
+	unwatch   func()
+	blockedOn bool // a blocked write owns the connection; guarded by pump.mu
+
+	// guarded by pump.mu
+	state  connState
+	hungUp bool
+	ping   bool
+}
+
+func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) {
+	h, err := newHangups()
+	if err != nil {
+		return nil, err
+	}
+	p := &pump{
+		log: log, heartbeat: heartbeat, timeout: timeout, hangups: h,
+		streams: map[*liveConn]struct{}{},
+		drained: make(chan struct{}),
+	}
+	p.work = sync.NewCond(&p.mu)
+	return p, nil
+}
+
+// run serves until ctx is done, then ends every stream with a shutdown
+// notice and returns when all are closed.
+func (p *pump) run(ctx context.Context) {
+	go p.hangups.run()
+	n := 2 * runtime.GOMAXPROCS(0)
+	p.workers.Add(n)
+	for range n {
+		go p.worker()
+	}
+	tick := time.NewTicker(p.heartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			p.stop()
+			return
+		case <-tick.C:
+			p.mu.Lock()
+			for c := range p.streams {
+				c.ping = true
+				p.wakeLocked(c)
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+// stop ends every stream and waits for the workers and blocked writes.
+func (p *pump) stop() {
+	p.mu.Lock()
+	p.stopping = true
+	for c := range p.streams {
+		p.wakeLocked(c)
+		if c.blockedOn {
+			// End the blocked write now; it then closes the stream.
+			_ = c.nc.SetWriteDeadline(time.Now())
+		}
+	}
+	empty := len(p.streams) == 0
+	p.mu.Unlock()
+	if !empty {
+		<-p.drained
+	}
+	p.mu.Lock()
+	p.quit = true
+	p.work.Broadcast()
+	p.mu.Unlock()
+	p.workers.Wait()
+	p.blocked.Wait()
+	p.hangups.close()
+}
+
+// add takes over c, already past its replay. It returns false if the pump is
+// stopping; the caller then still owns c.
+func (p *pump) add(c *liveConn) bool {
+	p.mu.Lock()
+	if p.stopping {
+		p.mu.Unlock()
+		return false
+	}
+	p.streams[c] = struct{}{}
+	c.state = running // until the first notification below
+	p.mu.Unlock()
+
+	unwatch, err := p.hangups.watch(c.nc, func() {
+		p.mu.Lock()
+		c.hungUp = true
+		p.wakeLocked(c)
+		p.mu.Unlock()
+	})
+	if err != nil {
+		// Without a watch a closed client is noticed at the next heartbeat.
+		p.log.Warn("watch stream connection", "user", c.user, "err", err)
+		unwatch = func() {}
+	}
+	c.unwatch = unwatch
+	c.st.Notify(func() { p.wake(c) })
+	// Events queued during the replay arrived before Notify was set.
+	p.finished(c)
+	p.wake(c)
+	return true
+}
+
+func (p *pump) wake(c *liveConn) {
+	p.mu.Lock()
+	p.wakeLocked(c)
+	p.mu.Unlock()
+}
+
+func (p *pump) wakeLocked(c *liveConn) {
+	switch c.state {
+	case idle:
+		c.state = queued
+		p.ready = append(p.ready, c)
+		p.work.Signal()
+	case running:
+		c.state = rerun
+	}
+}
+
+// finished hands c back after a worker or a blocked write is done with it.
+func (p *pump) finished(c *liveConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c.blockedOn = false
+	if c.state == rerun {
+		c.state = queued
+		p.ready = append(p.ready, c)
+		p.work.Signal()
+		return
+	}
+	c.state = idle
+}
+
+// turn is what a worker learned about a stream when it took it.
+type turn struct {
+	hungUp, ping, stopping bool
+}
+
+func (p *pump) next() (*liveConn, turn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.ready) == 0 && !p.quit {
+		p.work.Wait()
+	}
+	if len(p.ready) == 0 {
+		return nil, turn{}
+	}
+	c := p.ready[0]
+	p.ready[0] = nil
+	p.ready = p.ready[1:]
+	c.state = running
+	t := turn{hungUp: c.hungUp, ping: c.ping, stopping: p.stopping}
+	c.ping = false
+	return c, t
+}
+
+func (p *pump) worker() {
+	defer p.workers.Done()
+	for {
+		c, t := p.next()
+		if c == nil {
+			return
+		}
+		p.serve(c, t)
+	}
+}
+
+// serve writes what c has to send, or closes it.
+func (p *pump) serve(c *liveConn, t turn) {
+	if t.hungUp {
+		p.close(c, "client closed", nil)
+		return
+	}
+	err := c.st.Err()
+	if err == nil && t.stopping {
+		err = hub.ErrShutdown
+	}
+	if err != nil {
+		reason, notice := ending(err)
+		p.close(c, reason, notice)
+		return
+	}
+	bp := p.buffer()
+	f := frames{b: (*bp)[:0]}
+	_ = c.st.Deliver(&f) // frames never fails
+	if t.ping && len(f.b) == 0 {
+		_ = f.Heartbeat()
+	}
+	*bp = f.b
+	if len(f.b) == 0 {
+		p.bufs.Put(bp)
+		p.finished(c)
+		return
+	}
+	n, err := writeNow(c.nc, f.b)
+	if err != nil {
+		p.bufs.Put(bp)
+		p.close(c, "client closed", nil)
+		return
+	}
+	if n == len(f.b) {
+		p.bufs.Put(bp)
+		p.finished(c)
+		return
+	}
+	// The client's socket buffer is full: wait for it, up to the write
+	// timeout, without holding up a worker.
+	p.mu.Lock()
+	c.blockedOn = true
+	stopping := p.stopping
+	p.mu.Unlock()
+	if stopping {
+		p.bufs.Put(bp)
+		p.close(c, "shutdown", nil)
+		return
+	}
+	p.blocked.Add(1)
+	go p.writeBlocked(c, bp, n)
+}
+
+func (p *pump) writeBlocked(c *liveConn, bp *[]byte, from int) {
+	defer p.blocked.Done()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(p.timeout))
+	_, err := c.nc.Write((*bp)[from:])
+	p.bufs.Put(bp)
+	if err == nil {
+		// writeNow honours deadlines too: clear this one.
+		err = c.nc.SetWriteDeadline(time.Time{})
+	}
+	if err != nil {
+		p.mu.Lock()
+		stopping := p.stopping
+		p.mu.Unlock()
+		switch {
+		case stopping:
+			p.close(c, "shutdown", nil)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			_ = c.st.Classify(err)
+			p.close(c, "slow consumer", nil)
+		default:
+			p.close(c, "client closed", nil)
+		}
+		return
+	}
+	p.finished(c)
+}
+
+// close ends c, writing notice first if the socket takes it at once. The
+// caller owns c.
+func (p *pump) close(c *liveConn, reason string, notice []byte) {
+	if notice != nil {
+		_, _ = writeNow(c.nc, notice)
+	}
+	if c.unwatch != nil {
+		c.unwatch()
+	}
+	p.end(c, reason)
+}
+
+// closeUnowned ends a stream that never reached the pump (its replay failed
+// or the pump is stopping); nothing else writes to it, so the notice may wait
+// a moment for the socket.
+func (p *pump) closeUnowned(c *liveConn, reason string, notice []byte) {
+	if notice != nil {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.nc.Write(notice)
+	}
+	p.end(c, reason)
+}
+
+func (p *pump) end(c *liveConn, reason string) {
+	_ = c.nc.Close()
+	c.st.Close()
+	c.release()
+	p.log.Info("stream closed", "transport", "sse", "user", c.user, "reason", reason, "duration", time.Since(c.opened).Round(time.Millisecond))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c.state = gone
+	delete(p.streams, c)
+	if p.stopping && len(p.streams) == 0 {
+		select {
+		case <-p.drained:
+		default:
+			close(p.drained)
+		}
+	}
+}
+
+func (p *pump) buffer() *[]byte {
+	if bp, ok := p.bufs.Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, 0, 4096)
+	return &b
+}
+
+// frames collects a stream's SSE frames in memory (stream.Sink).
+type frames struct{ b []byte }
+
+func (f *frames) Event(m *hub.Message) error { f.b = append(f.b, m.SSE()...); return nil }
+
+func (f *frames) Reset(at eventlog.ID) error {
+	f.b = append(f.b, resetFrame(at)...)
+	return nil
+}
+
+func (f *frames) Heartbeat() error { f.b = append(f.b, pingFrame...); return nil }
+
+func (f *frames) Flush() error { return nil }

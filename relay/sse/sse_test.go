@@ -1,0 +1,208 @@
+package sse_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/limit"
+	"github.com/pgrelay/pgrelay/relay/sse"
+	"github.com/pgrelay/pgrelay/relay/stream"
+)
+
+// rawStream is an SSE client on a bare TCP connection: it costs the test no
+// goroutine, so the relay's goroutines can be counted.
+type rawStream struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func openRaw(t *testing.T, baseURL, token string) *rawStream {
+	t.Helper()
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatalf("dial %s: %v", u.Host, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET /events HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nAccept: text/event-stream\r\n\r\n", u.Host, token)
+	s := &rawStream{conn: conn, r: bufio.NewReader(conn)}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(s.r, nil)
+	if err != nil {
+		t.Fatalf("read stream response: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("stream answered %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	// The body is read from s.r directly: the stream has no length and
+	// ends with the connection.
+	return s
+}
+
+// waitFor reads lines until one contains want, or fails after timeout.
+func (s *rawStream) waitFor(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	_ = s.conn.SetReadDeadline(time.Now().Add(timeout))
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("waiting for %q: %v", want, err)
+		}
+		if strings.Contains(line, want) {
+			return
+		}
+	}
+}
+
+func TestIdleStreamsHoldNoGoroutineAndStillDeliver(t *testing.T) {
+	// Not parallel: it counts the process's goroutines.
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.MaxConnectionsPerUser = 0 })
+	token := relaytest.Token(t, "zolo-1")
+
+	const streams = 300
+	before := runtime.NumGoroutine()
+	clients := make([]*rawStream, streams)
+	for i := range clients {
+		clients[i] = openRaw(t, r.URL, token)
+	}
+	relaytest.Eventually(t, 10*time.Second, "every stream registered", func() bool {
+		return r.Server.Hub().Stats().Subscriptions == streams
+	})
+	if grown := runtime.NumGoroutine() - before; grown > streams/10 {
+		t.Errorf("%d idle streams added %d goroutines; an idle stream should hold none", streams, grown)
+	}
+
+	id := relaytest.InsertTemplate(t, db, "for every open stream", "zowi-1", "loc-1")
+	for i, c := range clients {
+		c.waitFor(t, id, 10*time.Second)
+		if t.Failed() {
+			t.Fatalf("stream %d did not receive the event", i)
+		}
+	}
+}
+
+func TestAClientThatHangsUpIsForgottenAtOnceAndMayReconnectUnderItsCap(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	// Heartbeats are far apart, so only noticing the hang-up itself frees
+	// the subscriber's one allowed stream in time.
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) {
+		c.MaxConnectionsPerUser = 1
+		c.Heartbeat = 15 * time.Second
+	})
+	token := relaytest.Token(t, "zolo-1")
+
+	first := openRaw(t, r.URL, token)
+	relaytest.Eventually(t, 5*time.Second, "stream registered", func() bool {
+		return r.Server.Hub().Stats().Subscriptions == 1
+	})
+	first.conn.Close()
+	relaytest.Eventually(t, 2*time.Second, "closed stream forgotten", func() bool {
+		return r.Server.Hub().Stats().Subscriptions == 0
+	})
+
+	second := openRaw(t, r.URL, token)
+	id := relaytest.InsertTemplate(t, db, "after reconnecting", "zowi-1", "loc-1")
+	second.waitFor(t, id, 10*time.Second)
+}
+
+func TestHeartbeatsKeepAnIdleStreamAlive(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Heartbeat = 100 * time.Millisecond })
+	s := openRaw(t, r.URL, relaytest.Token(t, "zolo-1"))
+	for range 3 {
+		s.waitFor(t, ": ping", 2*time.Second)
+	}
+}
+
+// TestAStreamIsTheSameWithOrWithoutThePump serves one handler on net/http's
+// goroutines alone and one with Run: a client cannot tell them apart.
+func TestAStreamIsTheSameWithOrWithoutThePump(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	for _, withPump := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pump=%v", withPump), func(t *testing.T) {
+			h := hub.New(16)
+			handler := &sse.Handler{
+				Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
+				Streams: &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: time.Minute, CatchupBatch: 100},
+				Log:     relaytest.Logger(), WriteTimeout: time.Second, Heartbeat: time.Minute, Retry: 1500 * time.Millisecond,
+				Limiter: limit.New(0, 0),
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			ran := make(chan error, 1)
+			if withPump {
+				go func() { ran <- handler.Run(ctx) }()
+			}
+			srv := httptest.NewServer(handler)
+			defer srv.Close()
+			defer func() {
+				cancel()
+				if withPump {
+					if err := <-ran; err != nil {
+						t.Errorf("Run: %v", err)
+					}
+				}
+			}()
+			if withPump {
+				relaytest.Eventually(t, time.Second, "pump running", handler.Live)
+			}
+
+			s := relaytest.OpenSSE(t, srv.URL+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
+			if s.Status != http.StatusOK || s.Header.Get("Content-Type") != "text/event-stream" || s.Header.Get("Cache-Control") != "no-cache" {
+				t.Fatalf("answered %d %v", s.Status, s.Header)
+			}
+			relaytest.Eventually(t, 5*time.Second, "subscribed", func() bool { return h.Stats().Subscriptions == 1 })
+			events := []eventlog.Event{
+				{ID: eventlog.ID{Xid: 10, Seq: 1}, Topic: "templates", Payload: []byte(`{"n":1}`), Audience: []string{"location:loc-1"}, Actor: "zowi-1"},
+				{ID: eventlog.ID{Xid: 10, Seq: 2}, Topic: "templates", Payload: []byte(`{"n":2}`), Audience: []string{"location:loc-2"}, Actor: "zowi-1"},
+				{ID: eventlog.ID{Xid: 11, Seq: 3}, Topic: "templates", Payload: []byte(`{"n":3}`), Audience: []string{"location:loc-1"}, Actor: "zolo-1"},
+				{ID: eventlog.ID{Xid: 12, Seq: 4}, Topic: "templates", Payload: []byte(`{"n":4}`), Audience: []string{"location:loc-1", "org:org-1"}, Actor: ""},
+			}
+			h.Publish(events)
+			got := s.Collect(t, 2, 5*time.Second)
+			want := []relaytest.Event{
+				{ID: events[0].ID.String(), Event: "templates", Data: `{"n":1}`},
+				{ID: events[3].ID.String(), Event: "templates", Data: `{"n":4}`},
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("received %v, want %v (not another location's, not its own)", got, want)
+			}
+
+			h.Shutdown()
+			select {
+			case <-s.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("stream still open after the hub shut down")
+			}
+			if c := s.Comments(); !slices.ContainsFunc(c, func(c string) bool { return strings.TrimSpace(c) == "relay shutting down, reconnect" }) {
+				t.Errorf("comments %q: want the shutdown notice", c)
+			}
+		})
+	}
+}
