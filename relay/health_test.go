@@ -15,6 +15,8 @@ import (
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
 func status(t *testing.T, u string) int {
@@ -95,9 +97,18 @@ SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 	if got := status(t, r.URL+"/healthz"); got != http.StatusOK {
 		t.Errorf("/healthz = %d while the listener is down, want 200 (the process is alive)", got)
 	}
+	// The sequencer's announcements of these events must be sent while the
+	// listener is out, or the relay would receive them inside a
+	// notification rather than miss them.
+	announced := announcements(t, db)
 	for i := range 3 {
 		relaytest.InsertTemplate(t, db, fmt.Sprintf("while down %d", i), "zowi-1", "loc-1")
 	}
+	var newest int64
+	if err := db.Pool.QueryRow(context.Background(), "SELECT max(id) FROM relay.events").Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	announced.waitFor(t, newest)
 	if got := status(t, r.URL+"/readyz"); got != http.StatusServiceUnavailable {
 		t.Errorf("/readyz = %d while the listener still cannot connect, want 503", got)
 	}
@@ -117,5 +128,37 @@ SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 	}
 	if n := sample(scrape(t, r.URL), "pgrelay_catchup_events_total"); n < 3 {
 		t.Errorf("pgrelay_catchup_events_total = %v, want at least the 3 events missed", n)
+	}
+}
+
+// announcementWatch listens to the sequencer's channel on its own connection.
+type announcementWatch struct{ conn *pgx.Conn }
+
+func announcements(t *testing.T, db *pgtest.DB) announcementWatch {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(context.Background(), "LISTEN "+sequencer.EventsChannel); err != nil {
+		t.Fatal(err)
+	}
+	return announcementWatch{conn}
+}
+
+// waitFor returns once an announcement reaches log position seq.
+func (w announcementWatch) waitFor(t *testing.T, seq int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		n, err := w.conn.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("waiting for the sequencer to announce event %d: %v", seq, err)
+		}
+		if a, err := eventlog.DecodeAnnouncement(n.Payload); err == nil && a.Upto.Seq >= seq {
+			return
+		}
 	}
 }
