@@ -195,3 +195,42 @@ func TestMatchToleratesFnRemovingTheEntryItWasGiven(t *testing.T) {
 		t.Errorf("afterwards Match = %v, want the odd ones", got)
 	}
 }
+
+// TestActorHashCollisionsStillCompareTheSubscriber forces every subscriber
+// id to hash alike: the actor must still be told apart from the others by
+// its full id, and nobody else lost.
+func TestActorHashCollisionsStillCompareTheSubscriber(t *testing.T) {
+	ix := New[int]()
+	ix.hashSubscriber = func(string) uint32 { return 42 }
+	for _, s := range []string{"a", "b", "c"} {
+		ix.Set(&Entry[int]{Subscriber: s}, Keys{"t": {"k", "l"}})
+	}
+	for _, audience := range [][]string{{"k"}, {"k", "l"}} {
+		if got := sorted(matched(ix, "t", audience, "b")); !slices.Equal(got, []string{"a", "c"}) {
+			t.Errorf("Match(%v, actor b) with colliding hashes = %v, want [a c]", audience, got)
+		}
+		if got := sorted(matched(ix, "t", audience, "nobody")); !slices.Equal(got, []string{"a", "b", "c"}) {
+			t.Errorf("Match(%v, actor nobody) with colliding hashes = %v, want [a b c]", audience, got)
+		}
+	}
+}
+
+// TestAKeyListedTwiceDeliversOnceThroughThatKeyAlone covers the path that
+// skips the dedup mark: one audience key, whose bucket must hold each entry
+// once however often the entry lists the key.
+func TestAKeyListedTwiceDeliversOnceThroughThatKeyAlone(t *testing.T) {
+	ix := New[int]()
+	e := &Entry[int]{Subscriber: "u"}
+	ix.Set(e, Keys{"t": {"a", "b", "a", "a"}})
+	ix.Set(&Entry[int]{Subscriber: "v"}, Keys{"t": {"a"}})
+	if got := sorted(matched(ix, "t", []string{"a"}, "")); !slices.Equal(got, []string{"u", "v"}) {
+		t.Errorf("Match(a) = %v, want [u v]", got)
+	}
+	if got := sorted(matched(ix, "t", []string{"a", "a"}, "")); !slices.Equal(got, []string{"u", "v"}) {
+		t.Errorf("Match(a, a) = %v, want [u v]", got)
+	}
+	ix.Remove(e)
+	if got := matched(ix, "t", []string{"a", "b"}, ""); !slices.Equal(got, []string{"v"}) {
+		t.Errorf("after removing u, Match = %v, want [v]", got)
+	}
+}
