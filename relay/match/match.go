@@ -309,12 +309,15 @@ func (ix *Index[T]) Match(topic string, audience []string, actor string, fn func
 	// has listeners (a location, a user): its entries are then distinct, as a
 	// bucket holds an entry once, and need no dedup mark, so Match never
 	// reads an entry. Only when two or more buckets are reached can an entry
-	// be met twice, and only then is its mark read and written.
-	var only *bucket[T]
+	// be met twice, and only then is its mark read and written. The first
+	// few buckets found are kept so as not to look them up again.
+	var buckets [4]*bucket[T]
 	found := 0
 	for _, k := range audience {
 		if b := t.find(k, ix.hashKey(k)); b != nil {
-			only = b
+			if found < len(buckets) {
+				buckets[found] = b
+			}
 			found++
 		}
 	}
@@ -323,9 +326,15 @@ func (ix *Index[T]) Match(topic string, audience []string, actor string, fn func
 	}
 	actorHash := ix.hashSubscriber(actor)
 	ix.matching = true
-	if found == 1 {
-		visit(only, actor, actorHash, 0, fn)
-	} else {
+	switch {
+	case found == 1:
+		visit(buckets[0], actor, actorHash, 0, fn)
+	case found <= len(buckets):
+		ix.seq++
+		for _, b := range buckets[:found] {
+			visit(b, actor, actorHash, ix.seq, fn)
+		}
+	default:
 		ix.seq++
 		for _, k := range audience {
 			if b := t.find(k, ix.hashKey(k)); b != nil {

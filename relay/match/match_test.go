@@ -335,3 +335,34 @@ func TestABucketIsOneCacheLine(t *testing.T) {
 		t.Errorf("a bucket is %d bytes, want 64", size)
 	}
 }
+
+// TestManyAudienceKeysDeliverOnce reaches more buckets than Match keeps from
+// its first lookups, so that it looks the rest up again.
+func TestManyAudienceKeysDeliverOnce(t *testing.T) {
+	const keys = 7
+	ix := New[int]()
+	var audience []string
+	for i := range keys {
+		audience = append(audience, "k"+strconv.Itoa(i))
+	}
+	entries := map[string]Keys{}
+	for i := range keys {
+		for j := i; j < keys; j++ {
+			// Entry sij listens to keys i to j.
+			s := "s" + strconv.Itoa(i) + strconv.Itoa(j)
+			entries[s] = Keys{"t": audience[i : j+1]}
+			ix.Set(&Entry[int]{Subscriber: s}, entries[s])
+		}
+	}
+	for n := 1; n <= keys; n++ {
+		var want []string
+		for s, k := range entries {
+			if Matches(k, s, "t", audience[:n], "s12") {
+				want = append(want, s)
+			}
+		}
+		if got := sorted(matched(ix, "t", audience[:n], "s12")); !slices.Equal(got, sorted(want)) {
+			t.Errorf("Match(%v, actor s12) = %v, want %v", audience[:n], got, sorted(want))
+		}
+	}
+}
