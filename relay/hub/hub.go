@@ -6,6 +6,8 @@ package hub
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -213,7 +215,13 @@ func (h *Hub) apply(s *Subscription, gen uint64, f filter.Filter) {
 		h.closeLocked(s, ErrSubscriberGone)
 		return
 	}
-	h.index.Set(s.entry, restrict(f.Keys, s.topics))
+	keys := restrict(f.Keys, s.topics)
+	// The periodic full reload mostly finds nothing changed; re-indexing
+	// every subscription would hold the hub's lock, and delay events, for
+	// nothing.
+	if !s.active || !maps.EqualFunc(s.entry.Keys(), keys, slices.Equal) {
+		h.index.Set(s.entry, keys)
+	}
 	if !s.active {
 		s.active = true
 		s.activeFrom = h.position

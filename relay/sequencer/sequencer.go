@@ -121,6 +121,17 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 }
 
 func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
+	// Every announcement is a transaction of its own (NOTIFY takes an xid),
+	// and with synchronous commit each would wait for a WAL flush before
+	// PostgreSQL delivers it: a flush on every event's way to the clients,
+	// and the slowest part of it when the disk is busy. Nothing this session
+	// writes needs to survive a crash: the events it announces were made
+	// durable by their producers' commits, a lost announcement is recovered
+	// by every relay's catch-up read after it reconnects, and the idle flag
+	// is rewritten by the next sequencer when it takes over.
+	if _, err := conn.Exec(ctx, "SET synchronous_commit = off"); err != nil {
+		return fmt.Errorf("turn off synchronous commit for announcements: %w", err)
+	}
 	if _, err := conn.Exec(ctx, "LISTEN "+WakeChannel); err != nil {
 		return fmt.Errorf("listen for wake-ups: %w", err)
 	}

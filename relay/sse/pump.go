@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
@@ -40,6 +41,7 @@ type pump struct {
 	quit     bool
 	drained  chan struct{}
 
+	started time.Time
 	workers sync.WaitGroup
 	blocked sync.WaitGroup
 	bufs    sync.Pool
@@ -66,6 +68,9 @@ type liveConn struct {
 	release   func()
 	unwatch   func()
 	blockedOn bool // a blocked write owns the connection; guarded by pump.mu
+	// wrote is when the client was last written to (pump.clock), so that
+	// only streams without events get heartbeats.
+	wrote atomic.Int64
 
 	// guarded by pump.mu
 	state  connState
@@ -82,6 +87,7 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 		log: log, heartbeat: heartbeat, timeout: timeout, hangups: h,
 		streams: map[*liveConn]struct{}{},
 		drained: make(chan struct{}),
+		started: time.Now(),
 	}
 	p.work = sync.NewCond(&p.mu)
 	return p, nil
@@ -96,7 +102,11 @@ func (p *pump) run(ctx context.Context) {
 	for range n {
 		go p.worker()
 	}
-	tick := time.NewTicker(p.heartbeat)
+	// Streams that received events recently need no heartbeat: pinging
+	// every stream at once would put thousands of writes in front of the
+	// next event. Checking every quarter interval for streams quiet for
+	// three quarters keeps every gap within one interval.
+	tick := time.NewTicker(p.heartbeat / 4)
 	defer tick.Stop()
 	for {
 		select {
@@ -104,15 +114,21 @@ func (p *pump) run(ctx context.Context) {
 			p.stop()
 			return
 		case <-tick.C:
+			quietSince := p.clock() - int64(p.heartbeat-p.heartbeat/4)
 			p.mu.Lock()
 			for c := range p.streams {
-				c.ping = true
-				p.wakeLocked(c)
+				if c.wrote.Load() <= quietSince {
+					c.ping = true
+					p.wakeLocked(c)
+				}
 			}
 			p.mu.Unlock()
 		}
 	}
 }
+
+// clock is the pump's monotonic time in nanoseconds.
+func (p *pump) clock() int64 { return int64(time.Since(p.started)) }
 
 // stop ends every stream and waits for the workers and blocked writes.
 func (p *pump) stop() {
@@ -149,6 +165,7 @@ func (p *pump) add(c *liveConn) bool {
 	}
 	p.streams[c] = struct{}{}
 	c.state = running // until the first notification below
+	c.wrote.Store(p.clock())
 	p.mu.Unlock()
 
 	unwatch, err := p.hangups.watch(c.nc, func() {
@@ -270,6 +287,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 	}
 	if n == len(f.b) {
 		p.bufs.Put(bp)
+		c.wrote.Store(p.clock())
 		p.finished(c)
 		return
 	}
@@ -312,6 +330,7 @@ func (p *pump) writeBlocked(c *liveConn, bp *[]byte, from int) {
 		}
 		return
 	}
+	c.wrote.Store(p.clock())
 	p.finished(c)
 }
 

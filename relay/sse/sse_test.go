@@ -139,6 +139,43 @@ func TestHeartbeatsKeepAnIdleStreamAlive(t *testing.T) {
 	}
 }
 
+// handlerOnHub serves an SSE handler over a hub of its own, so tests can
+// publish events straight into it; with pump, the handler's Run serves the
+// streams' live part.
+func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump bool) (*hub.Hub, string) {
+	t.Helper()
+	h := hub.New(16)
+	handler := &sse.Handler{
+		Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
+		Streams: &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
+		Log:     relaytest.Logger(), WriteTimeout: time.Second, Heartbeat: heartbeat, Retry: 1500 * time.Millisecond,
+		Limiter: limit.New(0, 0),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	if pump {
+		go func() { ran <- handler.Run(ctx) }()
+	}
+	srv := httptest.NewServer(handler)
+	t.Cleanup(func() {
+		cancel()
+		if pump {
+			if err := <-ran; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+		srv.Close()
+	})
+	if pump {
+		relaytest.Eventually(t, time.Second, "pump running", handler.Live)
+	}
+	return h, srv.URL
+}
+
+func event(seq int64, payload string, actor string, audience ...string) eventlog.Event {
+	return eventlog.Event{ID: eventlog.ID{Xid: seq, Seq: seq}, Topic: "templates", Payload: []byte(payload), Audience: audience, Actor: actor}
+}
+
 // TestAStreamIsTheSameWithOrWithoutThePump serves one handler on net/http's
 // goroutines alone and one with Run: a client cannot tell them apart.
 func TestAStreamIsTheSameWithOrWithoutThePump(t *testing.T) {
@@ -147,42 +184,17 @@ func TestAStreamIsTheSameWithOrWithoutThePump(t *testing.T) {
 	relaytest.Seed(t, db)
 	for _, withPump := range []bool{false, true} {
 		t.Run(fmt.Sprintf("pump=%v", withPump), func(t *testing.T) {
-			h := hub.New(16)
-			handler := &sse.Handler{
-				Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
-				Streams: &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: time.Minute, CatchupBatch: 100},
-				Log:     relaytest.Logger(), WriteTimeout: time.Second, Heartbeat: time.Minute, Retry: 1500 * time.Millisecond,
-				Limiter: limit.New(0, 0),
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			ran := make(chan error, 1)
-			if withPump {
-				go func() { ran <- handler.Run(ctx) }()
-			}
-			srv := httptest.NewServer(handler)
-			defer srv.Close()
-			defer func() {
-				cancel()
-				if withPump {
-					if err := <-ran; err != nil {
-						t.Errorf("Run: %v", err)
-					}
-				}
-			}()
-			if withPump {
-				relaytest.Eventually(t, time.Second, "pump running", handler.Live)
-			}
-
-			s := relaytest.OpenSSE(t, srv.URL+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
+			h, url := handlerOnHub(t, db, time.Minute, withPump)
+			s := relaytest.OpenSSE(t, url+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
 			if s.Status != http.StatusOK || s.Header.Get("Content-Type") != "text/event-stream" || s.Header.Get("Cache-Control") != "no-cache" {
 				t.Fatalf("answered %d %v", s.Status, s.Header)
 			}
 			relaytest.Eventually(t, 5*time.Second, "subscribed", func() bool { return h.Stats().Subscriptions == 1 })
 			events := []eventlog.Event{
-				{ID: eventlog.ID{Xid: 10, Seq: 1}, Topic: "templates", Payload: []byte(`{"n":1}`), Audience: []string{"location:loc-1"}, Actor: "zowi-1"},
-				{ID: eventlog.ID{Xid: 10, Seq: 2}, Topic: "templates", Payload: []byte(`{"n":2}`), Audience: []string{"location:loc-2"}, Actor: "zowi-1"},
-				{ID: eventlog.ID{Xid: 11, Seq: 3}, Topic: "templates", Payload: []byte(`{"n":3}`), Audience: []string{"location:loc-1"}, Actor: "zolo-1"},
-				{ID: eventlog.ID{Xid: 12, Seq: 4}, Topic: "templates", Payload: []byte(`{"n":4}`), Audience: []string{"location:loc-1", "org:org-1"}, Actor: ""},
+				event(1, `{"n":1}`, "zowi-1", "location:loc-1"),
+				event(2, `{"n":2}`, "zowi-1", "location:loc-2"),
+				event(3, `{"n":3}`, "zolo-1", "location:loc-1"),
+				event(4, `{"n":4}`, "", "location:loc-1", "org:org-1"),
 			}
 			h.Publish(events)
 			got := s.Collect(t, 2, 5*time.Second)
@@ -205,4 +217,27 @@ func TestAStreamIsTheSameWithOrWithoutThePump(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestOnlyQuietStreamsGetHeartbeats(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	const heartbeat = 400 * time.Millisecond
+	h, url := handlerOnHub(t, db, heartbeat, true)
+	s := relaytest.OpenSSE(t, url+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
+	relaytest.Eventually(t, 5*time.Second, "subscribed", func() bool { return h.Stats().Subscriptions == 1 })
+
+	// Events every 50 ms for three heartbeat intervals: no pings needed.
+	const busy = 24
+	for i := range busy {
+		h.Publish([]eventlog.Event{event(int64(i+1), `{}`, "zowi-1", "location:loc-1")})
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.Collect(t, busy, 5*time.Second)
+	if c := s.Comments(); len(c) != 0 {
+		t.Errorf("a stream receiving events every 50 ms got comments %q with a %s heartbeat", c, heartbeat)
+	}
+	// Quiet: a ping within one interval (plus scheduling slack).
+	relaytest.Eventually(t, 2*heartbeat, "a ping on the quiet stream", func() bool { return len(s.Comments()) > 0 })
 }
