@@ -309,6 +309,12 @@ func (p *pump) serve(c *liveConn, t turn) {
 func (p *pump) writeBlocked(c *liveConn, bp *[]byte, from int) {
 	defer p.blocked.Done()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(p.timeout))
+	p.mu.Lock()
+	if p.stopping {
+		// stop may have cut the deadline short before the line above.
+		_ = c.nc.SetWriteDeadline(time.Now())
+	}
+	p.mu.Unlock()
 	_, err := c.nc.Write((*bp)[from:])
 	p.bufs.Put(bp)
 	if err == nil {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -139,10 +140,18 @@ func TestHeartbeatsKeepAnIdleStreamAlive(t *testing.T) {
 	}
 }
 
-// handlerOnHub serves an SSE handler over a hub of its own, so tests can
-// publish events straight into it; with pump, the handler's Run serves the
-// streams' live part.
-func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump bool) (*hub.Hub, string) {
+// served is an SSE handler on a hub of its own, so tests can publish events
+// straight into it.
+type served struct {
+	hub *hub.Hub
+	url string
+	// stop ends Run (with a pump) and returns how long that took.
+	stop func() time.Duration
+}
+
+// handlerOnHub serves an SSE handler; with pump, the handler's Run serves
+// the streams' live part.
+func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump bool, writeTimeout ...time.Duration) served {
 	t.Helper()
 	h := hub.New(16)
 	handler := &sse.Handler{
@@ -151,25 +160,38 @@ func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump boo
 		Log:     relaytest.Logger(), WriteTimeout: time.Second, Heartbeat: heartbeat, Retry: 1500 * time.Millisecond,
 		Limiter: limit.New(0, 0),
 	}
+	if len(writeTimeout) > 0 {
+		handler.WriteTimeout = writeTimeout[0]
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	if pump {
 		go func() { ran <- handler.Run(ctx) }()
+	} else {
+		close(ran)
 	}
 	srv := httptest.NewServer(handler)
-	t.Cleanup(func() {
-		cancel()
-		if pump {
+	var once sync.Once
+	var took time.Duration
+	stop := func() time.Duration {
+		once.Do(func() {
+			start := time.Now()
+			cancel()
 			if err := <-ran; err != nil {
 				t.Errorf("Run: %v", err)
 			}
-		}
+			took = time.Since(start)
+		})
+		return took
+	}
+	t.Cleanup(func() {
+		stop()
 		srv.Close()
 	})
 	if pump {
 		relaytest.Eventually(t, time.Second, "pump running", handler.Live)
 	}
-	return h, srv.URL
+	return served{hub: h, url: srv.URL, stop: stop}
 }
 
 func event(seq int64, payload string, actor string, audience ...string) eventlog.Event {
@@ -184,8 +206,9 @@ func TestAStreamIsTheSameWithOrWithoutThePump(t *testing.T) {
 	relaytest.Seed(t, db)
 	for _, withPump := range []bool{false, true} {
 		t.Run(fmt.Sprintf("pump=%v", withPump), func(t *testing.T) {
-			h, url := handlerOnHub(t, db, time.Minute, withPump)
-			s := relaytest.OpenSSE(t, url+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
+			srv := handlerOnHub(t, db, time.Minute, withPump)
+			h := srv.hub
+			s := relaytest.OpenSSE(t, srv.url+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
 			if s.Status != http.StatusOK || s.Header.Get("Content-Type") != "text/event-stream" || s.Header.Get("Cache-Control") != "no-cache" {
 				t.Fatalf("answered %d %v", s.Status, s.Header)
 			}
@@ -224,8 +247,9 @@ func TestOnlyQuietStreamsGetHeartbeats(t *testing.T) {
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
 	const heartbeat = 400 * time.Millisecond
-	h, url := handlerOnHub(t, db, heartbeat, true)
-	s := relaytest.OpenSSE(t, url+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
+	srv := handlerOnHub(t, db, heartbeat, true)
+	h := srv.hub
+	s := relaytest.OpenSSE(t, srv.url+"/events", relaytest.BearerHeader(relaytest.Token(t, "zolo-1")))
 	relaytest.Eventually(t, 5*time.Second, "subscribed", func() bool { return h.Stats().Subscriptions == 1 })
 
 	// Events every 50 ms for three heartbeat intervals: no pings needed.
@@ -240,4 +264,32 @@ func TestOnlyQuietStreamsGetHeartbeats(t *testing.T) {
 	}
 	// Quiet: a ping within one interval (plus scheduling slack).
 	relaytest.Eventually(t, 2*heartbeat, "a ping on the quiet stream", func() bool { return len(s.Comments()) > 0 })
+}
+
+func TestShutdownDoesNotWaitForAClientThatStoppedReading(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	// A write timeout far longer than the test: shutdown must not wait it out.
+	srv := handlerOnHub(t, db, time.Minute, true, time.Minute)
+	stalled := openRaw(t, srv.url, relaytest.Token(t, "zolo-1"))
+	relaytest.Eventually(t, 5*time.Second, "subscribed", func() bool { return srv.hub.Stats().Subscriptions == 1 })
+
+	// 16 MiB in 8 events, more than loopback socket buffers hold, and
+	// fewer events than the queue takes: the pump ends up waiting on the
+	// socket, and the subscription stays open.
+	payload := `{"fill":"` + strings.Repeat("x", 2<<20) + `"}`
+	events := make([]eventlog.Event, 8)
+	for i := range events {
+		events[i] = event(int64(i+1), payload, "zowi-1", "location:loc-1")
+	}
+	srv.hub.Publish(events)
+	time.Sleep(300 * time.Millisecond)
+	if n := srv.hub.Stats().Subscriptions; n != 1 {
+		t.Fatalf("%d subscriptions before shutdown, want the stalled one still open", n)
+	}
+	if took := srv.stop(); took > 5*time.Second {
+		t.Errorf("shutdown took %s with a stalled client; it must not wait for the write timeout", took)
+	}
+	_ = stalled
 }
