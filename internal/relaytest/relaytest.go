@@ -3,6 +3,7 @@
 package relaytest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -100,7 +102,10 @@ func (r *Relay) Stop(t testing.TB) {
 				t.Errorf("relay stopped with error: %v", err)
 			}
 		case <-time.After(15 * time.Second):
-			t.Errorf("relay did not stop within 15s")
+			// What is stuck is the whole story: keep it with the failure.
+			var stacks bytes.Buffer
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			t.Errorf("relay did not stop within 15s; goroutines:\n%s", stacks.String())
 		}
 	})
 }

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
@@ -269,9 +268,9 @@ func (p *pump) serve(c *liveConn, t turn) {
 	}
 	bp := p.buffer()
 	f := frames{b: (*bp)[:0]}
-	_ = c.st.Deliver(&f) // frames never fails
+	_ = c.st.Deliver(f.sink()) // appending never fails
 	if t.ping && len(f.b) == 0 {
-		_ = f.Heartbeat()
+		f.b = append(f.b, pingFrame...)
 	}
 	*bp = f.b
 	if len(f.b) == 0 {
@@ -389,16 +388,12 @@ func (p *pump) buffer() *[]byte {
 	return &b
 }
 
-// frames collects a stream's SSE frames in memory (stream.Sink).
+// frames collects a stream's SSE frames in memory.
 type frames struct{ b []byte }
 
-func (f *frames) Event(m *hub.Message) error { f.b = append(f.b, m.SSE()...); return nil }
-
-func (f *frames) Reset(at eventlog.ID) error {
-	f.b = append(f.b, resetFrame(at)...)
-	return nil
+func (f *frames) sink() frameSink {
+	return frameSink{
+		write: func(b []byte) error { f.b = append(f.b, b...); return nil },
+		flush: func() error { return nil },
+	}
 }
-
-func (f *frames) Heartbeat() error { f.b = append(f.b, pingFrame...); return nil }
-
-func (f *frames) Flush() error { return nil }

@@ -160,15 +160,15 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, p *pump, c *
 	_ = nc.SetDeadline(time.Time{})
 	c.nc = nc
 	bw := h.writers.get(nc)
-	sink := &connSink{conn: nc, bw: bw, timeout: h.WriteTimeout}
+	cs := &connSink{conn: nc, bw: bw, timeout: h.WriteTimeout}
 	setStreamHeaders(header)
 	header.Set("Connection", "close") // the body ends when the connection does
-	err = sink.writeHeader(header)
+	err = cs.writeHeader(header)
 	if err == nil {
-		err = sink.write(h.retryFrame())
+		err = cs.write(h.retryFrame())
 	}
 	if err == nil {
-		err = c.st.Classify(c.st.Replay(r.Context(), sink))
+		err = c.st.Classify(c.st.Replay(r.Context(), frameSink{cs.write, cs.flush}))
 	}
 	h.writers.put(bw)
 	if err != nil {
@@ -192,15 +192,15 @@ func (h *Handler) serveOnRequest(w http.ResponseWriter, r *http.Request, st *str
 	rc := http.NewResponseController(w)
 	setStreamHeaders(w.Header())
 	w.WriteHeader(http.StatusOK)
-	sink := &sink{w: w, rc: rc, timeout: h.WriteTimeout}
+	rs := &responseSink{w: w, rc: rc, timeout: h.WriteTimeout}
 	start := time.Now()
-	if err := sink.write(h.retryFrame()); err != nil {
+	if err := rs.write(h.retryFrame()); err != nil {
 		return
 	}
-	err := st.Run(r.Context(), sink)
+	err := st.Run(r.Context(), frameSink{rs.write, rc.Flush})
 	reason, notice := ending(err)
 	if notice != nil {
-		_ = sink.write(notice)
+		_ = rs.write(notice)
 		_ = rc.Flush()
 	}
 	if reason == "error" {
@@ -242,14 +242,29 @@ func resetFrame(at eventlog.ID) []byte {
 	return []byte("id: " + at.String() + "\nevent: reset\ndata: {\"reason\":\"events after your last id are no longer retained; reload\"}\n\n")
 }
 
-// sink writes a stream through net/http's ResponseWriter.
-type sink struct {
+// frameSink writes a stream's frames with write and flushes with flush
+// (stream.Sink), whatever carries them.
+type frameSink struct {
+	write func([]byte) error
+	flush func() error
+}
+
+func (s frameSink) Event(m *hub.Message) error { return s.write(m.SSE()) }
+
+func (s frameSink) Reset(at eventlog.ID) error { return s.write(resetFrame(at)) }
+
+func (s frameSink) Heartbeat() error { return s.write(pingFrame) }
+
+func (s frameSink) Flush() error { return s.flush() }
+
+// responseSink writes through net/http's ResponseWriter.
+type responseSink struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
 }
 
-func (s *sink) write(b []byte) error {
+func (s *responseSink) write(b []byte) error {
 	if s.timeout > 0 {
 		// A client that stops reading blocks the write until this deadline;
 		// its queue meanwhile overflows and the hub drops it.
@@ -258,14 +273,6 @@ func (s *sink) write(b []byte) error {
 	_, err := s.w.Write(b)
 	return err
 }
-
-func (s *sink) Event(m *hub.Message) error { return s.write(m.SSE()) }
-
-func (s *sink) Reset(at eventlog.ID) error { return s.write(resetFrame(at)) }
-
-func (s *sink) Heartbeat() error { return s.write(pingFrame) }
-
-func (s *sink) Flush() error { return s.rc.Flush() }
 
 // connSink writes a stream straight to a taken-over connection, buffered.
 type connSink struct {
@@ -292,13 +299,7 @@ func (s *connSink) write(b []byte) error {
 	return err
 }
 
-func (s *connSink) Event(m *hub.Message) error { return s.write(m.SSE()) }
-
-func (s *connSink) Reset(at eventlog.ID) error { return s.write(resetFrame(at)) }
-
-func (s *connSink) Heartbeat() error { return s.write(pingFrame) }
-
-func (s *connSink) Flush() error {
+func (s *connSink) flush() error {
 	err := s.bw.Flush()
 	if err == nil && s.timeout > 0 {
 		// The pump writes without waiting, and would see a stale deadline.
