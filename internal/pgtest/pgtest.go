@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgrelay/pgrelay/internal/migrate"
@@ -87,6 +89,13 @@ func connectAdmin(t testing.TB) (*pgx.Conn, *pgx.ConnConfig) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, cfg)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "53300" {
+		t.Fatalf("connect to the test PostgreSQL server (%s:%d): %v\n"+
+			"The suite runs many relays at once; raise the server's limit with\n"+
+			"  ALTER SYSTEM SET max_connections = 300; -- then restart PostgreSQL",
+			cfg.Host, cfg.Port, err)
+	}
 	if err != nil {
 		t.Fatalf("connect to the test PostgreSQL server (%s:%d): %v\n"+
 			"Tests need a running PostgreSQL. Start it with\n"+
