@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/hub"
@@ -61,6 +62,7 @@ const (
 type liveConn struct {
 	st     *stream.Stream
 	nc     net.Conn
+	raw    syscall.RawConn // nc's descriptor, for writes that must not wait; nil if it has none
 	user   string
 	opened time.Time
 	// release undoes the stream's admission (limits, metrics).
@@ -266,26 +268,24 @@ func (p *pump) serve(c *liveConn, t turn) {
 		p.close(c, reason, notice)
 		return
 	}
-	bp := p.buffer()
-	f := frames{b: (*bp)[:0]}
-	_ = c.st.Deliver(f.sink()) // appending never fails
+	f := p.buffer()
+	_ = c.st.Deliver(frameSink[*frames]{f}) // appending never fails
 	if t.ping && len(f.b) == 0 {
 		f.b = append(f.b, pingFrame...)
 	}
-	*bp = f.b
 	if len(f.b) == 0 {
-		p.bufs.Put(bp)
+		p.bufs.Put(f)
 		p.finished(c)
 		return
 	}
-	n, err := writeNow(c.nc, f.b)
+	n, err := writeNow(c.raw, f.b)
 	if err != nil {
-		p.bufs.Put(bp)
+		p.bufs.Put(f)
 		p.close(c, "client closed", nil)
 		return
 	}
 	if n == len(f.b) {
-		p.bufs.Put(bp)
+		p.bufs.Put(f)
 		c.wrote.Store(p.clock())
 		p.finished(c)
 		return
@@ -297,15 +297,15 @@ func (p *pump) serve(c *liveConn, t turn) {
 	stopping := p.stopping
 	p.mu.Unlock()
 	if stopping {
-		p.bufs.Put(bp)
+		p.bufs.Put(f)
 		p.close(c, "shutdown", nil)
 		return
 	}
 	p.blocked.Add(1)
-	go p.writeBlocked(c, bp, n)
+	go p.writeBlocked(c, f, n)
 }
 
-func (p *pump) writeBlocked(c *liveConn, bp *[]byte, from int) {
+func (p *pump) writeBlocked(c *liveConn, f *frames, from int) {
 	defer p.blocked.Done()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(p.timeout))
 	p.mu.Lock()
@@ -314,8 +314,8 @@ func (p *pump) writeBlocked(c *liveConn, bp *[]byte, from int) {
 		_ = c.nc.SetWriteDeadline(time.Now())
 	}
 	p.mu.Unlock()
-	_, err := c.nc.Write((*bp)[from:])
-	p.bufs.Put(bp)
+	_, err := c.nc.Write(f.b[from:])
+	p.bufs.Put(f)
 	if err == nil {
 		// writeNow honours deadlines too: clear this one.
 		err = c.nc.SetWriteDeadline(time.Time{})
@@ -343,7 +343,7 @@ func (p *pump) writeBlocked(c *liveConn, bp *[]byte, from int) {
 // caller owns c.
 func (p *pump) close(c *liveConn, reason string, notice []byte) {
 	if notice != nil {
-		_, _ = writeNow(c.nc, notice)
+		_, _ = writeNow(c.raw, notice)
 	}
 	if c.unwatch != nil {
 		c.unwatch()
@@ -380,20 +380,18 @@ func (p *pump) end(c *liveConn, reason string) {
 	}
 }
 
-func (p *pump) buffer() *[]byte {
-	if bp, ok := p.bufs.Get().(*[]byte); ok {
-		return bp
+// buffer returns an empty frames buffer from the pool.
+func (p *pump) buffer() *frames {
+	if f, ok := p.bufs.Get().(*frames); ok {
+		f.b = f.b[:0]
+		return f
 	}
-	b := make([]byte, 0, 4096)
-	return &b
+	return &frames{b: make([]byte, 0, 4096)}
 }
 
 // frames collects a stream's SSE frames in memory.
 type frames struct{ b []byte }
 
-func (f *frames) sink() frameSink {
-	return frameSink{
-		write: func(b []byte) error { f.b = append(f.b, b...); return nil },
-		flush: func() error { return nil },
-	}
-}
+func (f *frames) write(b []byte) error { f.b = append(f.b, b...); return nil }
+
+func (f *frames) flush() error { return nil }

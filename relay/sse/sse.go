@@ -17,6 +17,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
@@ -159,6 +160,9 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, p *pump, c *
 	// body, and nothing the client sends afterwards matters.
 	_ = nc.SetDeadline(time.Time{})
 	c.nc = nc
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	bw := h.writers.get(nc)
 	cs := &connSink{conn: nc, bw: bw, timeout: h.WriteTimeout}
 	setStreamHeaders(header)
@@ -168,7 +172,7 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, p *pump, c *
 		err = cs.write(h.retryFrame())
 	}
 	if err == nil {
-		err = c.st.Classify(c.st.Replay(r.Context(), frameSink{cs.write, cs.flush}))
+		err = c.st.Classify(c.st.Replay(r.Context(), frameSink[*connSink]{cs}))
 	}
 	h.writers.put(bw)
 	if err != nil {
@@ -197,7 +201,7 @@ func (h *Handler) serveOnRequest(w http.ResponseWriter, r *http.Request, st *str
 	if err := rs.write(h.retryFrame()); err != nil {
 		return
 	}
-	err := st.Run(r.Context(), frameSink{rs.write, rc.Flush})
+	err := st.Run(r.Context(), frameSink[*responseSink]{rs})
 	reason, notice := ending(err)
 	if notice != nil {
 		_ = rs.write(notice)
@@ -242,20 +246,25 @@ func resetFrame(at eventlog.ID) []byte {
 	return []byte("id: " + at.String() + "\nevent: reset\ndata: {\"reason\":\"events after your last id are no longer retained; reload\"}\n\n")
 }
 
-// frameSink writes a stream's frames with write and flushes with flush
-// (stream.Sink), whatever carries them.
-type frameSink struct {
-	write func([]byte) error
-	flush func() error
+// frameWriter is what carries a stream's frames: the response, a
+// taken-over connection, or the pump's buffer.
+type frameWriter interface {
+	write(b []byte) error
+	flush() error
 }
 
-func (s frameSink) Event(m *hub.Message) error { return s.write(m.SSE()) }
+// frameSink turns a frameWriter into a stream.Sink. Generic rather than an
+// interface field so that frameSink[*frames] is a single pointer, which the
+// pump hands to Deliver for every batch without allocating.
+type frameSink[W frameWriter] struct{ w W }
 
-func (s frameSink) Reset(at eventlog.ID) error { return s.write(resetFrame(at)) }
+func (s frameSink[W]) Event(m *hub.Message) error { return s.w.write(m.SSE()) }
 
-func (s frameSink) Heartbeat() error { return s.write(pingFrame) }
+func (s frameSink[W]) Reset(at eventlog.ID) error { return s.w.write(resetFrame(at)) }
 
-func (s frameSink) Flush() error { return s.flush() }
+func (s frameSink[W]) Heartbeat() error { return s.w.write(pingFrame) }
+
+func (s frameSink[W]) Flush() error { return s.w.flush() }
 
 // responseSink writes through net/http's ResponseWriter.
 type responseSink struct {
@@ -273,6 +282,8 @@ func (s *responseSink) write(b []byte) error {
 	_, err := s.w.Write(b)
 	return err
 }
+
+func (s *responseSink) flush() error { return s.rc.Flush() }
 
 // connSink writes a stream straight to a taken-over connection, buffered.
 type connSink struct {

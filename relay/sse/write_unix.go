@@ -4,24 +4,19 @@ package sse
 
 import (
 	"errors"
-	"net"
 	"syscall"
 )
 
 // writeNow writes as much of b as the socket takes without waiting and
 // returns how much that was. A pump worker must never block on one client.
-func writeNow(nc net.Conn, b []byte) (int, error) {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
+// Without a descriptor (raw is nil) nothing can be written that way.
+func writeNow(raw syscall.RawConn, b []byte) (int, error) {
+	if raw == nil {
 		return 0, nil
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return 0, err
 	}
 	n := 0
 	var werr error
-	err = raw.Write(func(fd uintptr) bool {
+	err := raw.Write(func(fd uintptr) bool {
 		for n < len(b) {
 			m, err := syscall.Write(int(fd), b[n:])
 			switch {
