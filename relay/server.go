@@ -20,6 +20,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -88,6 +90,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if poolCfg.ConnConfig.ConnectTimeout == 0 {
 		poolCfg.ConnConfig.ConnectTimeout = 10 * time.Second
 	}
+	poolCfg.ConnConfig.BuildContextWatcherHandler = cancelOnServer
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
@@ -260,6 +263,18 @@ func (s *Server) ListenAndRun(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
 	}
 	return s.Run(ctx, ln)
+}
+
+// cancelOnServer makes a cancelled context stop a pool query by asking the
+// server to cancel it, rather than pgx's default of putting a deadline on the
+// socket. A deadline that cuts a write short leaves a TLS connection unusable,
+// and closing it then waits up to 15 s for the server, which held a relay's
+// shutdown (the pool's Close) that long when a stream's replay was cut off.
+// The socket deadline remains, later, for a server that does not answer.
+// Only for the pool: the dedicated connections wait for notifications with
+// short timeouts, which a cancel request (nothing to cancel) would not end.
+func cancelOnServer(c *pgconn.PgConn) ctxwatch.Handler {
+	return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 2 * time.Second}
 }
 
 // connect opens a dedicated connection named appName.
