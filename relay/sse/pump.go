@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,7 +40,11 @@ type pump struct {
 	quit     bool
 	drained  chan struct{}
 
-	started time.Time
+	// wheel spreads heartbeats over the interval: stream i is pinged when
+	// the ticker reaches slot i mod len(wheel), once per interval.
+	wheel    []map[*liveConn]struct{}
+	nextSlot int
+
 	workers sync.WaitGroup
 	blocked sync.WaitGroup
 	bufs    sync.Pool
@@ -69,15 +72,16 @@ type liveConn struct {
 	release   func()
 	unwatch   func()
 	blockedOn bool // a blocked write owns the connection; guarded by pump.mu
-	// wrote is when the client was last written to (pump.clock), so that
-	// only streams without events get heartbeats.
-	wrote atomic.Int64
 
 	// guarded by pump.mu
 	state  connState
 	hungUp bool
 	ping   bool
+	slot   int
 }
+
+// wheelSlots is how many groups a heartbeat interval is divided into.
+const wheelSlots = 64
 
 func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) {
 	h, err := newHangups()
@@ -88,7 +92,10 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 		log: log, heartbeat: heartbeat, timeout: timeout, hangups: h,
 		streams: map[*liveConn]struct{}{},
 		drained: make(chan struct{}),
-		started: time.Now(),
+		wheel:   make([]map[*liveConn]struct{}, wheelSlots),
+	}
+	for i := range p.wheel {
+		p.wheel[i] = map[*liveConn]struct{}{}
 	}
 	p.work = sync.NewCond(&p.mu)
 	return p, nil
@@ -103,33 +110,26 @@ func (p *pump) run(ctx context.Context) {
 	for range n {
 		go p.worker()
 	}
-	// Streams that received events recently need no heartbeat: pinging
-	// every stream at once would put thousands of writes in front of the
-	// next event. Checking every quarter interval for streams quiet for
-	// three quarters keeps every gap within one interval.
-	tick := time.NewTicker(p.heartbeat / 4)
+	// Every stream gets a ping each interval, events or not, but a slot at a
+	// time: pinging every stream at once would put thousands of writes in
+	// front of the next event.
+	tick := time.NewTicker(p.heartbeat / wheelSlots)
 	defer tick.Stop()
-	for {
+	for slot := 0; ; slot = (slot + 1) % wheelSlots {
 		select {
 		case <-ctx.Done():
 			p.stop()
 			return
 		case <-tick.C:
-			quietSince := p.clock() - int64(p.heartbeat-p.heartbeat/4)
 			p.mu.Lock()
-			for c := range p.streams {
-				if c.wrote.Load() <= quietSince {
-					c.ping = true
-					p.wakeLocked(c)
-				}
+			for c := range p.wheel[slot] {
+				c.ping = true
+				p.wakeLocked(c)
 			}
 			p.mu.Unlock()
 		}
 	}
 }
-
-// clock is the pump's monotonic time in nanoseconds.
-func (p *pump) clock() int64 { return int64(time.Since(p.started)) }
 
 // stop ends every stream and waits for the workers and blocked writes.
 func (p *pump) stop() {
@@ -166,7 +166,9 @@ func (p *pump) add(c *liveConn) bool {
 	}
 	p.streams[c] = struct{}{}
 	c.state = running // until the first notification below
-	c.wrote.Store(p.clock())
+	c.slot = p.nextSlot
+	p.nextSlot = (p.nextSlot + 1) % wheelSlots
+	p.wheel[c.slot][c] = struct{}{}
 	p.mu.Unlock()
 
 	unwatch, err := p.hangups.watch(c.nc, func() {
@@ -270,7 +272,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 	}
 	f := p.buffer()
 	_ = c.st.Deliver(frameSink[*frames]{f}) // appending never fails
-	if t.ping && len(f.b) == 0 {
+	if t.ping {
 		f.b = append(f.b, pingFrame...)
 	}
 	if len(f.b) == 0 {
@@ -286,7 +288,6 @@ func (p *pump) serve(c *liveConn, t turn) {
 	}
 	if n == len(f.b) {
 		p.bufs.Put(f)
-		c.wrote.Store(p.clock())
 		p.finished(c)
 		return
 	}
@@ -335,7 +336,6 @@ func (p *pump) writeBlocked(c *liveConn, f *frames, from int) {
 		}
 		return
 	}
-	c.wrote.Store(p.clock())
 	p.finished(c)
 }
 
@@ -371,6 +371,7 @@ func (p *pump) end(c *liveConn, reason string) {
 	defer p.mu.Unlock()
 	c.state = gone
 	delete(p.streams, c)
+	delete(p.wheel[c.slot], c)
 	if p.stopping && len(p.streams) == 0 {
 		select {
 		case <-p.drained:
