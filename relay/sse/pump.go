@@ -35,7 +35,7 @@ type pump struct {
 	mu       sync.Mutex
 	work     *sync.Cond
 	ready    []*liveConn
-	streams  map[*liveConn]struct{}
+	streams  int // in the wheel
 	stopping bool
 	quit     bool
 	drained  chan struct{}
@@ -90,7 +90,6 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 	}
 	p := &pump{
 		log: log, heartbeat: heartbeat, timeout: timeout, hangups: h,
-		streams: map[*liveConn]struct{}{},
 		drained: make(chan struct{}),
 		wheel:   make([]map[*liveConn]struct{}, wheelSlots),
 	}
@@ -135,14 +134,16 @@ func (p *pump) run(ctx context.Context) {
 func (p *pump) stop() {
 	p.mu.Lock()
 	p.stopping = true
-	for c := range p.streams {
-		p.wakeLocked(c)
-		if c.blockedOn {
-			// End the blocked write now; it then closes the stream.
-			_ = c.nc.SetWriteDeadline(time.Now())
+	for _, slot := range p.wheel {
+		for c := range slot {
+			p.wakeLocked(c)
+			if c.blockedOn {
+				// End the blocked write now; it then closes the stream.
+				_ = c.nc.SetWriteDeadline(time.Now())
+			}
 		}
 	}
-	empty := len(p.streams) == 0
+	empty := p.streams == 0
 	p.mu.Unlock()
 	if !empty {
 		<-p.drained
@@ -164,7 +165,7 @@ func (p *pump) add(c *liveConn) bool {
 		p.mu.Unlock()
 		return false
 	}
-	p.streams[c] = struct{}{}
+	p.streams++
 	c.state = running // until the first notification below
 	c.slot = p.nextSlot
 	p.nextSlot = (p.nextSlot + 1) % wheelSlots
@@ -370,9 +371,11 @@ func (p *pump) end(c *liveConn, reason string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c.state = gone
-	delete(p.streams, c)
-	delete(p.wheel[c.slot], c)
-	if p.stopping && len(p.streams) == 0 {
+	if _, ok := p.wheel[c.slot][c]; ok {
+		delete(p.wheel[c.slot], c)
+		p.streams--
+	}
+	if p.stopping && p.streams == 0 {
 		select {
 		case <-p.drained:
 		default:
