@@ -61,10 +61,23 @@ func Logger() *slog.Logger {
 }
 
 // Start runs a relay on the database at dbURL until the test ends (or Stop).
-// It waits until the relay is ready. mutate adjusts the configuration.
+// It waits until the relay is ready. mutate adjusts the configuration. The
+// relay's log is kept and printed if the test fails (or written to stderr
+// as it happens with PGRELAY_TEST_LOG set).
 func Start(t testing.TB, dbURL string, mutate ...func(*relay.Config)) *Relay {
 	t.Helper()
-	return StartLogging(t, dbURL, Logger(), mutate...)
+	if os.Getenv("PGRELAY_TEST_LOG") != "" {
+		return StartLogging(t, dbURL, Logger(), mutate...)
+	}
+	logs := &Buffer{}
+	// Registered before the relay's own cleanup, so it runs after the relay
+	// has stopped and logged why.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of the relay started at %s:\n%s", dbURL, logs.String())
+		}
+	})
+	return StartLogging(t, dbURL, slog.New(slog.NewTextHandler(logs, nil)), mutate...)
 }
 
 // StartLogging is Start with the relay logging to log.
