@@ -58,6 +58,10 @@ type Config struct {
 	LogFormat string // text or json
 
 	PprofAddr string // if set, serve net/http/pprof here (for profiling; keep it on loopback)
+
+	// foreignListAge is how long the relay's log reader trusts its list of
+	// other databases' transactions (0: the default). Tests lengthen it.
+	foreignListAge time.Duration
 }
 
 // DefaultConfig returns the defaults.

@@ -8,6 +8,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +52,10 @@ const (
 // readBatch is how many events one log read returns.
 const readBatch = 1000
 
+// foreignListAge is how long a relay trusts its list of other databases'
+// transactions between lookups (see eventlog.Reader).
+const foreignListAge = 250 * time.Millisecond
+
 // Server is one relay instance.
 type Server struct {
 	cfg       Config
@@ -66,8 +72,15 @@ type Server struct {
 	ws        *ws.Handler
 	sse       *sse.Handler
 
-	events     *eventlog.Reader
-	wake       chan struct{}
+	events *eventlog.Reader
+	wake   chan struct{}
+	// fullRead asks the reader to read past what was announced, up to its
+	// own horizon: after the listener (re)connects and on the safety poll.
+	fullRead atomic.Bool
+	// settled is the newest position the sequencer announced: every event up
+	// to it is committed, whatever this relay's own horizon says.
+	settledMu  sync.Mutex
+	settled    eventlog.ID
 	listening  atomic.Bool
 	caughtUp   atomic.Bool
 	isLeader   atomic.Bool
@@ -104,7 +117,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		hub:    hub.New(cfg.QueueSize),
 		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
 		wake:   make(chan struct{}, 1),
-		events: eventlog.NewReader(250 * time.Millisecond),
+		events: eventlog.NewReader(cmp.Or(cfg.foreignListAge, foreignListAge)),
 		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
 		}),
@@ -323,11 +336,17 @@ type listenHandler struct{ s *Server }
 // to announce, a reconnect) wakes the reader to read the log.
 func (h listenHandler) Announced(payload string) {
 	a, err := eventlog.DecodeAnnouncement(payload)
-	if err == nil && len(a.Events) > 0 && h.s.hub.PublishAfter(a.Prev, a.Events) {
+	if err != nil {
+		// A reconnect ("") or a payload from elsewhere: read all there is.
+		h.s.readAll()
+		return
+	}
+	h.s.noteSettled(a.Upto)
+	if len(a.Events) > 0 && h.s.hub.PublishAfter(a.Prev, a.Events) {
 		h.s.announced.Add(uint64(len(a.Events)))
 		return
 	}
-	if err == nil && payload != "" && !h.s.hub.Position().Less(a.Upto) {
+	if !h.s.hub.Position().Less(a.Upto) {
 		return // nothing new for this relay
 	}
 	h.s.wakeReader()
@@ -341,8 +360,29 @@ func (h listenHandler) Connected(up bool) {
 	// listener was back; reads until then are catch-up (and counted so).
 	h.s.caughtUp.Store(false)
 	if up {
-		h.s.wakeReader()
+		h.s.readAll()
 	}
+}
+
+// noteSettled records that the sequencer announced the log up to upto.
+func (s *Server) noteSettled(upto eventlog.ID) {
+	s.settledMu.Lock()
+	defer s.settledMu.Unlock()
+	if s.settled.Less(upto) {
+		s.settled = upto
+	}
+}
+
+func (s *Server) settledUpto() eventlog.ID {
+	s.settledMu.Lock()
+	defer s.settledMu.Unlock()
+	return s.settled
+}
+
+// readAll wakes the reader for a read up to its own horizon.
+func (s *Server) readAll() {
+	s.fullRead.Store(true)
+	s.wakeReader()
 }
 
 func (s *Server) wakeReader() {
@@ -352,8 +392,9 @@ func (s *Server) wakeReader() {
 	}
 }
 
-// readLoop is the only writer of the hub: it reads the log after the hub's
-// position whenever woken, and at least every SafetyPoll.
+// readLoop publishes what it reads from the log to the hub whenever woken,
+// and reads all there is at least every SafetyPoll. (The listener publishes
+// announced events itself when they follow from the hub's position.)
 func (s *Server) readLoop(ctx context.Context) error {
 	ticker := time.NewTicker(s.cfg.SafetyPoll)
 	defer ticker.Stop()
@@ -364,13 +405,16 @@ func (s *Server) readLoop(ctx context.Context) error {
 			return ctx.Err()
 		case <-s.wake:
 		case <-ticker.C:
+			s.fullRead.Store(true)
 		}
-		err := s.drain(ctx)
+		full := s.fullRead.Swap(false)
+		err := s.drain(ctx, full)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return ctx.Err()
 		case err != nil:
 			s.caughtUp.Store(false)
+			s.fullRead.Store(true) // the next read starts over
 			if !failing {
 				s.log.Warn("read event log; retrying", "err", err)
 			}
@@ -382,11 +426,42 @@ func (s *Server) readLoop(ctx context.Context) error {
 	}
 }
 
-func (s *Server) drain(ctx context.Context) error {
+// drain reads the log from the hub's position up to what the sequencer
+// announced and, if full, on up to this relay's own horizon.
+//
+// The two differ: the horizon ignores other databases' transactions by a
+// list each reader refreshes on its own schedule, so a relay may still count
+// as its own a transaction the sequencer already knew to be foreign, and
+// stop short of events the sequencer announced. Nothing would wake it again
+// before the safety poll, so announced ranges are read without the horizon:
+// the sequencer vouched that every transaction in them has ended.
+func (s *Server) drain(ctx context.Context, full bool) error {
+	announcedDone := false
+	if full {
+		// A full read follows a reconnect or the safety poll: both are
+		// there to catch what announcements missed, so they must not miss
+		// it again by trusting an old list.
+		s.events.Forget()
+	}
 	for {
 		// While the listener is (re)connecting, reads are catch-up too.
 		catchingUp := !s.caughtUp.Load() || !s.listening.Load()
-		events, err := s.events.ReadAfter(ctx, s.pool, s.hub.Position(), readBatch)
+		pos := s.hub.Position()
+		var events []eventlog.Event
+		var err error
+		upto := s.settledUpto()
+		announced := !announcedDone && pos.Less(upto)
+		switch {
+		case announced:
+			events, err = eventlog.ReadBetween(ctx, s.pool, pos, upto, readBatch)
+			// Short of a batch: up to the announced position, or every
+			// event in between was pruned.
+			announcedDone = len(events) < readBatch
+		case full:
+			events, err = s.events.ReadAfter(ctx, s.pool, pos, readBatch)
+		default:
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -394,9 +469,10 @@ func (s *Server) drain(ctx context.Context) error {
 			s.metrics.CatchupEvents(len(events))
 		}
 		s.hub.Publish(events)
-		if len(events) < readBatch {
-			s.caughtUp.Store(true)
-			return nil
+		if announced || len(events) == readBatch {
+			continue
 		}
+		s.caughtUp.Store(true)
+		return nil
 	}
 }

@@ -270,6 +270,13 @@ func (r *Reader) foreignXIDs(ctx context.Context, q Querier) ([]int64, error) {
 	return xids, nil
 }
 
+// Forget drops the remembered list: the next read looks it up afresh.
+func (r *Reader) Forget() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.foreign = nil
+}
+
 // ReadAfter is ReadAfter with the remembered list of foreign transactions.
 func (r *Reader) ReadAfter(ctx context.Context, q Querier, after ID, limit int) ([]Event, error) {
 	foreign, err := r.foreignXIDs(ctx, q)

@@ -1,0 +1,11 @@
+package relay
+
+import "time"
+
+// WithForeignListAge makes a test relay trust its list of other databases'
+// transactions for d: with a long d its own view of which events are
+// settled lags the sequencer's, as it may for up to a fraction of a second
+// on a server shared with busy databases.
+func WithForeignListAge(d time.Duration) func(*Config) {
+	return func(c *Config) { c.foreignListAge = d }
+}
