@@ -19,7 +19,8 @@ import (
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
-func status(t *testing.T, u string) int {
+// getJSON fetches u, whose body must be a JSON object.
+func getJSON(t *testing.T, u string) (int, map[string]any) {
 	t.Helper()
 	resp, err := http.Get(u)
 	if err != nil {
@@ -30,7 +31,13 @@ func status(t *testing.T, u string) int {
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
 		t.Fatalf("GET %s: body is not JSON: %v", u, err)
 	}
-	return resp.StatusCode
+	return resp.StatusCode, body
+}
+
+func status(t *testing.T, u string) int {
+	t.Helper()
+	code, _ := getJSON(t, u)
+	return code
 }
 
 // listenerRole creates a login role for a relay's LISTEN (and sequencer)

@@ -79,13 +79,18 @@ type Server struct {
 	fullRead atomic.Bool
 	// settled is the newest position the sequencer announced: every event up
 	// to it is committed, whatever this relay's own horizon says.
-	settledMu  sync.Mutex
-	settled    eventlog.ID
-	listening  atomic.Bool
-	caughtUp   atomic.Bool
-	isLeader   atomic.Bool
-	reconnects atomic.Uint64
-	announced  atomic.Uint64
+	settledMu sync.Mutex
+	settled   eventlog.ID
+	// sequencerPID is the session whose announcements this relay trusts
+	// (0: not known yet); findSequencer asks the next full read to look it
+	// up again.
+	sequencerPID  atomic.Uint32
+	findSequencer atomic.Bool
+	listening     atomic.Bool
+	caughtUp      atomic.Bool
+	isLeader      atomic.Bool
+	reconnects    atomic.Uint64
+	announced     atomic.Uint64
 }
 
 // New connects to the database, checks that it is migrated, and builds a
@@ -334,10 +339,23 @@ type listenHandler struct{ s *Server }
 // Announced publishes announced events straight to the hub when they follow
 // from its position, and otherwise (a relay behind or ahead, events too large
 // to announce, a reconnect) wakes the reader to read the log.
-func (h listenHandler) Announced(payload string) {
+//
+// Only the sequencer's session may say what is settled or hand over rows:
+// any session that can connect to the database can notify the channel, and
+// trusting a forged announcement would publish rows that are not in the log
+// or read past transactions still open. Anything else, a reconnect included,
+// is only a hint to read the log, and to find out who the sequencer is now.
+func (h listenHandler) Announced(payload string, from uint32) {
+	if from == 0 || from != h.s.sequencerPID.Load() {
+		if from != 0 {
+			h.s.findSequencer.Store(true)
+		}
+		h.s.readAll()
+		return
+	}
 	a, err := eventlog.DecodeAnnouncement(payload)
 	if err != nil {
-		// A reconnect ("") or a payload from elsewhere: read all there is.
+		h.s.log.Warn("unreadable announcement from the sequencer", "err", err)
 		h.s.readAll()
 		return
 	}
@@ -442,6 +460,14 @@ func (s *Server) drain(ctx context.Context, full bool) error {
 		// there to catch what announcements missed, so they must not miss
 		// it again by trusting an old list.
 		s.events.Forget()
+		if s.findSequencer.Swap(false) || s.sequencerPID.Load() == 0 {
+			pid, err := sequencer.Holder(ctx, s.pool)
+			if err != nil {
+				s.findSequencer.Store(true)
+				return err
+			}
+			s.sequencerPID.Store(pid)
+		}
 	}
 	for {
 		// While the listener is (re)connecting, reads are catch-up too.

@@ -29,10 +29,11 @@ const (
 
 // Handler is what notifications drive.
 type Handler interface {
-	// Announced receives an announcement of new events (the payload of a
-	// pgrelay_events notification; "" after a (re)connect, meaning "read the
-	// log"). It must not block.
-	Announced(payload string)
+	// Announced receives an announcement of new events: the payload of a
+	// pgrelay_events notification and the process id of the session that
+	// sent it, or "" and 0 after a (re)connect, meaning "read the log". It
+	// must not block.
+	Announced(payload string, from uint32)
 	// FiltersChanged asks for a filter reload. It must not block.
 	FiltersChanged(filter.Change)
 	// Connected reports whether the listener is connected and caught up on
@@ -80,8 +81,8 @@ func (l *Listener) Run(ctx context.Context) error {
 		ReconnectDelay: -1,
 	}
 	pl.Handle(EventsChannel, handlerFunc{
-		notify:  func(n *pgconn.Notification) { l.handler.Announced(n.Payload) },
-		backlog: func() { l.handler.Announced(""); l.backlogDone() },
+		notify:  func(n *pgconn.Notification) { l.handler.Announced(n.Payload, n.PID) },
+		backlog: func() { l.handler.Announced("", 0); l.backlogDone() },
 	})
 	pl.Handle(FiltersChannel, handlerFunc{
 		notify:  func(n *pgconn.Notification) { l.handler.FiltersChanged(filter.ParseChange(n.Payload)) },

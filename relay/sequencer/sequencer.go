@@ -9,6 +9,7 @@ package sequencer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -251,6 +252,31 @@ func announce(ctx context.Context, conn *pgx.Conn, newest eventlog.ID) error {
 		return fmt.Errorf("announce events up to %s: %w", newest, err)
 	}
 	return nil
+}
+
+// Holder returns the process id of the session that is the sequencer of the
+// database q is connected to, or 0 if there is none. Relays trust only its
+// announcements: any session that can connect may send a notification on
+// EventsChannel, but only the sequencer holds the lock.
+func Holder(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}) (uint32, error) {
+	// pg_locks shows a bigint advisory key as its high and low halves,
+	// with objsubid 1.
+	var pid uint32
+	err := q.QueryRow(ctx, `
+SELECT pid FROM pg_locks
+ WHERE locktype = 'advisory' AND granted
+   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND classid = $1 AND objid = $2 AND objsubid = 1`,
+		lockKey>>32, lockKey&0xffff_ffff).Scan(&pid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("look up the sequencer's session: %w", err)
+	}
+	return pid, nil
 }
 
 // sleep waits for d or until ctx is done.
