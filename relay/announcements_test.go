@@ -173,4 +173,9 @@ SELECT xid, id, topic, audience FROM relay.events ORDER BY xid DESC, id DESC LIM
 	if got := names(t, client.Collect(t, 2, 10*time.Second)); !slices.Equal(got, []string{"earlier", "later"}) {
 		t.Fatalf("received %q, want the earlier transaction's row first", got)
 	}
+	// The sequencer's first announcements (taking over, "genuine") count
+	// too if they arrived before the relay had looked it up.
+	if n := sample(scrape(t, r.URL), "pgrelay_announcements_ignored_total"); n < float64(len(payloads)+1) || n > float64(len(payloads)+3) {
+		t.Errorf("pgrelay_announcements_ignored_total = %v, want the %d forged notifications, plus at most the sequencer's first two", n, len(payloads)+1)
+	}
 }

@@ -91,6 +91,7 @@ type Server struct {
 	isLeader      atomic.Bool
 	reconnects    atomic.Uint64
 	announced     atomic.Uint64
+	ignored       atomic.Uint64
 }
 
 // New connects to the database, checks that it is migrated, and builds a
@@ -348,6 +349,7 @@ type listenHandler struct{ s *Server }
 func (h listenHandler) Announced(payload string, from uint32) {
 	if from == 0 || from != h.s.sequencerPID.Load() {
 		if from != 0 {
+			h.s.ignored.Add(1)
 			h.s.findSequencer.Store(true)
 		}
 		h.s.readAll()

@@ -29,6 +29,9 @@ type Sources struct {
 	// EventsAnnounced counts the events that arrived inside the sequencer's
 	// announcements, so the relay did not read them from the log.
 	EventsAnnounced func() uint64
+	// AnnouncementsIgnored counts notifications on the events channel that
+	// the sequencer's session did not send.
+	AnnouncementsIgnored func() uint64
 	// SlowConsumers counts streams closed because their queue was full.
 	SlowConsumers func() uint64
 	// Subscriptions is the number of open subscriptions in the hub.
@@ -130,6 +133,9 @@ func (m *Metrics) registerSources(src Sources) {
 	counter("pgrelay_events_received_total", "Events this relay received, read from the log or announced.", src.EventsReceived)
 	if src.EventsAnnounced != nil {
 		counter("pgrelay_events_announced_total", "Events that arrived inside the sequencer's notifications, with no log read.", src.EventsAnnounced)
+	}
+	if src.AnnouncementsIgnored != nil {
+		counter("pgrelay_announcements_ignored_total", "Notifications on the events channel not sent by the sequencer's session: each only made the relay read the log. One per sequencer change is expected; more means some other session notifies the channel.", src.AnnouncementsIgnored)
 	}
 	counter("pgrelay_slow_consumer_disconnects_total", "Streams closed because the client fell too far behind (its queue was full).", src.SlowConsumers)
 	counter("pgrelay_listener_reconnects_total", "Reconnects of the relay's LISTEN connection.", src.ListenerReconnects)
