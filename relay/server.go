@@ -446,6 +446,21 @@ func (s *Server) readLoop(ctx context.Context) error {
 	}
 }
 
+// lookUpSequencer finds the session whose announcements to trust, if an
+// announcement came from another one or none is known yet.
+func (s *Server) lookUpSequencer(ctx context.Context) error {
+	if !s.findSequencer.Swap(false) && s.sequencerPID.Load() != 0 {
+		return nil
+	}
+	pid, err := sequencer.Holder(ctx, s.pool)
+	if err != nil {
+		s.findSequencer.Store(true)
+		return err
+	}
+	s.sequencerPID.Store(pid)
+	return nil
+}
+
 // drain reads the log from the hub's position up to what the sequencer
 // announced and, if full, on up to this relay's own horizon.
 //
@@ -462,13 +477,8 @@ func (s *Server) drain(ctx context.Context, full bool) error {
 		// there to catch what announcements missed, so they must not miss
 		// it again by trusting an old list.
 		s.events.Forget()
-		if s.findSequencer.Swap(false) || s.sequencerPID.Load() == 0 {
-			pid, err := sequencer.Holder(ctx, s.pool)
-			if err != nil {
-				s.findSequencer.Store(true)
-				return err
-			}
-			s.sequencerPID.Store(pid)
+		if err := s.lookUpSequencer(ctx); err != nil {
+			return err
 		}
 	}
 	for {

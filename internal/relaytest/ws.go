@@ -110,17 +110,9 @@ func ReadWS(t testing.TB, conn *websocket.Conn) *WS {
 // them.
 func (w *WS) Collect(t testing.TB, n int, timeout time.Duration) []Event {
 	t.Helper()
-	out := make([]Event, 0, n)
-	deadline := time.After(timeout)
-	for len(out) < n {
-		select {
-		case e := <-w.Events:
-			out = append(out, e)
-		case err := <-w.Closed:
-			t.Fatalf("connection closed after %d of %d events: %v; ids: %v", len(out), n, err, eventIDs(out))
-		case <-deadline:
-			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, eventIDs(out))
-		}
+	out, err := w.CollectUnlessClosed(t, n, timeout)
+	if err != nil {
+		t.Fatalf("connection closed after %d of %d events: %v; ids: %v", len(out), n, err, eventIDs(out))
 	}
 	return out
 }
@@ -137,19 +129,25 @@ func (w *WS) CollectUnlessClosed(t testing.TB, n int, timeout time.Duration) ([]
 		case e := <-w.Events:
 			out = append(out, e)
 		case err := <-w.Closed:
-			for {
-				select {
-				case e := <-w.Events:
-					out = append(out, e)
-				default:
-					return out, err
-				}
-			}
+			return w.drain(out), err
 		case <-deadline:
 			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, eventIDs(out))
 		}
 	}
 	return out, nil
+}
+
+// drain appends the events still queued once reading has stopped: by then
+// everything received is queued.
+func (w *WS) drain(out []Event) []Event {
+	for {
+		select {
+		case e := <-w.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
 }
 
 func eventIDs(events []Event) []string {
@@ -182,15 +180,7 @@ func (w *WS) WaitClosed(t testing.TB, timeout time.Duration) ([]Event, error) {
 		case e := <-w.Events:
 			events = append(events, e)
 		case err := <-w.Closed:
-			// Reading stopped: everything received is already queued.
-			for {
-				select {
-				case e := <-w.Events:
-					events = append(events, e)
-				default:
-					return events, err
-				}
-			}
+			return w.drain(events), err
 		case <-deadline:
 			t.Fatalf("connection still open after %s (received %d events)", timeout, len(events))
 			return nil, nil

@@ -1,7 +1,6 @@
 package eventlog
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -129,23 +128,4 @@ func DecodeAnnouncement(payload string) (Announcement, error) {
 	}
 	a.Upto = last
 	return a, nil
-}
-
-// ReadBetween returns up to limit events in (after, upto], every topic, in
-// order. upto must be settled (returned by a read below the horizon).
-func ReadBetween(ctx context.Context, q Querier, after, upto ID, limit int) ([]Event, error) {
-	rows, err := q.Query(ctx, `
-SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
-  FROM relay.events
- WHERE (xid, id) > ($1, $2) AND (xid, id) <= ($3, $4)
- ORDER BY xid, id
- LIMIT $5`, after.Xid, after.Seq, upto.Xid, upto.Seq, limit)
-	if err != nil {
-		return nil, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
-	}
-	events, err := collect(rows)
-	if err != nil {
-		return nil, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
-	}
-	return events, nil
 }

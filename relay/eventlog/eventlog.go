@@ -137,15 +137,19 @@ func ReadAfter(ctx context.Context, q Querier, after ID, limit int) ([]Event, er
 }
 
 func readAfter(ctx context.Context, q Querier, after ID, limit int, foreign []int64) ([]Event, error) {
-	rows, err := q.Query(ctx, readAfterSQL, after.Xid, after.Seq, limit, foreign)
-	if err != nil {
-		return nil, fmt.Errorf("read events after %s: %w", after, err)
-	}
-	events, err := collect(rows)
-	if err != nil {
-		return nil, fmt.Errorf("read events after %s: %w", after, err)
-	}
-	return events, nil
+	return query(ctx, q, fmt.Sprintf("read events after %s", after), readAfterSQL, after.Xid, after.Seq, limit, foreign)
+}
+
+// ReadBetween returns up to limit events in (after, upto], every topic, in
+// order. upto must be settled: returned by a read below the horizon, or
+// announced by the sequencer, which read it so.
+func ReadBetween(ctx context.Context, q Querier, after, upto ID, limit int) ([]Event, error) {
+	return query(ctx, q, fmt.Sprintf("read events in (%s, %s]", after, upto), `
+SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
+  FROM relay.events
+ WHERE (xid, id) > ($1, $2) AND (xid, id) <= ($3, $4)
+ ORDER BY xid, id
+ LIMIT $5`, after.Xid, after.Seq, upto.Xid, upto.Seq, limit)
 }
 
 const readRangeSQL = `
@@ -172,14 +176,19 @@ type Selector struct {
 // order. upto must be a position already returned by ReadAfter, so that the
 // range is settled.
 func ReadRange(ctx context.Context, q Querier, after, upto ID, sel Selector, limit int) ([]Event, error) {
-	rows, err := q.Query(ctx, readRangeSQL, after.Xid, after.Seq, upto.Xid, upto.Seq,
-		sel.Topics, sel.Keys, sel.Subscriber, limit)
+	return query(ctx, q, fmt.Sprintf("read events in (%s, %s]", after, upto), readRangeSQL,
+		after.Xid, after.Seq, upto.Xid, upto.Seq, sel.Topics, sel.Keys, sel.Subscriber, limit)
+}
+
+// query runs a read of whole events; what names it in errors.
+func query(ctx context.Context, q Querier, what, sql string, args ...any) ([]Event, error) {
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	events, err := collect(rows)
 	if err != nil {
-		return nil, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return events, nil
 }
