@@ -12,8 +12,6 @@ import (
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/relay"
-	"github.com/pgrelay/pgrelay/relay/eventlog"
-	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
 // openForeignTransaction starts a write transaction in a database of its
@@ -112,70 +110,4 @@ SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
 		t.Fatalf("terminate sessions of %s: %v", role, err)
 	}
 	return n
-}
-
-// Any session that can connect to the database can notify the events
-// channel. A relay takes rows and settled positions only from the session
-// holding the sequencer lock; anything else merely makes it read the log.
-func TestForgedAnnouncementsNeitherInjectRowsNorSkipOpenTransactions(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.SafetyPoll = time.Hour })
-	client := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zolo-1"), relaytest.SSEOptions{})
-	relaytest.InsertTemplate(t, db, "genuine", "zowi-1", "loc-1")
-	client.Collect(t, 1, 10*time.Second)
-	forge := func(payload string) {
-		t.Helper()
-		if _, err := db.Pool.Exec(context.Background(), "SELECT pg_notify($1, $2)", sequencer.EventsChannel, payload); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	// A row that is not in the log, addressed like the genuine one and
-	// chained to the relay's position so it would be published at once.
-	var last eventlog.Event
-	if err := db.Pool.QueryRow(context.Background(), `
-SELECT xid, id, topic, audience FROM relay.events ORDER BY xid DESC, id DESC LIMIT 1`).Scan(
-		&last.ID.Xid, &last.ID.Seq, &last.Topic, &last.Audience); err != nil {
-		t.Fatal(err)
-	}
-	fake := eventlog.Event{
-		ID: eventlog.ID{Xid: last.ID.Xid, Seq: last.ID.Seq + 1000}, Topic: last.Topic, Audience: last.Audience,
-		Payload: []byte(`{"id":"forged","name":"forged"}`), CreatedAt: time.Now(),
-	}
-	payloads, err := eventlog.EncodeAnnouncements(r.Server.Hub().Position(), []eventlog.Event{fake}, fake.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range payloads {
-		forge(p)
-	}
-	client.Quiet(t, 500*time.Millisecond)
-
-	// A settled position far ahead while an earlier transaction is open:
-	// trusting it would deliver the later row first and skip the earlier.
-	tx, err := db.Pool.Begin(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(context.Background(),
-		`INSERT INTO templates (name, share_location_ids, created_by) VALUES ('earlier', '{loc-1}', 'zowi-1')`); err != nil {
-		t.Fatal(err)
-	}
-	relaytest.InsertTemplate(t, db, "later", "zowi-1", "loc-1")
-	forge(eventlog.ID{Xid: 1 << 62, Seq: 1 << 62}.String())
-	client.Quiet(t, 500*time.Millisecond)
-	if err := tx.Commit(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if got := names(t, client.Collect(t, 2, 10*time.Second)); !slices.Equal(got, []string{"earlier", "later"}) {
-		t.Fatalf("received %q, want the earlier transaction's row first", got)
-	}
-	// The sequencer's first announcements (taking over, "genuine") count
-	// too if they arrived before the relay had looked it up.
-	if n := sample(scrape(t, r.URL), "pgrelay_announcements_ignored_total"); n < float64(len(payloads)+1) || n > float64(len(payloads)+3) {
-		t.Errorf("pgrelay_announcements_ignored_total = %v, want the %d forged notifications, plus at most the sequencer's first two", n, len(payloads)+1)
-	}
 }

@@ -285,7 +285,7 @@ func TestALongProducerTransactionHoldsLaterEventsBackThenAllArriveInIDOrder(t *t
 	defer tx.Rollback(ctx) //nolint:errcheck // committed below; rollback only on failure
 	insert := func(name string) {
 		t.Helper()
-		if _, err := tx.Exec(ctx, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ($1, '{a1,b1}', 'zewi-a')`, name); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ($1, '{a1,a2}', 'zewi-a')`, name); err != nil {
 			t.Fatal(err)
 		}
 	}

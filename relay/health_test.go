@@ -16,6 +16,7 @@ import (
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/seal"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
@@ -138,8 +139,12 @@ SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 	}
 }
 
-// announcementWatch listens to the sequencer's channel on its own connection.
-type announcementWatch struct{ conn *pgx.Conn }
+// announcementWatch listens to the sequencer's channel on its own connection
+// and opens what it hears with the database's key.
+type announcementWatch struct {
+	conn *pgx.Conn
+	key  *seal.Key
+}
 
 func announcements(t *testing.T, db *pgtest.DB) announcementWatch {
 	t.Helper()
@@ -151,7 +156,11 @@ func announcements(t *testing.T, db *pgtest.DB) announcementWatch {
 	if _, err := conn.Exec(context.Background(), "LISTEN "+sequencer.EventsChannel); err != nil {
 		t.Fatal(err)
 	}
-	return announcementWatch{conn}
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return announcementWatch{conn, key}
 }
 
 // waitFor returns once an announcement reaches log position seq.
@@ -164,7 +173,11 @@ func (w announcementWatch) waitFor(t *testing.T, seq int64) {
 		if err != nil {
 			t.Fatalf("waiting for the sequencer to announce event %d: %v", seq, err)
 		}
-		if a, err := eventlog.DecodeAnnouncement(n.Payload); err == nil && a.Upto.Seq >= seq {
+		plain, err := w.key.Open(sequencer.EventsChannel, n.PID, n.Payload)
+		if err != nil {
+			t.Fatalf("an announcement that does not open with the key: %v", err)
+		}
+		if a, err := eventlog.DecodeAnnouncement(plain); err == nil && a.Upto.Seq >= seq {
 			return
 		}
 	}

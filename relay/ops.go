@@ -37,14 +37,14 @@ func (s *Server) corsMiddleware() func(http.Handler) http.Handler {
 // listener's counters at scrape time.
 func (s *Server) newMetrics() *metrics.Metrics {
 	return metrics.New(metrics.Sources{
-		EventsReceived:       func() uint64 { return s.hub.Stats().Published },
-		EventsAnnounced:      s.announced.Load,
-		AnnouncementsIgnored: s.ignored.Load,
-		SlowConsumers:        func() uint64 { return s.hub.Stats().SlowConsumers },
-		Subscriptions:        func() int { return s.hub.Stats().Subscriptions },
-		ListenerReconnects:   s.reconnects.Load,
-		Ready:                s.Ready,
-		Leader:               s.isLeader.Load,
+		EventsReceived:      func() uint64 { return s.hub.Stats().Published },
+		EventsAnnounced:     s.announced.Load,
+		ForgedNotifications: s.forged.count.Load,
+		SlowConsumers:       func() uint64 { return s.hub.Stats().SlowConsumers },
+		Subscriptions:       func() int { return s.hub.Stats().Subscriptions },
+		ListenerReconnects:  s.reconnects.Load,
+		Ready:               s.Ready,
+		Leader:              s.isLeader.Load,
 		NotificationQueueUsage: func(ctx context.Context) (float64, error) {
 			var usage float64
 			if err := s.pool.QueryRow(ctx, "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {

@@ -35,6 +35,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
 	"github.com/pgrelay/pgrelay/relay/metrics"
+	"github.com/pgrelay/pgrelay/relay/seal"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
@@ -81,17 +82,15 @@ type Server struct {
 	// to it is committed, whatever this relay's own horizon says.
 	settledMu sync.Mutex
 	settled   eventlog.ID
-	// sequencerPID is the session whose announcements this relay trusts
-	// (0: not known yet); findSequencer asks the next full read to look it
-	// up again.
-	sequencerPID  atomic.Uint32
-	findSequencer atomic.Bool
-	listening     atomic.Bool
-	caughtUp      atomic.Bool
-	isLeader      atomic.Bool
-	reconnects    atomic.Uint64
-	announced     atomic.Uint64
-	ignored       atomic.Uint64
+	// key opens the sequencer's announcements; forged counts notifications
+	// on the events channel that did not open with it.
+	key        *seal.Key
+	forged     forgeries
+	listening  atomic.Bool
+	caughtUp   atomic.Bool
+	isLeader   atomic.Bool
+	reconnects atomic.Uint64
+	announced  atomic.Uint64
 }
 
 // New connects to the database, checks that it is migrated, and builds a
@@ -129,6 +128,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		}),
 	}
 	if err := s.checkSchema(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	if s.key, err = seal.Load(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
 	}
@@ -191,7 +194,7 @@ func (s *Server) routes() chi.Router {
 		writeJSON(w, status, map[string]any{
 			"ready": status == http.StatusOK, "listening": s.listening.Load(),
 			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(), "relay": s.name,
-			"position": s.hub.Position().String(),
+			"position": s.hub.Position().String(), "forged_notifications": s.forged.count.Load(),
 		})
 	})
 	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
@@ -325,7 +328,7 @@ func (s *Server) listenLoop(ctx context.Context) error {
 }
 
 func (s *Server) sequencerLoop(ctx context.Context) error {
-	seq := sequencer.New(s.connect(s.listenURL(), ApplicationName), sequencer.Config{
+	seq := sequencer.New(s.connect(s.listenURL(), ApplicationName), s.key, sequencer.Config{
 		Poll: s.cfg.PollInterval, IdleAfter: s.cfg.IdleAfter, IdlePoll: s.cfg.IdlePoll, Retry: time.Second,
 	}, s.log)
 	seq.OnLeader = s.isLeader.Store
@@ -341,21 +344,22 @@ type listenHandler struct{ s *Server }
 // from its position, and otherwise (a relay behind or ahead, events too large
 // to announce, a reconnect) wakes the reader to read the log.
 //
-// Only the sequencer's session may say what is settled or hand over rows:
-// any session that can connect to the database can notify the channel, and
-// trusting a forged announcement would publish rows that are not in the log
-// or read past transactions still open. Anything else, a reconnect included,
-// is only a hint to read the log, and to find out who the sequencer is now.
+// Any session that can connect may notify the channel, so only what opens
+// with the relays' key, sealed by the very session that sent it, may say
+// what is settled or hand over rows. Anything else is ignored, not even
+// taken as a hint: a flood of forgeries must not turn into a flood of log
+// reads. The safety poll reads the log whatever the channel says.
 func (h listenHandler) Announced(payload string, from uint32) {
-	if from == 0 || from != h.s.sequencerPID.Load() {
-		if from != 0 {
-			h.s.ignored.Add(1)
-			h.s.findSequencer.Store(true)
-		}
-		h.s.readAll()
+	if from == 0 {
+		h.s.readAll() // (re)connected: read what may have been missed
 		return
 	}
-	a, err := eventlog.DecodeAnnouncement(payload)
+	plain, err := h.s.key.Open(sequencer.EventsChannel, from, payload)
+	if err != nil {
+		h.s.forged.note(h.s.log, from)
+		return
+	}
+	a, err := eventlog.DecodeAnnouncement(plain)
 	if err != nil {
 		h.s.log.Warn("unreadable announcement from the sequencer", "err", err)
 		h.s.readAll()
@@ -446,21 +450,6 @@ func (s *Server) readLoop(ctx context.Context) error {
 	}
 }
 
-// lookUpSequencer finds the session whose announcements to trust, if an
-// announcement came from another one or none is known yet.
-func (s *Server) lookUpSequencer(ctx context.Context) error {
-	if !s.findSequencer.Swap(false) && s.sequencerPID.Load() != 0 {
-		return nil
-	}
-	pid, err := sequencer.Holder(ctx, s.pool)
-	if err != nil {
-		s.findSequencer.Store(true)
-		return err
-	}
-	s.sequencerPID.Store(pid)
-	return nil
-}
-
 // drain reads the log from the hub's position up to what the sequencer
 // announced and, if full, on up to this relay's own horizon.
 //
@@ -477,9 +466,6 @@ func (s *Server) drain(ctx context.Context, full bool) error {
 		// there to catch what announcements missed, so they must not miss
 		// it again by trusting an old list.
 		s.events.Forget()
-		if err := s.lookUpSequencer(ctx); err != nil {
-			return err
-		}
 	}
 	for {
 		// While the listener is (re)connecting, reads are catch-up too.

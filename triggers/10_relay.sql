@@ -21,8 +21,9 @@ CREATE OR REPLACE FUNCTION relay.create_topic(
 ) RETURNS void
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    capture_fn text := 'capture_' || topic;
-    actor_expr text := 'NULL';
+    capture_fn  text := 'capture_' || topic;
+    actor_expr  text := 'NULL';
+    audience_fn text;
 BEGIN
     IF topic !~ '^[a-z][a-z0-9_]{0,40}$' THEN
         RAISE EXCEPTION 'invalid topic name %: use lower-case letters, digits and _ (at most 41), starting with a letter', topic
@@ -38,9 +39,19 @@ BEGIN
         actor_expr := format('NEW.%I::text', actor_column);
     END IF;
 
+    -- Qualified by hand: regproc's text leaves out a schema on the
+    -- caller's search_path, and the capture function runs with its own.
+    SELECT format('%I.%I', n.nspname, p.proname) INTO audience_fn
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = audience;
+
+    -- The capture function runs as its owner (the one who made the topic),
+    -- so producers need no privilege in schema relay and cannot write the
+    -- log but through their rows; a fixed search_path keeps the producer's
+    -- own objects out of it.
     EXECUTE format($body$
         CREATE OR REPLACE FUNCTION relay.%I() RETURNS trigger
-        LANGUAGE plpgsql AS $capture$
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
         BEGIN
             INSERT INTO relay.events (topic, payload, audience, actor)
             VALUES (%L, to_jsonb(NEW), coalesce(%s(NEW), '{}'), %s);
@@ -52,7 +63,8 @@ BEGIN
             RETURN NULL;
         END
         $capture$
-    $body$, capture_fn, topic, audience::regproc, actor_expr);
+    $body$, capture_fn, topic, audience_fn, actor_expr);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION relay.%I() FROM PUBLIC', capture_fn);
 
     EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION relay.%I()',
                    'pgrelay_' || topic, source, capture_fn);
@@ -108,7 +120,9 @@ $fn$;
 -- listens to. The relay calls it for connected subscribers only.
 CREATE OR REPLACE FUNCTION relay.filters(subscribers text[])
 RETURNS TABLE (subscriber text, topic text, key text)
-LANGUAGE plpgsql STABLE AS $fn$
+-- As the owner: the relay's role reads filters without any privilege on the
+-- tables the subscriber_keys functions read.
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     src relay.subscriber_source;
     t   relay.topics;
@@ -217,3 +231,7 @@ CREATE OR REPLACE FUNCTION relay.horizon() RETURNS bigint
 LANGUAGE sql STABLE AS $fn$
     SELECT relay.horizon(NULL)
 $fn$;
+
+-- Nothing here is for PUBLIC (see migrations/0004_trust.up.sql); repeated so
+-- that functions this file creates anew start closed whoever runs it.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;

@@ -77,8 +77,10 @@ SELECT relay.create_topic(
 -- Filter changes: whenever users, locations or orgs change, tell the relays
 -- which subscribers' keys may have changed. Statement-level triggers with
 -- transition tables send one notification per statement, not per row.
+-- They run as their owner, like the capture trigger: whoever may change
+-- these tables needs no privilege in schema relay.
 CREATE OR REPLACE FUNCTION relay.templates_users_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids text[];
 BEGIN
@@ -98,7 +100,7 @@ $$;
 -- A location that appears, disappears or moves changes the keys of every
 -- org-wide user (ZEWI, ZOWI) of the orgs involved.
 CREATE OR REPLACE FUNCTION relay.templates_locations_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     orgs text[];
     ids  text[];
@@ -118,7 +120,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION relay.templates_orgs_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids text[];
 BEGIN
@@ -160,3 +162,5 @@ CREATE OR REPLACE TRIGGER pgrelay_filters_upd AFTER UPDATE ON public.orgs
 CREATE OR REPLACE TRIGGER pgrelay_filters_del AFTER DELETE ON public.orgs
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION relay.templates_orgs_changed();
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;

@@ -2,6 +2,7 @@ package relaytest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"sync"
 	"testing"
@@ -71,14 +72,19 @@ func InsertSeedTemplates(t testing.TB, db *pgtest.DB) map[string][]string {
 	InsertTemplate(t, db, "t3 nowhere by emil", "zewi-1")
 	InsertTemplate(t, db, "t4 rome+berlin by elsa", "zelo-1", "loc-3", "loc-1")
 	InsertTemplate(t, db, "t5 oslo by ines", "zolo-9", "loc-9")
-	InsertTemplate(t, db, "t6 oslo by lena", "zolo-1", "loc-9")
+	// Shared with another org's location: refused, and delivered to nobody.
+	if _, err := db.Pool.Exec(context.Background(),
+		`INSERT INTO templates (name, share_location_ids, created_by) VALUES ('t6 oslo by lena', '{loc-9}', 'zolo-1')`); err == nil {
+		t.Fatal("a template shared with another org's location was accepted")
+	}
+	InsertTemplate(t, db, "t6 oslo by ivan", "zowi-9", "loc-9")
 	return map[string][]string{
-		"zowi-1": {"t1 berlin by lena", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
-		"zowi-2": {"t1 berlin by lena", "t2 paris by olga", "t3 nowhere by emil", "t4 rome+berlin by elsa", "t6 oslo by lena"},
+		"zowi-1": {"t1 berlin by lena", "t3 nowhere by emil", "t4 rome+berlin by elsa"},
+		"zowi-2": {"t1 berlin by lena", "t2 paris by olga", "t3 nowhere by emil", "t4 rome+berlin by elsa"},
 		"zolo-1": {"t4 rome+berlin by elsa"},
 		"zewi-1": {"t1 berlin by lena", "t2 paris by olga", "t4 rome+berlin by elsa"},
 		"zelo-1": {"t2 paris by olga"},
-		"zowi-9": {"t5 oslo by ines", "t6 oslo by lena"},
-		"zolo-9": {"t6 oslo by lena"},
+		"zowi-9": {"t5 oslo by ines"},
+		"zolo-9": {"t6 oslo by ivan"},
 	}
 }

@@ -54,14 +54,18 @@ func creators() []string {
 	return []string{"zowi-a", "zewi-a", "zolo-a1", "zelo-a2", "zowi-b", "zolo-b1", "zelo-b2"}
 }
 
-// shares are the audiences templates are shared with: none, one location,
-// several, every location of an org, across orgs, and a repeated id.
-func shares() [][]string {
-	return [][]string{
-		{}, {"a1"}, {"a2"}, {"a3"}, {"a1", "a3"}, {"a1", "a2", "a3"},
-		{"b1"}, {"b2"}, {"b1", "b2"}, {"a2", "b2"}, {"a1", "a1"},
+// shares are the audiences templates are shared with, by the creator's org
+// (a template is shared only within it): none, one location, several, every
+// location of the org, and a repeated id.
+func shares() map[byte][][]string {
+	return map[byte][][]string{
+		'a': {{}, {"a1"}, {"a2"}, {"a3"}, {"a1", "a3"}, {"a1", "a2", "a3"}, {"a1", "a1"}},
+		'b': {{}, {"b1"}, {"b2"}, {"b1", "b2"}, {"b2", "b2"}},
 	}
 }
+
+// orgOf returns the org letter of a creator ("zolo-a1" → 'a').
+func orgOf(creator string) byte { return creator[len("zolo-")] }
 
 // Seed inserts the world.
 func Seed(ctx context.Context, pool *pgxpool.Pool) error {
@@ -153,7 +157,8 @@ func (p *Producers) run(ctx context.Context, producer int) {
 		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			for r := range rows {
 				creator := creators[rng.IntN(len(creators))]
-				share := shares[rng.IntN(len(shares))]
+				inOrg := shares[orgOf(creator)]
+				share := inOrg[rng.IntN(len(inOrg))]
 				name := fmt.Sprintf("p%d-%05d-%d%s", producer, i, r, p.padding)
 				if rollback {
 					name = "rolled-back-" + name

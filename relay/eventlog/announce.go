@@ -7,9 +7,10 @@ import (
 	"time"
 )
 
-// MaxAnnouncement bounds one announcement's payload: PostgreSQL refuses
-// NOTIFY payloads of 8000 bytes or more.
-const MaxAnnouncement = 7500
+// MaxAnnouncement bounds one announcement before it is sealed: PostgreSQL
+// refuses NOTIFY payloads of 8000 bytes or more, and sealing (relay/seal)
+// adds a nonce, a tag and base64, a third more.
+const MaxAnnouncement = 5800
 
 // Announcement is what the sequencer tells every relay on the events
 // channel: the events that follow Prev, in order, when they are small enough
@@ -61,7 +62,7 @@ func EncodeAnnouncements(prev ID, events []Event, upto ID) ([]string, error) {
 		if size+len(enc)+1 > MaxAnnouncement-64 {
 			flush()
 			if len(enc) > MaxAnnouncement-64 {
-				return append(out, positionOnly(upto)), nil
+				return append(out, EncodePosition(upto)), nil
 			}
 			chunk, chunkPrev, size = nil, events[i-1].ID, 0
 		}
@@ -70,7 +71,7 @@ func EncodeAnnouncements(prev ID, events []Event, upto ID) ([]string, error) {
 	}
 	flush()
 	if len(out) == 0 {
-		out = append(out, positionOnly(upto))
+		out = append(out, EncodePosition(upto))
 	}
 	return out, nil
 }
@@ -87,19 +88,16 @@ func encodeEvent(e Event) (string, error) {
 	return string(b[:len(b)-1]) + `,"p":` + string(e.Payload) + `}`, nil
 }
 
-func positionOnly(upto ID) string { return `{"upto":"` + upto.String() + `"}` }
+// EncodePosition returns the announcement of the newest position only:
+// relays read the events up to it from the log.
+func EncodePosition(upto ID) string { return `{"upto":"` + upto.String() + `"}` }
 
-// DecodeAnnouncement reads a notification payload of the events channel. A
-// bare event id (what earlier versions sent) is an announcement by position.
-func DecodeAnnouncement(payload string) (Announcement, error) {
+// DecodeAnnouncement reads an announcement (a notification payload of the
+// events channel, once opened).
+func DecodeAnnouncement(payload []byte) (Announcement, error) {
 	var a Announcement
-	if !strings.HasPrefix(payload, "{") {
-		id, err := ParseID(payload)
-		a.Upto = id
-		return a, err
-	}
 	var w wireAnnouncement
-	if err := json.Unmarshal([]byte(payload), &w); err != nil {
+	if err := json.Unmarshal(payload, &w); err != nil {
 		return a, fmt.Errorf("decode announcement: %w", err)
 	}
 	var err error

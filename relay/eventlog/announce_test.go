@@ -34,7 +34,7 @@ func decodeAll(t *testing.T, prev eventlog.ID, payloads []string) ([]eventlog.Ev
 		if len(p) > eventlog.MaxAnnouncement {
 			t.Fatalf("payload of %d bytes, over the %d limit", len(p), eventlog.MaxAnnouncement)
 		}
-		a, err := eventlog.DecodeAnnouncement(p)
+		a, err := eventlog.DecodeAnnouncement([]byte(p))
 		if err != nil {
 			t.Fatalf("decode %q: %v", p[:min(len(p), 80)], err)
 		}
@@ -93,15 +93,15 @@ func TestALargeEventIsAnnouncedByPositionAndRelaysReadTheRest(t *testing.T) {
 	}
 }
 
-func TestABareIDIsAnAnnouncementByPosition(t *testing.T) {
+func TestAPositionOnlyAnnouncementCarriesNoEvents(t *testing.T) {
 	id := eventlog.ID{Xid: 9, Seq: 3}
-	a, err := eventlog.DecodeAnnouncement(id.String())
+	a, err := eventlog.DecodeAnnouncement([]byte(eventlog.EncodePosition(id)))
 	if err != nil || a.Upto != id || len(a.Events) != 0 {
 		t.Fatalf("got %+v, %v; want Upto %s and no events", a, err, id)
 	}
-	for _, bad := range []string{"{", `{"prev":"x","events":[{"id":"y"}]}`, "not-an-id",
+	for _, bad := range []string{"{", `{"prev":"x","events":[{"id":"y"}]}`, "not-an-id", id.String(),
 		`{"prev":"0000000000000001-0000000000000002","events":[{"id":"0000000000000001-0000000000000001"}]}`} {
-		if _, err := eventlog.DecodeAnnouncement(bad); err == nil {
+		if _, err := eventlog.DecodeAnnouncement([]byte(bad)); err == nil {
 			t.Errorf("DecodeAnnouncement(%q) accepted a malformed payload", bad)
 		}
 	}

@@ -29,9 +29,9 @@ type Sources struct {
 	// EventsAnnounced counts the events that arrived inside the sequencer's
 	// announcements, so the relay did not read them from the log.
 	EventsAnnounced func() uint64
-	// AnnouncementsIgnored counts notifications on the events channel that
-	// the sequencer's session did not send.
-	AnnouncementsIgnored func() uint64
+	// ForgedNotifications counts notifications on the events channel that
+	// no relay sealed.
+	ForgedNotifications func() uint64
 	// SlowConsumers counts streams closed because their queue was full.
 	SlowConsumers func() uint64
 	// Subscriptions is the number of open subscriptions in the hub.
@@ -134,8 +134,8 @@ func (m *Metrics) registerSources(src Sources) {
 	if src.EventsAnnounced != nil {
 		counter("pgrelay_events_announced_total", "Events that arrived inside the sequencer's notifications, with no log read.", src.EventsAnnounced)
 	}
-	if src.AnnouncementsIgnored != nil {
-		counter("pgrelay_announcements_ignored_total", "Notifications on the events channel not sent by the sequencer's session: each only made the relay read the log. One per sequencer change is expected; more means some other session notifies the channel.", src.AnnouncementsIgnored)
+	if src.ForgedNotifications != nil {
+		counter("pgrelay_notifications_forged_total", "Notifications on the events channel that no relay sealed, ignored: any value above 0 means some database session other than a relay's sends on it.", src.ForgedNotifications)
 	}
 	counter("pgrelay_slow_consumer_disconnects_total", "Streams closed because the client fell too far behind (its queue was full).", src.SlowConsumers)
 	counter("pgrelay_listener_reconnects_total", "Reconnects of the relay's LISTEN connection.", src.ListenerReconnects)

@@ -1,10 +1,14 @@
 // Package sequencer announces new events. Exactly one relay per database is
-// the sequencer at a time (it holds an advisory lock on its own connection).
-// While events flow it polls the log every few milliseconds and sends one
-// notification per batch; when nothing has happened for a while it marks
-// itself idle, and the capture triggers then wake it with a notification.
-// So a busy system pays no NOTIFY per inserted row, and an idle one costs a
-// slow poll.
+// the sequencer at a time: the one whose session relay.sequencer names while
+// that session is alive. While events flow it polls the log every few
+// milliseconds and sends one sealed notification per batch; when nothing has
+// happened for a while it marks itself idle, and the capture triggers then
+// wake it with a notification. So a busy system pays no NOTIFY per inserted
+// row, and an idle one costs a slow poll.
+//
+// The election is a row only the relay's role may write, not an advisory
+// lock: any login can take an advisory lock, and a session squatting on it
+// would have stopped every announcement.
 package sequencer
 
 import (
@@ -17,10 +21,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/seal"
 )
-
-// lockKey is the advisory lock the sequencer holds ("pgrseq").
-const lockKey int64 = 0x7067_7273_6571
 
 // WakeChannel is what capture triggers notify when the sequencer is idle.
 const WakeChannel = "pgrelay_wake"
@@ -31,6 +33,11 @@ const foreignRefresh = 250 * time.Millisecond
 
 // EventsChannel is what the sequencer notifies when the log has grown.
 const EventsChannel = "pgrelay_events"
+
+// ErrLostElection means another session became the sequencer while this one
+// thought it was (the row was changed by hand, or this session was taken for
+// dead).
+var ErrLostElection = errors.New("another session is the sequencer now")
 
 // Config tunes the sequencer.
 type Config struct {
@@ -48,6 +55,7 @@ type Config struct {
 // Sequencer runs the election and, while elected, the announce loop.
 type Sequencer struct {
 	connect func(ctx context.Context) (*pgx.Conn, error)
+	key     *seal.Key
 	cfg     Config
 	log     *slog.Logger
 	// OnLeader, if set, is called with true when this relay becomes the
@@ -58,9 +66,10 @@ type Sequencer struct {
 	Duties func(ctx context.Context) error
 }
 
-// New returns a Sequencer using connections from connect.
-func New(connect func(ctx context.Context) (*pgx.Conn, error), cfg Config, log *slog.Logger) *Sequencer {
-	return &Sequencer{connect: connect, cfg: cfg, log: log}
+// New returns a Sequencer using connections from connect (which must log in
+// as the relay's role) and sealing its announcements with key.
+func New(connect func(ctx context.Context) (*pgx.Conn, error), key *seal.Key, cfg Config, log *slog.Logger) *Sequencer {
+	return &Sequencer{connect: connect, key: key, cfg: cfg, log: log}
 }
 
 // Run competes for the sequencer role until ctx is done.
@@ -88,9 +97,9 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	for {
-		var won bool
-		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lockKey).Scan(&won); err != nil {
-			return fmt.Errorf("try sequencer lock: %w", err)
+		won, err := claim(ctx, conn)
+		if err != nil {
+			return err
 		}
 		if won {
 			break
@@ -99,6 +108,9 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 			return err
 		}
 	}
+	// Handing over at once on a clean stop: the others need not wait for
+	// this session to end before one of them takes over.
+	defer release(context.WithoutCancel(ctx), conn)
 	s.log.Info("this relay is now the sequencer")
 	if s.OnLeader != nil {
 		s.OnLeader(true)
@@ -136,6 +148,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+WakeChannel); err != nil {
 		return fmt.Errorf("listen for wake-ups: %w", err)
 	}
+	pid := conn.PgConn().PID()
 	cursor, err := eventlog.Tail(ctx, conn)
 	if err != nil {
 		return err
@@ -145,7 +158,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	}
 	// Announce once on taking over: relays may have missed the previous
 	// sequencer's last announcement.
-	if err := announce(ctx, conn, cursor); err != nil {
+	if err := s.announce(ctx, conn, pid, eventlog.EncodePosition(cursor)); err != nil {
 		return err
 	}
 	idle := false
@@ -157,7 +170,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 		case err != nil:
 			return err
 		case found:
-			if err := announceEvents(ctx, conn, cursor, newest); err != nil {
+			if err := s.announceEvents(ctx, conn, pid, cursor, newest); err != nil {
 				return err
 			}
 			cursor = newest
@@ -212,9 +225,47 @@ func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, er
 	return false, fmt.Errorf("wait for wake-up: %w", err)
 }
 
+// claimSQL makes this session the sequencer unless a live session already
+// is. A session that ended leaves its row behind; holder_started tells a
+// process id the system gave to a new session from the one that claimed.
+// Where backend_start cannot be seen (a session of another role without
+// pg_read_all_stats), the holder counts as alive: the election errs towards
+// waiting, never towards two sequencers.
+const claimSQL = `
+UPDATE relay.sequencer s
+   SET holder_pid = pg_backend_pid(),
+       holder_started = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()),
+       changed_at = now()
+ WHERE s.holder_pid IS NULL
+    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                    WHERE a.pid = s.holder_pid
+                      AND (a.backend_start IS NULL OR a.backend_start = s.holder_started))`
+
+// claim tries to make conn's session the sequencer.
+func claim(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	tag, err := conn.Exec(ctx, claimSQL)
+	if err != nil {
+		return false, fmt.Errorf("claim the sequencer role (the relay's role needs UPDATE on relay.sequencer, see docs/roles.sql): %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// release gives the role up, if conn's session still holds it.
+func release(ctx context.Context, conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, _ = conn.Exec(ctx, "UPDATE relay.sequencer SET holder_pid = NULL, holder_started = NULL WHERE holder_pid = pg_backend_pid()")
+}
+
+// setIdle records whether the sequencer polls slowly (and the triggers must
+// wake it), and checks on the way that this session still holds the role.
 func setIdle(ctx context.Context, conn *pgx.Conn, idle bool) error {
-	if _, err := conn.Exec(ctx, "UPDATE relay.sequencer SET idle = $1, changed_at = now()", idle); err != nil {
+	tag, err := conn.Exec(ctx, "UPDATE relay.sequencer SET idle = $1, changed_at = now() WHERE holder_pid = pg_backend_pid()", idle)
+	if err != nil {
 		return fmt.Errorf("mark sequencer idle=%v: %w", idle, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return ErrLostElection
 	}
 	return nil
 }
@@ -226,57 +277,32 @@ const announceLimit = 64
 // announceEvents tells every relay about the events in (cursor, newest]:
 // with their rows when they fit in notifications, so relays need not read
 // them from the log, else by position.
-func announceEvents(ctx context.Context, conn *pgx.Conn, cursor, newest eventlog.ID) error {
+func (s *Sequencer) announceEvents(ctx context.Context, conn *pgx.Conn, pid uint32, cursor, newest eventlog.ID) error {
 	events, err := eventlog.ReadBetween(ctx, conn, cursor, newest, announceLimit+1)
 	if err != nil {
 		return err
 	}
 	if len(events) > announceLimit {
-		return announce(ctx, conn, newest)
+		return s.announce(ctx, conn, pid, eventlog.EncodePosition(newest))
 	}
 	payloads, err := eventlog.EncodeAnnouncements(cursor, events, newest)
 	if err != nil {
 		return err
 	}
 	for _, p := range payloads {
-		if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, p); err != nil {
-			return fmt.Errorf("announce events up to %s: %w", newest, err)
+		if err := s.announce(ctx, conn, pid, p); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// announce tells every relay the newest position only: they read the log.
-func announce(ctx context.Context, conn *pgx.Conn, newest eventlog.ID) error {
-	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, newest.String()); err != nil {
-		return fmt.Errorf("announce events up to %s: %w", newest, err)
+// announce sends one announcement, sealed for this session.
+func (s *Sequencer) announce(ctx context.Context, conn *pgx.Conn, pid uint32, plain string) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, s.key.Seal(EventsChannel, pid, []byte(plain))); err != nil {
+		return fmt.Errorf("announce events: %w", err)
 	}
 	return nil
-}
-
-// Holder returns the process id of the session that is the sequencer of the
-// database q is connected to, or 0 if there is none. Relays trust only its
-// announcements: any session that can connect may send a notification on
-// EventsChannel, but only the sequencer holds the lock.
-func Holder(ctx context.Context, q interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}) (uint32, error) {
-	// pg_locks shows a bigint advisory key as its high and low halves,
-	// with objsubid 1.
-	var pid uint32
-	err := q.QueryRow(ctx, `
-SELECT pid FROM pg_locks
- WHERE locktype = 'advisory' AND granted
-   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND classid = $1 AND objid = $2 AND objsubid = 1`,
-		lockKey>>32, lockKey&0xffff_ffff).Scan(&pid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("look up the sequencer's session: %w", err)
-	}
-	return pid, nil
 }
 
 // sleep waits for d or until ctx is done.

@@ -1,0 +1,40 @@
+-- The roles of a pgrelay deployment and their privileges, for one database.
+-- Run as the database owner (the role that runs `migrate up`), after
+-- `migrate up`:
+--
+--   psql "$DATABASE_URL" -f docs/roles.sql
+--
+-- Change the role names to your own and set passwords (\password NAME).
+-- docs/operations.md explains each grant; the test suite runs its attack
+-- tests with exactly these roles.
+
+-- The relay's role: every relay logs in with it (all relays of a database
+-- use the same role, so that they can see each other's sessions and elect
+-- a sequencer). It reads the log, the topics and the announcement key,
+-- elects the sequencer, prunes the log, and reads filters through
+-- relay.filters, which runs as the owner.
+CREATE ROLE pgrelay_relay LOGIN;
+GRANT USAGE ON SCHEMA relay TO pgrelay_relay;
+GRANT SELECT ON relay.events, relay.topics, relay.subscriber_source,
+                relay.retention, relay.sequencer, relay.announcement_key
+   TO pgrelay_relay;
+GRANT UPDATE ON relay.sequencer, relay.retention TO pgrelay_relay;
+GRANT DELETE ON relay.events TO pgrelay_relay;
+GRANT EXECUTE ON FUNCTION relay.filters(text[]), relay.horizon(bigint[]),
+                          relay.horizon(), relay.foreign_xids()
+   TO pgrelay_relay;
+-- Lets the relay tell other databases' transactions from this one's, so a
+-- long transaction elsewhere on the server does not hold delivery back.
+GRANT pg_read_all_stats TO pgrelay_relay;
+-- Only for the example app's page at / (who am I, which locations): skip
+-- it for your own tables. The write API (POST /api/templates) would also
+-- need INSERT on public.templates.
+GRANT SELECT ON public.orgs, public.locations, public.users TO pgrelay_relay;
+
+-- A producer: the application's own role. It reads and writes the app's
+-- tables and has no privilege at all in schema relay: the capture and
+-- filter-change triggers run as their owner.
+CREATE ROLE app_producer LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE
+   ON public.orgs, public.locations, public.users, public.templates
+   TO app_producer;
