@@ -38,3 +38,13 @@ CREATE ROLE app_producer LOGIN;
 GRANT SELECT, INSERT, UPDATE, DELETE
    ON public.orgs, public.locations, public.users, public.templates
    TO app_producer;
+
+-- Only these roles (and the owner) may connect to this database. An open
+-- transaction of any session connected to it holds delivery back (see
+-- docs/guarantees.md, "Threat model"), so keep CONNECT to those who need it.
+DO $$
+BEGIN
+    EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO pgrelay_relay, app_producer', current_database());
+END
+$$;

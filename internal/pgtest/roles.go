@@ -20,8 +20,8 @@ type Roles struct {
 	// Producer inserts into the app's tables and has nothing in schema
 	// relay; ProducerURL logs in as it.
 	Producer, ProducerURL string
-	// Login is an unrelated login with PostgreSQL's default privileges;
-	// LoginURL logs in as it.
+	// Login is an unrelated login with PostgreSQL's default privileges and
+	// CONNECT on the database; LoginURL logs in as it.
 	Login, LoginURL string
 }
 
@@ -53,6 +53,10 @@ func WithRoles(t testing.TB, db *DB) Roles {
 	// was granted there goes with DROP OWNED.
 	t.Cleanup(func() {
 		for _, role := range []string{r.Relay, r.Producer, r.Login} {
+			var exists bool
+			if err := db.Pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil || !exists {
+				continue
+			}
 			_, _ = db.Pool.Exec(ctx, fmt.Sprintf(
 				"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '%s'", role))
 			if _, err := db.Pool.Exec(ctx, fmt.Sprintf("DROP OWNED BY %s", role)); err != nil {
@@ -63,11 +67,14 @@ func WithRoles(t testing.TB, db *DB) Roles {
 			}
 		}
 	})
-	if _, err := db.Pool.Exec(ctx, "CREATE ROLE "+r.Login+" LOGIN"); err != nil {
-		t.Fatalf("create an unrelated login: %v", err)
-	}
 	if _, err := db.Pool.Exec(ctx, sql); err != nil {
 		t.Fatalf("run docs/roles.sql: %v", err)
+	}
+	// An unrelated login that may still connect (a reporting role, say):
+	// the attacks must fail even for a session that got this far.
+	if _, err := db.Pool.Exec(ctx, fmt.Sprintf("CREATE ROLE %s LOGIN; GRANT CONNECT ON DATABASE %s TO %s",
+		r.Login, db.Name, r.Login)); err != nil {
+		t.Fatalf("create an unrelated login: %v", err)
 	}
 	return r
 }
