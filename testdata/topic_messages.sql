@@ -48,9 +48,10 @@ SELECT relay.create_topic(
 
 -- 5. Keep connected subscribers' filters current: whenever membership
 -- changes, tell the relays whose keys changed. One notification per
--- statement, thanks to transition tables.
+-- statement, thanks to transition tables. It runs as its owner, so roles
+-- that change memberships need no privilege in schema relay.
 CREATE FUNCTION public.channel_members_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids text[];
 BEGIN

@@ -232,6 +232,11 @@ LANGUAGE sql STABLE AS $fn$
     SELECT relay.horizon(NULL)
 $fn$;
 
+-- Capture functions are generated: make every registered topic's anew, so
+-- that what changed above reaches topics created before.
+SELECT relay.create_topic(t.topic, t.source, t.audience, t.subscriber_keys, t.actor_column)
+  FROM relay.topics t;
+
 -- Nothing here is for PUBLIC (see migrations/0004_trust.up.sql); repeated so
 -- that functions this file creates anew start closed whoever runs it.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
 )
 
 // exampleTopic is the worked example of docs/topics.md.
@@ -40,6 +42,14 @@ func TestATopicDefinedInSQLOnlyGetsFiltersEventsAndFilterNotifications(t *testin
 	}
 	db.Exec(t, string(example))
 	db.Exec(t, "INSERT INTO channels (id, org_id) VALUES ('kitchen', 'org-a'), ('bar', 'org-a')")
+	// The app writes as a producer with privileges on its own tables only.
+	roles := pgtest.WithRoles(t, db)
+	db.Exec(t, "GRANT SELECT, INSERT, UPDATE, DELETE ON public.channels, public.channel_members, public.messages TO "+roles.Producer)
+	producer, err := pgx.Connect(context.Background(), roles.ProducerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close(context.Background())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -53,7 +63,9 @@ func TestATopicDefinedInSQLOnlyGetsFiltersEventsAndFilterNotifications(t *testin
 	}
 
 	// Membership changes are announced, naming the members whose keys changed.
-	db.Exec(t, "INSERT INTO channel_members (channel_id, user_id) VALUES ('kitchen', 'zolo-a1'), ('kitchen', 'zewi-a'), ('bar', 'zewi-a')")
+	if _, err := producer.Exec(ctx, "INSERT INTO channel_members (channel_id, user_id) VALUES ('kitchen', 'zolo-a1'), ('kitchen', 'zewi-a'), ('bar', 'zewi-a')"); err != nil {
+		t.Fatalf("a producer adding channel members: %v", err)
+	}
 	n, err := listener.WaitForNotification(ctx)
 	if err != nil {
 		t.Fatalf("wait for the membership notification: %v", err)
@@ -77,7 +89,7 @@ SELECT subscriber || ' ' || key FROM relay.filters(ARRAY['zolo-a1', 'zewi-a', 'z
 	// An insert is an event of the topic, carrying the row, addressed to the
 	// channel, with the author as actor.
 	var rowJSON []byte
-	if err := db.Pool.QueryRow(ctx, `
+	if err := producer.QueryRow(ctx, `
 INSERT INTO messages (channel_id, author_id, body) VALUES ('kitchen', 'zolo-a1', 'out of basil')
 RETURNING to_jsonb(messages.*)`).Scan(&rowJSON); err != nil {
 		t.Fatalf("insert message: %v", err)
