@@ -38,8 +38,8 @@ func (s *Server) corsMiddleware() func(http.Handler) http.Handler {
 func (s *Server) newMetrics() *metrics.Metrics {
 	return metrics.New(metrics.Sources{
 		EventsReceived:      func() uint64 { return s.hub.Stats().Published },
-		EventsAnnounced:     s.announced.Load,
-		ForgedNotifications: s.forged.count.Load,
+		EventsAnnounced:     s.reader.EventsAnnounced,
+		ForgedNotifications: s.reader.Forged,
 		SlowConsumers:       func() uint64 { return s.hub.Stats().SlowConsumers },
 		Subscriptions:       func() int { return s.hub.Stats().Subscriptions },
 		ListenerReconnects:  s.reconnects.Load,

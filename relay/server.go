@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +34,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
 	"github.com/pgrelay/pgrelay/relay/metrics"
+	"github.com/pgrelay/pgrelay/relay/reader"
 	"github.com/pgrelay/pgrelay/relay/seal"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
@@ -73,24 +73,10 @@ type Server struct {
 	ws        *ws.Handler
 	sse       *sse.Handler
 
-	events *eventlog.Reader
-	wake   chan struct{}
-	// fullRead asks the reader to read past what was announced, up to its
-	// own horizon: after the listener (re)connects and on the safety poll.
-	fullRead atomic.Bool
-	// settled is the newest position the sequencer announced: every event up
-	// to it is committed, whatever this relay's own horizon says.
-	settledMu sync.Mutex
-	settled   eventlog.ID
-	// key opens the sequencer's announcements; forged counts notifications
-	// on the events channel that did not open with it.
+	reader     *reader.Reader
 	key        *seal.Key
-	forged     forgeries
-	listening  atomic.Bool
-	caughtUp   atomic.Bool
 	isLeader   atomic.Bool
 	reconnects atomic.Uint64
-	announced  atomic.Uint64
 }
 
 // New connects to the database, checks that it is migrated, and builds a
@@ -121,8 +107,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		pool:   pool,
 		hub:    hub.New(cfg.QueueSize),
 		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
-		wake:   make(chan struct{}, 1),
-		events: eventlog.NewReader(cmp.Or(cfg.foreignListAge, foreignListAge)),
 		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
 		}),
@@ -135,6 +119,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		pool.Close()
 		return nil, err
 	}
+	s.reader = reader.New(reader.Config{
+		Channel: sequencer.EventsChannel, SafetyPoll: cfg.SafetyPoll, Batch: readBatch,
+		CatchupEvents: func(n int) { s.metrics.CatchupEvents(n) },
+	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, foreignListAge))}, s.key, s.log)
 	s.streams = &stream.Opener{
 		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch,
 		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
@@ -178,7 +166,7 @@ func (s *Server) Hub() *hub.Hub { return s.hub }
 
 // Ready reports whether the relay is listening, caught up with the log and
 // has its filters loaded.
-func (s *Server) Ready() bool { return s.listening.Load() && s.caughtUp.Load() }
+func (s *Server) Ready() bool { return s.reader.Ready() }
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
@@ -192,9 +180,9 @@ func (s *Server) routes() chi.Router {
 			status = http.StatusServiceUnavailable
 		}
 		writeJSON(w, status, map[string]any{
-			"ready": status == http.StatusOK, "listening": s.listening.Load(),
-			"caught_up": s.caughtUp.Load(), "sequencer": s.isLeader.Load(), "relay": s.name,
-			"position": s.hub.Position().String(), "forged_notifications": s.forged.count.Load(),
+			"ready": status == http.StatusOK, "listening": s.reader.Listening(),
+			"caught_up": s.reader.CaughtUp(), "sequencer": s.isLeader.Load(), "relay": s.name,
+			"position": s.hub.Position().String(), "forged_notifications": s.reader.Forged(),
 		})
 	})
 	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
@@ -241,7 +229,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.listenLoop(gctx) })
-	g.Go(func() error { return s.readLoop(gctx) })
+	g.Go(func() error { return s.reader.Run(gctx) })
 	g.Go(func() error { return s.sequencerLoop(gctx) })
 	g.Go(func() error { return s.refresher.Run(gctx) })
 	g.Go(func() error { return s.sse.Run(gctx) })
@@ -322,7 +310,7 @@ func (s *Server) listenURL() string {
 }
 
 func (s *Server) listenLoop(ctx context.Context) error {
-	l := listen.New(s.connect(s.listenURL(), ListenerApplicationName), listenHandler{s}, s.log)
+	l := listen.New(s.connect(s.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
 	l.OnReconnect = func() { s.reconnects.Add(1) }
 	return l.Run(ctx)
 }
@@ -336,167 +324,27 @@ func (s *Server) sequencerLoop(ctx context.Context) error {
 	return seq.Run(ctx)
 }
 
-// listenHandler turns notifications into work for the reader and the
-// refresher, without blocking the listener.
-type listenHandler struct{ s *Server }
-
-// Announced publishes announced events straight to the hub when they follow
-// from its position, and otherwise (a relay behind or ahead, events too large
-// to announce, a reconnect) wakes the reader to read the log.
-//
-// Any session that can connect may notify the channel, so only what opens
-// with the relays' key, sealed by the very session that sent it, may say
-// what is settled or hand over rows. Anything else is ignored, not even
-// taken as a hint: a flood of forgeries must not turn into a flood of log
-// reads. The safety poll reads the log whatever the channel says.
-func (h listenHandler) Announced(payload string, from uint32) {
-	if from == 0 {
-		h.s.readAll() // (re)connected: read what may have been missed
-		return
-	}
-	plain, err := h.s.key.Open(sequencer.EventsChannel, from, payload)
-	if err != nil {
-		h.s.forged.note(h.s.log, from)
-		return
-	}
-	a, err := eventlog.DecodeAnnouncement(plain)
-	if err != nil {
-		h.s.log.Warn("unreadable announcement from the sequencer", "err", err)
-		h.s.readAll()
-		return
-	}
-	h.s.noteSettled(a.Upto)
-	if len(a.Events) > 0 && h.s.hub.PublishAfter(a.Prev, a.Events) {
-		h.s.announced.Add(uint64(len(a.Events)))
-		return
-	}
-	if !h.s.hub.Position().Less(a.Upto) {
-		return // nothing new for this relay
-	}
-	h.s.wakeReader()
+// listenHandler hands announcements and connection changes to the reader,
+// and filter changes to the refresher.
+type listenHandler struct {
+	*reader.Reader
+	refresher *filter.Refresher
 }
 
-func (h listenHandler) FiltersChanged(c filter.Change) { h.s.refresher.Notify(c) }
+func (h listenHandler) FiltersChanged(c filter.Change) { h.refresher.Notify(c) }
 
-func (h listenHandler) Connected(up bool) {
-	h.s.listening.Store(up)
-	// Ready again only after a read of the log that began after the
-	// listener was back; reads until then are catch-up (and counted so).
-	h.s.caughtUp.Store(false)
-	if up {
-		h.s.readAll()
-	}
+// poolLog reads the log through the pool.
+type poolLog struct {
+	pool   *pgxpool.Pool
+	events *eventlog.Reader
 }
 
-// noteSettled records that the sequencer announced the log up to upto.
-func (s *Server) noteSettled(upto eventlog.ID) {
-	s.settledMu.Lock()
-	defer s.settledMu.Unlock()
-	if s.settled.Less(upto) {
-		s.settled = upto
-	}
+func (l poolLog) ReadBetween(ctx context.Context, after, upto eventlog.ID, limit int) ([]eventlog.Event, error) {
+	return eventlog.ReadBetween(ctx, l.pool, after, upto, limit)
 }
 
-func (s *Server) settledUpto() eventlog.ID {
-	s.settledMu.Lock()
-	defer s.settledMu.Unlock()
-	return s.settled
+func (l poolLog) ReadAfter(ctx context.Context, after eventlog.ID, limit int) ([]eventlog.Event, error) {
+	return l.events.ReadAfter(ctx, l.pool, after, limit)
 }
 
-// readAll wakes the reader for a read up to its own horizon.
-func (s *Server) readAll() {
-	s.fullRead.Store(true)
-	s.wakeReader()
-}
-
-func (s *Server) wakeReader() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// readLoop publishes what it reads from the log to the hub whenever woken,
-// and reads all there is at least every SafetyPoll. (The listener publishes
-// announced events itself when they follow from the hub's position.)
-func (s *Server) readLoop(ctx context.Context) error {
-	ticker := time.NewTicker(s.cfg.SafetyPoll)
-	defer ticker.Stop()
-	failing := false
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.wake:
-		case <-ticker.C:
-			s.fullRead.Store(true)
-		}
-		full := s.fullRead.Swap(false)
-		err := s.drain(ctx, full)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			return ctx.Err()
-		case err != nil:
-			s.caughtUp.Store(false)
-			s.fullRead.Store(true) // the next read starts over
-			if !failing {
-				s.log.Warn("read event log; retrying", "err", err)
-			}
-			failing = true
-		case failing:
-			s.log.Info("reading the event log again")
-			failing = false
-		}
-	}
-}
-
-// drain reads the log from the hub's position up to what the sequencer
-// announced and, if full, on up to this relay's own horizon.
-//
-// The two differ: the horizon ignores other databases' transactions by a
-// list each reader refreshes on its own schedule, so a relay may still count
-// as its own a transaction the sequencer already knew to be foreign, and
-// stop short of events the sequencer announced. Nothing would wake it again
-// before the safety poll, so announced ranges are read without the horizon:
-// the sequencer vouched that every transaction in them has ended.
-func (s *Server) drain(ctx context.Context, full bool) error {
-	announcedDone := false
-	if full {
-		// A full read follows a reconnect or the safety poll: both are
-		// there to catch what announcements missed, so they must not miss
-		// it again by trusting an old list.
-		s.events.Forget()
-	}
-	for {
-		// While the listener is (re)connecting, reads are catch-up too.
-		catchingUp := !s.caughtUp.Load() || !s.listening.Load()
-		pos := s.hub.Position()
-		var events []eventlog.Event
-		var err error
-		upto := s.settledUpto()
-		announced := !announcedDone && pos.Less(upto)
-		switch {
-		case announced:
-			events, err = eventlog.ReadBetween(ctx, s.pool, pos, upto, readBatch)
-			// Short of a batch: up to the announced position, or every
-			// event in between was pruned.
-			announcedDone = len(events) < readBatch
-		case full:
-			events, err = s.events.ReadAfter(ctx, s.pool, pos, readBatch)
-		default:
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if catchingUp {
-			s.metrics.CatchupEvents(len(events))
-		}
-		s.hub.Publish(events)
-		if announced || len(events) == readBatch {
-			continue
-		}
-		s.caughtUp.Store(true)
-		return nil
-	}
-}
+func (l poolLog) Forget() { l.events.Forget() }

@@ -1,4 +1,4 @@
-package relay
+package reader
 
 import (
 	"log/slog"
