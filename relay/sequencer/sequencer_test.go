@@ -1,0 +1,194 @@
+package sequencer_test
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/seal"
+	"github.com/pgrelay/pgrelay/relay/sequencer"
+)
+
+var cfg = sequencer.Config{Poll: 2 * time.Millisecond, IdleAfter: time.Second, IdlePoll: 50 * time.Millisecond, Retry: 20 * time.Millisecond}
+
+type candidate struct {
+	leading atomic.Bool
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+// run starts a sequencer candidate connecting to url.
+func run(t *testing.T, url string, key *seal.Key) *candidate {
+	t.Helper()
+	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) }
+	s := sequencer.New(connect, key, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := &candidate{done: make(chan error, 1)}
+	s.OnLeader = c.leading.Store
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go func() { c.done <- s.Run(ctx) }()
+	t.Cleanup(c.stop)
+	return c
+}
+
+func (c *candidate) stop() {
+	c.cancel()
+	<-c.done
+	c.done <- nil // later stops return at once
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func leaders(cs ...*candidate) int {
+	n := 0
+	for _, c := range cs {
+		if c.leading.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+func holder(t *testing.T, db *pgtest.DB) (pid int32) {
+	t.Helper()
+	if err := db.Pool.QueryRow(context.Background(), "SELECT coalesce(holder_pid, 0) FROM relay.sequencer").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+func TestOneCandidateLeadsAndAnotherTakesOverWhenItsSessionEnds(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := run(t, db.URL, key), run(t, db.URL, key), run(t, db.URL, key)
+	eventually(t, "one leader", func() bool { return leaders(a, b, c) == 1 })
+	time.Sleep(100 * time.Millisecond) // several election rounds
+	if n := leaders(a, b, c); n != 1 {
+		t.Fatalf("%d candidates lead at once, want 1", n)
+	}
+
+	// The leader's session is killed: another one takes over.
+	first := holder(t, db)
+	db.Exec(t, "SELECT pg_terminate_backend($1)", first)
+	eventually(t, "a new leader in another session", func() bool {
+		return leaders(a, b, c) == 1 && holder(t, db) != first && holder(t, db) != 0
+	})
+
+	// A clean stop hands the role over at once: the row names nobody until
+	// the next candidate claims it.
+	var stopped *candidate
+	for _, x := range []*candidate{a, b, c} {
+		if x.leading.Load() {
+			stopped = x
+		}
+	}
+	second := holder(t, db)
+	stopped.stop()
+	eventually(t, "the last candidate leads", func() bool { return leaders(a, b, c) == 1 && holder(t, db) != second })
+}
+
+func TestASequencerWhoseRoleWasTakenStopsLeading(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := run(t, db.URL, key)
+	eventually(t, "a leads", a.leading.Load)
+	// The owner hands the role to a session that is alive (this test's
+	// pool connection): the sequencer notices on its next idle switch.
+	db.Exec(t, `UPDATE relay.sequencer SET holder_pid = pg_backend_pid(),
+	            holder_started = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())`)
+	eventually(t, "a stops leading", func() bool { return !a.leading.Load() })
+}
+
+func TestAnnouncementsAreSealedForTheSequencersSession(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	listener, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN "+sequencer.EventsChannel); err != nil {
+		t.Fatal(err)
+	}
+	a := run(t, db.URL, key)
+	eventually(t, "a leads", a.leading.Load)
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('secret plan', '{l}', 'u')`)
+	for {
+		n, err := listener.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("no announcement of the template: %v", err)
+		}
+		if n.PID != uint32(holder(t, db)) {
+			t.Fatalf("announcement from session %d, want the holder %d", n.PID, holder(t, db))
+		}
+		plain, err := key.Open(sequencer.EventsChannel, n.PID, n.Payload)
+		if err != nil {
+			t.Fatalf("announcement does not open for its sender: %v (%q)", err, n.Payload)
+		}
+		ann, err := eventlog.DecodeAnnouncement(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ann.Events) == 1 && string(ann.Events[0].Topic) == "templates" {
+			return
+		}
+	}
+}
+
+func TestCandidatesNeedTheRelaysRoleToLead(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	roles := pgtest.WithRoles(t, db)
+	key := randomKey(t)
+	producer := run(t, roles.ProducerURL, key)
+	time.Sleep(200 * time.Millisecond)
+	if producer.leading.Load() {
+		t.Fatal("a producer's session became the sequencer")
+	}
+	relay := run(t, roles.RelayURL, key)
+	eventually(t, "the relay's role leads", relay.leading.Load)
+}
+
+func randomKey(t *testing.T) *seal.Key {
+	t.Helper()
+	raw := make([]byte, seal.KeySize)
+	_, _ = rand.Read(raw)
+	k, err := seal.New(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
