@@ -3,6 +3,7 @@
 -- `migrate up`:
 --
 --   psql "$DATABASE_URL" -f docs/roles.sql
+--   psql "$DATABASE_URL" -f examples/templates/roles.sql   # with the example app
 --
 -- Change the role names to your own and set passwords (\password NAME).
 -- docs/operations.md explains each grant; the test suite runs its attack
@@ -26,18 +27,11 @@ GRANT EXECUTE ON FUNCTION relay.filters(text[]), relay.horizon(bigint[]),
 -- Lets the relay tell other databases' transactions from this one's, so a
 -- long transaction elsewhere on the server does not hold delivery back.
 GRANT pg_read_all_stats TO pgrelay_relay;
--- Only for the example app's page at / (who am I, which locations): skip
--- it for your own tables. The write API (POST /api/templates) would also
--- need INSERT on public.templates.
-GRANT SELECT ON public.orgs, public.locations, public.users TO pgrelay_relay;
-
 -- A producer: the application's own role. It reads and writes the app's
--- tables and has no privilege at all in schema relay: the capture and
--- filter-change triggers run as their owner.
+-- tables (grant it what your app needs on them; for the example app,
+-- examples/templates/roles.sql) and has no privilege at all in schema
+-- relay: the capture and filter-change triggers run as their owner.
 CREATE ROLE app_producer LOGIN;
-GRANT SELECT, INSERT, UPDATE, DELETE
-   ON public.orgs, public.locations, public.users, public.templates
-   TO app_producer;
 
 -- Only these roles (and the owner) may connect to this database. An open
 -- transaction of any session connected to it holds delivery back (see

@@ -29,6 +29,8 @@ type Config struct {
 	JWTIssuer   string
 	JWTAudience string
 	InsecureDev bool
+	// WriteAPI serves POST /api/templates, the demo page's create form.
+	WriteAPI bool
 
 	CORSOrigins []string // allowed Origin values for browsers on other origins ("*" for any)
 
@@ -102,6 +104,7 @@ func (c *Config) settings() []setting {
 		{"jwt-issuer", "RELAY_JWT_ISSUER", "if set, tokens must carry this iss", (*stringValue)(&c.JWTIssuer)},
 		{"jwt-audience", "RELAY_JWT_AUDIENCE", "if set, tokens must carry this aud", (*stringValue)(&c.JWTAudience)},
 		{"insecure-dev", "RELAY_INSECURE_DEV", "development only: also accept ?user=ID without a token", (*boolValue)(&c.InsecureDev)},
+		{"write-api", "RELAY_WRITE_API", "serve POST /api/templates, so the demo page at / can create templates of the example app as the token's user (default: off, the page is read-only)", (*boolValue)(&c.WriteAPI)},
 		{"cors-origins", "RELAY_CORS_ORIGINS", "comma-separated origins allowed to connect from browsers on other origins (* for any)", (*listValue)(&c.CORSOrigins)},
 		{"max-connections", "RELAY_MAX_CONNECTIONS", "maximum open streams on this relay (0: unlimited)", (*intValue)(&c.MaxConnections)},
 		{"max-connections-per-user", "RELAY_MAX_CONNECTIONS_PER_USER", "maximum open streams of one subscriber on this relay (0: unlimited)", (*intValue)(&c.MaxConnectionsPerUser)},

@@ -200,7 +200,7 @@ func (s *Server) routes() chi.Router {
 		Limiter: s.limits, Connected: wsMetrics.Connected, Observer: wsMetrics,
 	}
 	r.Method(http.MethodGet, "/ws", s.ws)
-	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev})
+	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev, Write: s.cfg.WriteAPI})
 	r.Handle("/*", web.Handler())
 	return r
 }

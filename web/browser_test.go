@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay"
 )
 
 // chromiumPath is Debian's chromium, which CI installs.
@@ -92,7 +93,8 @@ func TestDemoPagesShareATemplateAcrossRelaysAndTransports(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
-	relayA := relaytest.Start(t, db.URL)
+	// Relay A serves the write API, relay B does not: its page is read-only.
+	relayA := relaytest.Start(t, db.URL, func(c *relay.Config) { c.WriteAPI = true })
 	relayB := relaytest.Start(t, db.URL)
 	b := browser(t)
 
@@ -110,6 +112,9 @@ func TestDemoPagesShareATemplateAcrossRelaysAndTransports(t *testing.T) {
 		t.Errorf("the token stayed in the address bar: %q", fragment)
 	}
 
+	if hidden := get(t, elsa, "look for Elsa's create form", chromedp.Evaluate[bool](`document.getElementById("create-card").hidden`)); !hidden {
+		t.Error("the page on a relay without --write-api offers to create templates")
+	}
 	do(t, emil, "Emil shares a template with Paris",
 		chromedp.SendKeys(chromedp.CSS(`#create-name`), "Paris autumn menu"),
 		chromedp.Click(chromedp.CSS(`#create-locations input[value="loc-2"]`)),

@@ -16,10 +16,13 @@ import (
 const usage = `usage: migrate [--database-url URL] <command>
 
 commands:
-  up          apply all pending migrations, then (re)apply changed definitions
-  down [N]    roll back the last N migrations (default 1); rolling back the
-              last one removes every pgrelay object
-  status      one line per migration and definition: applied or pending
+  up [--no-example]      apply all pending migrations, then (re)apply changed
+                         definitions; --no-example installs the relay core
+                         alone, without the template-sharing example app
+  down [N]               roll back the last N migrations (default 1); rolling
+                         back the last one removes every pgrelay object
+  status [--no-example]  one line per migration and definition: applied or
+                         pending (--no-example: the core's only)
 
 The database URL falls back to DATABASE_URL, then to libpq defaults (PGHOST,
 PGPORT, PGUSER, PGDATABASE, ...).
@@ -55,10 +58,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	cmd, cmdArgs := rest[0], rest[1:]
 	steps := 1
+	noExample := false
 	switch cmd {
 	case "up", "status":
+		if len(cmdArgs) == 1 && (cmdArgs[0] == "--no-example" || cmdArgs[0] == "-no-example") {
+			noExample, cmdArgs = true, nil
+		}
 		if len(cmdArgs) > 0 {
-			return usageError{fmt.Sprintf("%s takes no arguments, got %q", cmd, strings.Join(cmdArgs, " "))}
+			return usageError{fmt.Sprintf("%s takes no arguments but --no-example, got %q", cmd, strings.Join(cmdArgs, " "))}
 		}
 	case "down":
 		if len(cmdArgs) > 1 {
@@ -82,7 +89,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if url == "" {
 		url = getenv("DATABASE_URL")
 	}
-	src, err := Embedded()
+	load := Embedded
+	if noExample {
+		load = Core
+	}
+	src, err := load()
 	if err != nil {
 		return err
 	}

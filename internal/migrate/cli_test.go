@@ -24,8 +24,8 @@ func TestRunRejectsCommandLineMistakesAsUsageErrors(t *testing.T) {
 		{"down negative", []string{"down", "-3"}, `N must be a positive whole number, got "-3"`},
 		{"down not a number", []string{"down", "all"}, `N must be a positive whole number, got "all"`},
 		{"down two arguments", []string{"down", "1", "2"}, `down takes at most one argument, got "1 2"`},
-		{"up with an argument", []string{"up", "now"}, `up takes no arguments, got "now"`},
-		{"status with an argument", []string{"status", "-v"}, `status takes no arguments, got "-v"`},
+		{"up with an argument", []string{"up", "now"}, `up takes no arguments but --no-example, got "now"`},
+		{"status with an argument", []string{"status", "-v"}, `status takes no arguments but --no-example, got "-v"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

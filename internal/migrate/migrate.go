@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgrelay/pgrelay/examples/templates"
 	"github.com/pgrelay/pgrelay/migrations"
 	"github.com/pgrelay/pgrelay/triggers"
 )
@@ -425,8 +427,45 @@ func Pending(lines []StatusLine) bool {
 	return false
 }
 
-// Embedded returns pgrelay's own migrations and repeatable definitions, as
-// built into the binary.
-func Embedded() (Source, error) {
+// Core returns the relay core's migrations and repeatable definitions, as
+// built into the binary: all a database needs to serve topics of its own.
+func Core() (Source, error) {
 	return Load(migrations.FS, triggers.FS)
+}
+
+// Embedded returns the core and the example app (examples/templates), as
+// `migrate up` installs them by default.
+func Embedded() (Source, error) {
+	core, err := Core()
+	if err != nil {
+		return Source{}, err
+	}
+	example, err := Load(templates.Migrations(), templates.Triggers())
+	if err != nil {
+		return Source{}, fmt.Errorf("example app: %w", err)
+	}
+	return Merge(core, example)
+}
+
+// Merge returns the migrations of both sources in one version order, and
+// their repeatable definitions in file-name order. Versions and file names
+// must be unique across both.
+func Merge(a, b Source) (Source, error) {
+	out := Source{
+		Migrations:  append(slices.Clone(a.Migrations), b.Migrations...),
+		Repeatables: append(slices.Clone(a.Repeatables), b.Repeatables...),
+	}
+	sort.Slice(out.Migrations, func(i, j int) bool { return out.Migrations[i].Version < out.Migrations[j].Version })
+	sort.Slice(out.Repeatables, func(i, j int) bool { return out.Repeatables[i].Name < out.Repeatables[j].Name })
+	for i := 1; i < len(out.Migrations); i++ {
+		if prev, cur := out.Migrations[i-1], out.Migrations[i]; prev.Version == cur.Version {
+			return Source{}, fmt.Errorf("migration version %d is used by both %s and %s", cur.Version, prev.Name, cur.Name)
+		}
+	}
+	for i := 1; i < len(out.Repeatables); i++ {
+		if out.Repeatables[i-1].Name == out.Repeatables[i].Name {
+			return Source{}, fmt.Errorf("two repeatable definitions are named %s", out.Repeatables[i].Name)
+		}
+	}
+	return out, nil
 }

@@ -418,3 +418,48 @@ func TestLoadRejectsInconsistentMigrationSets(t *testing.T) {
 		})
 	}
 }
+
+func TestUpWithoutTheExampleInstallsTheCoreAloneAndTheExampleCanFollow(t *testing.T) {
+	t.Parallel()
+	db := pgtest.Empty(t)
+	before := catalog(t, db)
+
+	out := mustRunCLI(t, db, "up", "--no-example")
+	if strings.Contains(out, "template") {
+		t.Errorf("up --no-example applied the example's files:\n%s", out)
+	}
+	core := catalog(t, db)
+	if !slices.Contains(core, "function relay.create_topic") {
+		t.Fatalf("after up --no-example, relay.create_topic is missing; the core is not installed:\n%v", core)
+	}
+	for _, obj := range difference(core, before) {
+		if !strings.HasPrefix(obj, "schema relay") && !strings.Contains(obj, " relay.") {
+			t.Errorf("up --no-example created %q outside schema relay", obj)
+		}
+	}
+	status := mustRunCLI(t, db, "status", "--no-example")
+	if strings.Contains(status, "pending") {
+		t.Errorf("status --no-example after up --no-example shows pending work:\n%s", status)
+	}
+	if status := mustRunCLI(t, db, "status"); !strings.Contains(status, "pending  migration  0002_template_sharing") {
+		t.Errorf("status without --no-example does not show the example as pending:\n%s", status)
+	}
+
+	// Adding the example later installs it among the core's migrations.
+	mustRunCLI(t, db, "up")
+	if installed := catalog(t, db); !slices.Contains(installed, "trigger templates.pgrelay_templates") {
+		t.Fatal("up after up --no-example did not install the example's topic")
+	}
+	mustRunCLI(t, db, "down", "99")
+	if after := catalog(t, db); !slices.Equal(after, before) {
+		t.Errorf("after down 99 the catalog differs from before up\nleft behind: %v", difference(after, before))
+	}
+}
+
+func TestMergeRefusesAVersionUsedByTheCoreAndTheExample(t *testing.T) {
+	a := migrate.Source{Migrations: []migrate.Migration{{Version: 4, Name: "0004_trust"}}}
+	b := migrate.Source{Migrations: []migrate.Migration{{Version: 4, Name: "0004_templates"}}}
+	if _, err := migrate.Merge(a, b); err == nil || !strings.Contains(err.Error(), "version 4") {
+		t.Fatalf("Merge = %v, want an error naming version 4", err)
+	}
+}

@@ -113,11 +113,26 @@ func Empty(t testing.TB) *DB {
 	return create(t, "")
 }
 
-// New returns a fresh database with pgrelay migrated, dropped when the test
-// ends.
+// New returns a fresh database with pgrelay and its example app migrated,
+// as `migrate up` leaves it, dropped when the test ends.
 func New(t testing.TB) *DB {
 	t.Helper()
-	return create(t, ensureTemplate(t))
+	src, err := migrate.Embedded()
+	if err != nil {
+		t.Fatalf("load embedded migrations: %v", err)
+	}
+	return create(t, ensureTemplate(t, src))
+}
+
+// NewCore returns a fresh database with the relay core alone migrated, as
+// `migrate up --no-example` leaves it, dropped when the test ends.
+func NewCore(t testing.TB) *DB {
+	t.Helper()
+	src, err := migrate.Core()
+	if err != nil {
+		t.Fatalf("load embedded core migrations: %v", err)
+	}
+	return create(t, ensureTemplate(t, src))
 }
 
 func create(t testing.TB, template string) *DB {
@@ -164,14 +179,10 @@ func randomSuffix() string {
 	return hex.EncodeToString(b)
 }
 
-// ensureTemplate builds the migrated template database for the current SQL,
-// once per server, and returns its name.
-func ensureTemplate(t testing.TB) string {
+// ensureTemplate builds the template database migrated with src, once per
+// server and SQL, and returns its name.
+func ensureTemplate(t testing.TB, src migrate.Source) string {
 	t.Helper()
-	src, err := migrate.Embedded()
-	if err != nil {
-		t.Fatalf("load embedded migrations: %v", err)
-	}
 	h := sha256.New()
 	for _, m := range src.Migrations {
 		fmt.Fprintf(h, "%s\n%s\n", m.Name, m.Checksum)

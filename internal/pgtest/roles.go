@@ -11,8 +11,9 @@ import (
 )
 
 // Roles are the logins of a real deployment on a test's database, made by
-// running docs/roles.sql as the owner, so attack tests use exactly the
-// privileges the documentation gives. Role names are unique to the test
+// running docs/roles.sql (and, where the example app is installed,
+// examples/templates/roles.sql) as the owner, so attack tests use exactly
+// the privileges the documentation gives. Role names are unique to the test
 // (roles belong to the whole server) and dropped when it ends.
 type Roles struct {
 	// Relay is the relay's role; RelayURL logs in as it.
@@ -31,14 +32,27 @@ var roleName = regexp.MustCompile(`\b(pgrelay_relay|app_producer)\b`)
 // WithRoles creates the deployment's roles on db (a migrated database).
 func WithRoles(t testing.TB, db *DB) Roles {
 	t.Helper()
-	_, here, _, _ := runtime.Caller(0)
-	script, err := os.ReadFile(filepath.Join(filepath.Dir(here), "..", "..", "docs", "roles.sql"))
-	if err != nil {
-		t.Fatalf("read docs/roles.sql: %v", err)
+	ctx := context.Background()
+	var example bool
+	if err := db.Pool.QueryRow(ctx, "SELECT to_regclass('public.templates') IS NOT NULL").Scan(&example); err != nil {
+		t.Fatal(err)
 	}
+	_, here, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(here), "..", "..")
+	scripts := []string{filepath.Join(root, "docs", "roles.sql")}
+	if example {
+		scripts = append(scripts, filepath.Join(root, "examples", "templates", "roles.sql"))
+	}
+	var sql []string
 	suffix := randomSuffix()
 	rename := func(name string) string { return name + "_" + suffix }
-	sql := roleName.ReplaceAllStringFunc(string(script), rename)
+	for _, path := range scripts {
+		script, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		sql = append(sql, roleName.ReplaceAllStringFunc(string(script), rename))
+	}
 	cfg, err := AdminConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +62,6 @@ func WithRoles(t testing.TB, db *DB) Roles {
 	r.ProducerURL = urlAs(cfg.Host, cfg.Port, r.Producer, db.Name)
 	r.LoginURL = urlAs(cfg.Host, cfg.Port, r.Login, db.Name)
 
-	ctx := context.Background()
 	// Dropped before the database (cleanups run last first): what a role
 	// was granted there goes with DROP OWNED.
 	t.Cleanup(func() {
@@ -67,8 +80,10 @@ func WithRoles(t testing.TB, db *DB) Roles {
 			}
 		}
 	})
-	if _, err := db.Pool.Exec(ctx, sql); err != nil {
-		t.Fatalf("run docs/roles.sql: %v", err)
+	for i, script := range sql {
+		if _, err := db.Pool.Exec(ctx, script); err != nil {
+			t.Fatalf("run %s: %v", scripts[i], err)
+		}
 	}
 	// An unrelated login that may still connect (a reporting role, say):
 	// the attacks must fail even for a session that got this far.

@@ -41,6 +41,7 @@ SELECT jsonb_build_object(
                              FROM public.locations l WHERE l.org_id = u.org_id), '[]'),
     'people', coalesce((SELECT jsonb_agg(jsonb_build_object('id', p.id, 'name', p.name, 'user_type', p.user_type) ORDER BY p.name, p.id)
                           FROM public.users p WHERE p.org_id = u.org_id), '[]'))
+         || jsonb_build_object('write_api', $2::boolean)
   FROM public.users u JOIN public.orgs o ON o.id = u.org_id
  WHERE u.id = $1`
 
@@ -69,7 +70,7 @@ type Querier interface {
 
 // Handler serves /api/…:
 //
-//	POST /api/templates  create a template as the token's subject
+//	POST /api/templates  create a template as the token's subject (only with Write)
 //	GET  /api/me         the subject's profile, its org's locations and people
 //	GET  /api/users      every user (only with ListUsers: --insecure-dev)
 type Handler struct {
@@ -80,10 +81,16 @@ type Handler struct {
 	// only a development relay lists it, so its demo page can offer a user
 	// picker.
 	ListUsers bool
+	// Write enables POST /api/templates (relay --write-api; `relay demo`
+	// turns it on). Off, the demo page is read-only: inserting is the
+	// application's job, not the relay's.
+	Write bool
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
+	case r.URL.Path == "/api/templates" && r.Method == http.MethodPost && !h.Write:
+		stream.WriteError(w, http.StatusNotFound, errors.New("the write API is not enabled on this relay (start it with --write-api)"))
 	case r.URL.Path == "/api/templates" && r.Method == http.MethodPost:
 		h.createTemplate(w, r)
 	case r.URL.Path == "/api/me" && r.Method == http.MethodGet:
@@ -178,7 +185,7 @@ func (h *Handler) me(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body json.RawMessage
-	err = h.DB.QueryRow(r.Context(), meSQL, subject).Scan(&body)
+	err = h.DB.QueryRow(r.Context(), meSQL, subject, h.Write).Scan(&body)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		stream.WriteError(w, http.StatusForbidden, fmt.Errorf("%w: %q", stream.ErrUnknownSubscriber, subject))

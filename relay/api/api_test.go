@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -51,7 +52,7 @@ func TestCreateTemplateInsertsAsTheTokenSubjectAndReachesTheAudienceOnly(t *test
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.WriteAPI = true })
 	elsa := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zelo-1"), relaytest.SSEOptions{})
 	emil := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
 
@@ -86,7 +87,7 @@ func TestCreateTemplateRefusals(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.WriteAPI = true })
 	olga := relaytest.Token(t, "zowi-1")
 	cases := []struct {
 		name, token, body string
@@ -124,7 +125,7 @@ func TestMeDescribesTheSubjectAndItsOrgOnly(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.WriteAPI = true })
 	status, body := do(t, http.MethodGet, r.URL+"/api/me", relaytest.Token(t, "zelo-1"), "")
 	if status != http.StatusOK {
 		t.Fatalf("status %d: %s", status, body)
@@ -165,7 +166,7 @@ func TestUserListIsServedOnlyInInsecureDevMode(t *testing.T) {
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
 	secure := relaytest.Start(t, db.URL)
-	dev := relaytest.Start(t, db.URL, func(c *relay.Config) { c.InsecureDev = true })
+	dev := relaytest.Start(t, db.URL, func(c *relay.Config) { c.InsecureDev = true; c.WriteAPI = true })
 
 	if status, body := do(t, http.MethodGet, secure.URL+"/api/users", "", ""); status != http.StatusNotFound {
 		t.Errorf("secure relay: status %d, want 404: %s", status, body)
@@ -185,5 +186,28 @@ func TestUserListIsServedOnlyInInsecureDevMode(t *testing.T) {
 	}
 	if _ = json.Unmarshal(body, &row); status != http.StatusCreated || row.CreatedBy != "zolo-1" {
 		t.Errorf("dev create: %d %s, want 201 created_by zolo-1", status, body)
+	}
+}
+
+func TestTheWriteAPIIsOffUnlessEnabledAndThePageKnows(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	token := relaytest.Token(t, "zewi-1")
+	status, body := do(t, http.MethodPost, r.URL+"/api/templates", token, `{"name":"should not exist","share_location_ids":["loc-1"]}`)
+	if status != http.StatusNotFound || !strings.Contains(string(body), "--write-api") {
+		t.Fatalf("POST /api/templates without --write-api: %d %s, want 404 naming the flag", status, body)
+	}
+	var n int
+	if err := db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM templates").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d templates (%v), want none", n, err)
+	}
+	if status, body := do(t, http.MethodGet, r.URL+"/api/me", token, ""); status != http.StatusOK || !strings.Contains(string(body), `"write_api": false`) {
+		t.Errorf("GET /api/me: %d %s, want 200 saying write_api is false", status, body)
+	}
+	w := relaytest.Start(t, db.URL, func(c *relay.Config) { c.WriteAPI = true })
+	if status, body := do(t, http.MethodGet, w.URL+"/api/me", token, ""); status != http.StatusOK || !strings.Contains(string(body), `"write_api": true`) {
+		t.Errorf("GET /api/me with --write-api: %d %s, want write_api true", status, body)
 	}
 }

@@ -311,6 +311,7 @@ func (d *Demo) Run(ctx context.Context, out io.Writer) error {
 		cfg.Addr = ln.Addr().String()
 		cfg.JWTSecret = d.secret
 		cfg.PoolSize = 4
+		cfg.WriteAPI = true // the demo page creates templates
 		srv, err := relay.New(ctx, cfg, d.log.With("relay", i+1))
 		if err != nil {
 			d.Close()

@@ -112,6 +112,9 @@
     $("me-detail").textContent = `${user.user_type} · ${user.org_name}${loc ? " · " + loc.name : ""} · ${user.id}`;
     $("me-rule").textContent = RULES[user.user_type] + " Never your own.";
     $("relay-host").textContent = location.host;
+    // Creating templates is the application's job; a relay offers it only
+    // when started with --write-api (relay demo does).
+    $("create-card").hidden = !state.me.write_api;
     $("create-locations").replaceChildren(...locations.map((l) => {
       const label = document.createElement("label");
       const box = document.createElement("input");

@@ -1,4 +1,4 @@
-package triggers_test
+package templates_test
 
 import (
 	"context"
