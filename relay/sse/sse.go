@@ -103,17 +103,19 @@ func (h *Handler) refuse(w http.ResponseWriter, user string, err error) {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	subscriber, err := h.Auth.Subject(r)
+	id, err := h.Auth.Authenticate(r)
 	if err != nil {
 		h.refuse(w, "", err)
 		return
 	}
+	subscriber := id.Subject
 	req, err := stream.ParseRequest(r)
 	if err != nil {
 		h.refuse(w, subscriber, err)
 		return
 	}
 	req.Subscriber = subscriber
+	req.Expires = id.Expires
 	req.Observer = h.Observer
 	admitted, err := h.Limiter.Admit(w, subscriber)
 	if err != nil {
@@ -233,6 +235,8 @@ func ending(err error) (reason string, notice []byte) {
 		return "slow consumer", []byte(": closed: slow consumer, resume with Last-Event-ID\n\n")
 	case errors.Is(err, hub.ErrSubscriberGone):
 		return "subscriber deleted", []byte(": closed: subscriber no longer exists\n\n")
+	case errors.Is(err, hub.ErrTokenExpired):
+		return "token expired", []byte(": closed: token expired, reconnect with a fresh token and Last-Event-ID\n\n")
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, hub.ErrClosed):
 		return "client closed", nil
 	default:

@@ -53,6 +53,10 @@ type Request struct {
 	// Observer, if set, is told of this stream's deliveries in place of the
 	// Opener's: a transport sets it to count deliveries under its own name.
 	Observer Observer
+	// Expires, if set, is when the subscriber's token expires: the stream
+	// ends then with hub.ErrTokenExpired, and the client resumes with a fresh
+	// token.
+	Expires time.Time
 }
 
 // Observer is told about deliveries (for metrics). Methods must be cheap.
@@ -118,6 +122,9 @@ type Stream struct {
 	keys       match.Keys
 	// last is the position of the last event written to the client.
 	last eventlog.ID
+	// expiry ends the subscription when the token expires (nil without
+	// Request.Expires).
+	expiry *time.Timer
 }
 
 // Open registers req's subscription and loads its filter. The caller must
@@ -148,7 +155,15 @@ func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
 		}
 		return nil, err
 	}
-	return &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom, keys: sub.Keys()}, nil
+	st := &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom, keys: sub.Keys()}
+	if !req.Expires.IsZero() {
+		// A timer rather than a check on each write: an idle stream writes
+		// nothing but heartbeats, and the SSE pump has no goroutine per
+		// stream to do the checking. Ending the subscription wakes whoever
+		// serves it, as any other end does.
+		st.expiry = time.AfterFunc(time.Until(req.Expires), func() { o.Hub.End(sub, hub.ErrTokenExpired) })
+	}
+	return st, nil
 }
 
 func (o *Opener) loadFilter(ctx context.Context, subscriber string) (filter.Filter, uint64, error) {
@@ -168,11 +183,17 @@ func (st *Stream) observer() Observer {
 }
 
 // Close ends the subscription.
-func (st *Stream) Close() { st.sub.Close() }
+func (st *Stream) Close() {
+	if st.expiry != nil {
+		st.expiry.Stop()
+	}
+	st.sub.Close()
+}
 
 // Run replays and then streams live events into sink until ctx is done, the
 // sink fails, or the hub ends the subscription (the returned error says why:
-// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone).
+// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone,
+// hub.ErrTokenExpired).
 func (st *Stream) Run(ctx context.Context, sink Sink) error {
 	return st.Classify(st.run(ctx, sink))
 }
