@@ -38,6 +38,7 @@ type Config struct {
 
 	Heartbeat    time.Duration // SSE comment / WebSocket ping interval
 	WriteTimeout time.Duration // one write to a client
+	IdleTimeout  time.Duration // how long a keep-alive connection may wait for its next request (it is no stream: MaxConnections does not count it)
 	Retention    time.Duration // age after which events are pruned from the log
 	// RetentionMaxEvents caps the log's length (0 = unlimited): older events
 	// beyond it are pruned whatever their age.
@@ -71,6 +72,7 @@ func DefaultConfig() Config {
 		QueueSize:         1024,
 		Heartbeat:         10 * time.Second,
 		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       90 * time.Second,
 		Retention:         24 * time.Hour,
 		RetentionInterval: time.Minute,
 		ShutdownWait:      10 * time.Second,
@@ -108,6 +110,7 @@ func (c *Config) settings() []setting {
 		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
 		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
 		{"write-timeout", "RELAY_WRITE_TIMEOUT", "how long one write to a client may block", (*durationValue)(&c.WriteTimeout)},
+		{"idle-timeout", "RELAY_IDLE_TIMEOUT", "close keep-alive HTTP connections idle between requests for this long (streams are not idle connections)", (*durationValue)(&c.IdleTimeout)},
 		{"retention", "RELAY_RETENTION", "events older than this are pruned from the log", (*durationValue)(&c.Retention)},
 		{"retention-max-events", "RELAY_RETENTION_MAX_EVENTS", "keep at most this many events in the log, pruning the oldest (0: unlimited)", (*intValue)(&c.RetentionMaxEvents)},
 		{"retention-interval", "RELAY_RETENTION_INTERVAL", "how often the log is pruned (by one relay at a time: the sequencer)", (*durationValue)(&c.RetentionInterval)},
@@ -162,7 +165,7 @@ func (c *Config) Validate() error {
 		name string
 		d    time.Duration
 	}{
-		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--retention", c.Retention},
+		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--idle-timeout", c.IdleTimeout}, {"--retention", c.Retention},
 		{"--shutdown-wait", c.ShutdownWait}, {"--retention-interval", c.RetentionInterval}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
 		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--filter-resync", c.FilterResync},
 	}

@@ -231,6 +231,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.router,
 		ReadHeaderTimeout: 10 * time.Second,
+		// Without it a keep-alive connection would be kept as long as its
+		// client likes: a socket each, and not counted as a stream.
+		IdleTimeout: s.cfg.IdleTimeout,
 		// net/http's own complaints go to the relay's log; they name the
 		// remote address, never the request URL (which may carry a token).
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
