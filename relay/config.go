@@ -59,6 +59,9 @@ type Config struct {
 	LogFormat string // text or json
 
 	PprofAddr string // if set, serve net/http/pprof here (for profiling; keep it on loopback)
+	// MetricsAddr, if set, serves /metrics here instead of on Addr, so that
+	// it can be kept off the public network.
+	MetricsAddr string
 
 	// foreignListAge is how long the relay's log reader trusts its list of
 	// other databases' transactions (0: the default). Tests lengthen it.
@@ -124,6 +127,7 @@ func (c *Config) settings() []setting {
 		{"log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
 		{"log-format", "RELAY_LOG_FORMAT", "text or json", (*stringValue)(&c.LogFormat)},
 		{"pprof-addr", "RELAY_PPROF_ADDR", "serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (default: off)", (*stringValue)(&c.PprofAddr)},
+		{"metrics-addr", "RELAY_METRICS_ADDR", "serve /metrics on this address, e.g. 10.0.0.5:9090, and not on --addr (default: on --addr)", (*stringValue)(&c.MetricsAddr)},
 	}
 }
 
@@ -212,6 +216,11 @@ func (c *Config) Validate() error {
 	if c.PprofAddr != "" {
 		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
 			bad("--pprof-addr %q: want host:port (%v)", c.PprofAddr, err)
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("--metrics-addr %q: want host:port (%v)", c.MetricsAddr, err)
 		}
 	}
 	switch strings.ToLower(c.LogLevel) {

@@ -170,6 +170,7 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		{"safety poll", func(c *Config) { c.SafetyPoll = 0 }, "--safety-poll"},
 		{"filter resync", func(c *Config) { c.FilterResync = 0 }, "--filter-resync"},
 		{"pool size", func(c *Config) { c.PoolSize = 1 }, "--pool-size"},
+		{"metrics addr", func(c *Config) { c.MetricsAddr = "9090" }, "--metrics-addr"},
 		{"log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"log format", func(c *Config) { c.LogFormat = "xml" }, "--log-format"},
 	}

@@ -76,3 +76,54 @@ func TestStreamsAreNotIdleConnections(t *testing.T) {
 		t.Errorf("WebSocket: got %q", got)
 	}
 }
+
+func TestMetricsAddrServesMetricsOnItsOwnListenerAndNotOnThePublicPort(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.MetricsAddr = addr })
+
+	var body string
+	relaytest.Eventually(t, 5*time.Second, "metrics on "+addr, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == http.StatusOK
+	})
+	if !strings.Contains(body, "pgrelay_ready 1") {
+		t.Errorf("the metrics listener does not serve the relay's metrics: %.300s", body)
+	}
+	resp, err := http.Get(r.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK || strings.Contains(string(b), "pgrelay_") {
+		t.Errorf("the public address still serves /metrics: %d %.200s", resp.StatusCode, b)
+	}
+}
+
+func TestWithoutMetricsAddrMetricsAreOnThePublicPort(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	r := relaytest.Start(t, db.URL)
+	resp, err := http.Get(r.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "pgrelay_ready") {
+		t.Errorf("GET /metrics: %d %.200s", resp.StatusCode, b)
+	}
+}

@@ -194,7 +194,9 @@ func (s *Server) routes() chi.Router {
 			"position": s.hub.Position().String(),
 		})
 	})
-	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
+	if s.cfg.MetricsAddr == "" {
+		r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
+	}
 	sseMetrics := s.metrics.Transport("sse")
 	s.sse = &sse.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
@@ -247,6 +249,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.sse.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
+	}
+	if s.cfg.MetricsAddr != "" {
+		g.Go(func() error { return s.serveMetrics(gctx) })
 	}
 	g.Go(func() error {
 		s.log.Info("relay serving", "addr", ln.Addr().String())
