@@ -40,6 +40,7 @@ type Config struct {
 
 	Heartbeat    time.Duration // SSE comment / WebSocket ping interval
 	WriteTimeout time.Duration // one write to a client
+	IdleTimeout  time.Duration // how long a keep-alive connection may wait for its next request (it is no stream: MaxConnections does not count it)
 	Retention    time.Duration // age after which events are pruned from the log
 	// RetentionMaxEvents caps the log's length (0 = unlimited): older events
 	// beyond it are pruned whatever their age.
@@ -60,6 +61,9 @@ type Config struct {
 	LogFormat string // text or json
 
 	PprofAddr string // if set, serve net/http/pprof here (for profiling; keep it on loopback)
+	// MetricsAddr, if set, serves /metrics here instead of on Addr, so that
+	// it can be kept off the public network.
+	MetricsAddr string
 
 	// foreignListAge is how long the relay's log reader trusts its list of
 	// other databases' transactions (0: the default). Tests lengthen it.
@@ -73,6 +77,7 @@ func DefaultConfig() Config {
 		QueueSize:         1024,
 		Heartbeat:         10 * time.Second,
 		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       90 * time.Second,
 		Retention:         24 * time.Hour,
 		RetentionInterval: time.Minute,
 		ShutdownWait:      10 * time.Second,
@@ -111,6 +116,7 @@ func (c *Config) settings() []setting {
 		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
 		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
 		{"write-timeout", "RELAY_WRITE_TIMEOUT", "how long one write to a client may block", (*durationValue)(&c.WriteTimeout)},
+		{"idle-timeout", "RELAY_IDLE_TIMEOUT", "close keep-alive HTTP connections idle between requests for this long (streams are not idle connections)", (*durationValue)(&c.IdleTimeout)},
 		{"retention", "RELAY_RETENTION", "events older than this are pruned from the log", (*durationValue)(&c.Retention)},
 		{"retention-max-events", "RELAY_RETENTION_MAX_EVENTS", "keep at most this many events in the log, pruning the oldest (0: unlimited)", (*intValue)(&c.RetentionMaxEvents)},
 		{"retention-interval", "RELAY_RETENTION_INTERVAL", "how often the log is pruned (by one relay at a time: the sequencer)", (*durationValue)(&c.RetentionInterval)},
@@ -124,6 +130,7 @@ func (c *Config) settings() []setting {
 		{"log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
 		{"log-format", "RELAY_LOG_FORMAT", "text or json", (*stringValue)(&c.LogFormat)},
 		{"pprof-addr", "RELAY_PPROF_ADDR", "serve Go profiles (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (default: off)", (*stringValue)(&c.PprofAddr)},
+		{"metrics-addr", "RELAY_METRICS_ADDR", "serve /metrics on this address, e.g. 10.0.0.5:9090, and not on --addr (default: on --addr)", (*stringValue)(&c.MetricsAddr)},
 	}
 }
 
@@ -165,7 +172,7 @@ func (c *Config) Validate() error {
 		name string
 		d    time.Duration
 	}{
-		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--retention", c.Retention},
+		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--idle-timeout", c.IdleTimeout}, {"--retention", c.Retention},
 		{"--shutdown-wait", c.ShutdownWait}, {"--retention-interval", c.RetentionInterval}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
 		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--filter-resync", c.FilterResync},
 	}
@@ -212,6 +219,11 @@ func (c *Config) Validate() error {
 	if c.PprofAddr != "" {
 		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
 			bad("--pprof-addr %q: want host:port (%v)", c.PprofAddr, err)
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("--metrics-addr %q: want host:port (%v)", c.MetricsAddr, err)
 		}
 	}
 	switch strings.ToLower(c.LogLevel) {

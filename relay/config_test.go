@@ -159,6 +159,7 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		{"heartbeat zero", func(c *Config) { c.Heartbeat = 0 }, "--heartbeat"},
 		{"heartbeat too long", func(c *Config) { c.Heartbeat = time.Minute }, "--heartbeat 1m0s"},
 		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "--write-timeout"},
+		{"idle timeout", func(c *Config) { c.IdleTimeout = 0 }, "--idle-timeout"},
 		{"retention", func(c *Config) { c.Retention = 0 }, "--retention must"},
 		{"retention max events", func(c *Config) { c.RetentionMaxEvents = -1 }, "--retention-max-events"},
 		{"retention interval", func(c *Config) { c.RetentionInterval = 0 }, "--retention-interval"},
@@ -169,6 +170,7 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		{"safety poll", func(c *Config) { c.SafetyPoll = 0 }, "--safety-poll"},
 		{"filter resync", func(c *Config) { c.FilterResync = 0 }, "--filter-resync"},
 		{"pool size", func(c *Config) { c.PoolSize = 1 }, "--pool-size"},
+		{"metrics addr", func(c *Config) { c.MetricsAddr = "9090" }, "--metrics-addr"},
 		{"log level", func(c *Config) { c.LogLevel = "loud" }, "--log-level"},
 		{"log format", func(c *Config) { c.LogFormat = "xml" }, "--log-format"},
 	}

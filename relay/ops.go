@@ -67,6 +67,18 @@ SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
 	}, s.log)
 }
 
+// serveMetrics serves /metrics on --metrics-addr until ctx is done.
+func (s *Server) serveMetrics(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.Handler())
+	return serveAside(ctx, "metrics", s.cfg.MetricsAddr, &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       s.cfg.IdleTimeout,
+	}, s.log)
+}
+
 // pruneLog is the sequencer's duty: prune the log on schedule, so exactly
 // one relay prunes at a time.
 func (s *Server) pruneLog(ctx context.Context) error {

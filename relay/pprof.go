@@ -25,22 +25,27 @@ func pprofHandler() http.Handler {
 
 // servePprof serves profiles on addr until ctx is done (--pprof-addr).
 func servePprof(ctx context.Context, addr string, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen for pprof on %s: %w", addr, err)
-	}
 	// WriteTimeout is left unset: a CPU profile streams for its whole
 	// duration.
-	srv := &http.Server{Handler: pprofHandler(), ReadHeaderTimeout: 10 * time.Second}
+	return serveAside(ctx, "Go profiles", addr, &http.Server{Handler: pprofHandler(), ReadHeaderTimeout: 10 * time.Second}, log)
+}
+
+// serveAside runs srv on addr, a listener of its own beside the public one,
+// until ctx is done.
+func serveAside(ctx context.Context, what, addr string, srv *http.Server, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for %s on %s: %w", what, addr, err)
+	}
 	go func() {
 		<-ctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdownCtx)
 	}()
-	log.Info("serving Go profiles", "addr", ln.Addr().String())
+	log.Info("serving "+what, "addr", ln.Addr().String())
 	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve pprof: %w", err)
+		return fmt.Errorf("serve %s: %w", what, err)
 	}
 	return nil
 }

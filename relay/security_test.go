@@ -110,6 +110,8 @@ func TestHostileTokensAreRejectedWith401(t *testing.T) {
 		{"wrong issuer", signed(t, jwt.SigningMethodHS256, secret, claims(func(c jwt.MapClaims) { c["iss"] = "https://evil.test" })), "wrong issuer"},
 		{"wrong audience", signed(t, jwt.SigningMethodHS256, secret, claims(func(c jwt.MapClaims) { c["aud"] = "other" })), "wrong audience"},
 		{"no issuer", signed(t, jwt.SigningMethodHS256, secret, claims(func(c jwt.MapClaims) { delete(c, "iss") })), "missing"},
+		{"no exp, so it would never expire", signed(t, jwt.SigningMethodHS256, secret, claims(func(c jwt.MapClaims) { delete(c, "exp") })), "no exp claim"},
+		{"sub with a NUL character", signed(t, jwt.SigningMethodHS256, secret, claims(func(c jwt.MapClaims) { c["sub"] = "zowi-1\x00" })), "NUL"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

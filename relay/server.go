@@ -185,7 +185,9 @@ func (s *Server) routes() chi.Router {
 			"position": s.hub.Position().String(), "forged_notifications": s.reader.Forged(),
 		})
 	})
-	r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
+	if s.cfg.MetricsAddr == "" {
+		r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
+	}
 	sseMetrics := s.metrics.Transport("sse")
 	s.sse = &sse.Handler{
 		Auth: s.auth, Streams: s.streams, Log: s.log,
@@ -222,6 +224,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.router,
 		ReadHeaderTimeout: 10 * time.Second,
+		// Without it a keep-alive connection would be kept as long as its
+		// client likes: a socket each, and not counted as a stream.
+		IdleTimeout: s.cfg.IdleTimeout,
 		// net/http's own complaints go to the relay's log; they name the
 		// remote address, never the request URL (which may carry a token).
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -235,6 +240,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.sse.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
+	}
+	if s.cfg.MetricsAddr != "" {
+		g.Go(func() error { return s.serveMetrics(gctx) })
 	}
 	g.Go(func() error {
 		s.log.Info("relay serving", "addr", ln.Addr().String())

@@ -9,8 +9,10 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/auth"
 )
 
 func TestHelpListsEverySettingWithItsEnvironmentVariableAndDefault(t *testing.T) {
@@ -77,5 +79,28 @@ func TestRelayRefusesToStartWithBadSettingsNamingThem(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}
+	}
+}
+
+func TestTokenCommandIssuesATokenThatExpiresAfterItsTTL(t *testing.T) {
+	t.Parallel()
+	const secret = "token-command-secret-0123456789"
+	var stdout, stderr bytes.Buffer
+	before := time.Now()
+	err := run(context.Background(), []string{"token", "--sub", "zowi-1", "--ttl", "90s"},
+		func(k string) string { return map[string]string{"RELAY_JWT_SECRET": secret}[k] }, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("relay token: %v (stderr %q)", err, stderr.String())
+	}
+	id, err := auth.NewVerifier([]byte(secret), auth.Options{}).VerifyIdentity(strings.TrimSpace(stdout.String()))
+	if err != nil {
+		t.Fatalf("the printed token does not verify: %v", err)
+	}
+	if id.Subject != "zowi-1" {
+		t.Errorf("sub %q, want zowi-1", id.Subject)
+	}
+	// exp has a resolution of one second.
+	if lo, hi := before.Add(89*time.Second), time.Now().Add(90*time.Second); id.Expires.Before(lo) || id.Expires.After(hi) {
+		t.Errorf("expires at %s, want between %s and %s", id.Expires, lo, hi)
 	}
 }

@@ -66,8 +66,16 @@ func Logger() *slog.Logger {
 // as it happens with PGRELAY_TEST_LOG set).
 func Start(t testing.TB, dbURL string, mutate ...func(*relay.Config)) *Relay {
 	t.Helper()
+	return StartOn(t, dbURL, nil, mutate...)
+}
+
+// StartOn is Start serving on ln (nil: a new listener on a free loopback
+// port), for tests that shape the relay's connections (see
+// SmallSendBuffers).
+func StartOn(t testing.TB, dbURL string, ln net.Listener, mutate ...func(*relay.Config)) *Relay {
+	t.Helper()
 	if os.Getenv("PGRELAY_TEST_LOG") != "" {
-		return StartLogging(t, dbURL, Logger(), mutate...)
+		return start(t, dbURL, ln, Logger(), mutate)
 	}
 	logs := &Buffer{}
 	// Registered before the relay's own cleanup, so it runs after the relay
@@ -77,11 +85,16 @@ func Start(t testing.TB, dbURL string, mutate ...func(*relay.Config)) *Relay {
 			t.Logf("log of the relay started at %s:\n%s", dbURL, logs.String())
 		}
 	})
-	return StartLogging(t, dbURL, slog.New(slog.NewTextHandler(logs, nil)), mutate...)
+	return start(t, dbURL, ln, slog.New(slog.NewTextHandler(logs, nil)), mutate)
 }
 
 // StartLogging is Start with the relay logging to log.
 func StartLogging(t testing.TB, dbURL string, log *slog.Logger, mutate ...func(*relay.Config)) *Relay {
+	t.Helper()
+	return start(t, dbURL, nil, log, mutate)
+}
+
+func start(t testing.TB, dbURL string, ln net.Listener, log *slog.Logger, mutate []func(*relay.Config)) *Relay {
 	t.Helper()
 	cfg := Config(dbURL)
 	for _, m := range mutate {
@@ -93,10 +106,12 @@ func StartLogging(t testing.TB, dbURL string, log *slog.Logger, mutate ...func(*
 		cancel()
 		t.Fatalf("start relay: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		cancel()
-		t.Fatalf("listen: %v", err)
+	if ln == nil {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			cancel()
+			t.Fatalf("listen: %v", err)
+		}
 	}
 	r := &Relay{URL: "http://" + ln.Addr().String(), Server: srv, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- srv.Run(ctx, ln) }()

@@ -1,6 +1,7 @@
 // Package auth identifies subscribers: the `sub` claim of an HS256 JWT signed
 // with the relay's secret, from the Authorization header or the access_token
-// query parameter (EventSource cannot set headers).
+// query parameter (EventSource cannot set headers). Every token must carry
+// exp: its expiry is also when the streams opened with it end.
 package auth
 
 import (
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -21,6 +23,19 @@ var (
 
 // maxTokenLen bounds what is parsed: a pgrelay token is a few hundred bytes.
 const maxTokenLen = 8 << 10
+
+// MaxSubjectLen bounds a subscriber id. Ids are looked up in the database
+// and kept in memory per connection: nothing legitimate comes near it.
+const MaxSubjectLen = 256
+
+// Identity is who a request is authenticated as, and until when.
+type Identity struct {
+	Subject string
+	// Expires is when the token stops being valid: a stream opened with it
+	// ends then. Zero for a subject taken from ?user= in insecure dev mode,
+	// which has no token to expire.
+	Expires time.Time
+}
 
 // Verifier checks tokens.
 type Verifier struct {
@@ -52,23 +67,29 @@ func NewVerifier(secret []byte, opts Options) *Verifier {
 
 // Subject returns the subscriber id a request is authenticated as.
 func (v *Verifier) Subject(r *http.Request) (string, error) {
+	id, err := v.Authenticate(r)
+	return id.Subject, err
+}
+
+// Authenticate returns the identity a request is authenticated as.
+func (v *Verifier) Authenticate(r *http.Request) (Identity, error) {
 	token := ""
 	// Credentials must be unambiguous: a proxy that checked one copy and a
 	// relay that used another would disagree on who the client is.
 	if len(r.Header.Values("Authorization")) > 1 {
-		return "", fmt.Errorf("%w: more than one Authorization header", ErrBadToken)
+		return Identity{}, fmt.Errorf("%w: more than one Authorization header", ErrBadToken)
 	}
 	if q := r.URL.Query()["access_token"]; len(q) > 1 {
-		return "", fmt.Errorf("%w: more than one access_token parameter", ErrBadToken)
+		return Identity{}, fmt.Errorf("%w: more than one access_token parameter", ErrBadToken)
 	}
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, rest, ok := strings.Cut(h, " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(rest) == "" {
-			return "", fmt.Errorf("%w: Authorization header must be \"Bearer <jwt>\"", ErrBadToken)
+			return Identity{}, fmt.Errorf("%w: Authorization header must be \"Bearer <jwt>\"", ErrBadToken)
 		}
 		token = strings.TrimSpace(rest)
 		if q := r.URL.Query().Get("access_token"); q != "" && q != token {
-			return "", fmt.Errorf("%w: different tokens in the Authorization header and the access_token parameter", ErrBadToken)
+			return Identity{}, fmt.Errorf("%w: different tokens in the Authorization header and the access_token parameter", ErrBadToken)
 		}
 	} else {
 		token = r.URL.Query().Get("access_token")
@@ -76,21 +97,30 @@ func (v *Verifier) Subject(r *http.Request) (string, error) {
 	if token == "" {
 		if v.insecureDev {
 			if user := r.URL.Query().Get("user"); user != "" {
-				return user, nil
+				if err := checkSubject(user); err != nil {
+					return Identity{}, err
+				}
+				return Identity{Subject: user}, nil
 			}
 		}
-		return "", ErrNoToken
+		return Identity{}, ErrNoToken
 	}
-	return v.Verify(token)
+	return v.VerifyIdentity(token)
 }
 
 // Verify checks a token and returns its subject.
 func (v *Verifier) Verify(token string) (string, error) {
+	id, err := v.VerifyIdentity(token)
+	return id.Subject, err
+}
+
+// VerifyIdentity checks a token and returns its subject and expiry.
+func (v *Verifier) VerifyIdentity(token string) (Identity, error) {
 	if len(v.secret) == 0 {
-		return "", fmt.Errorf("%w: this relay has no signing secret configured", ErrBadToken)
+		return Identity{}, fmt.Errorf("%w: this relay has no signing secret configured", ErrBadToken)
 	}
 	if len(token) > maxTokenLen {
-		return "", fmt.Errorf("%w: token longer than %d bytes", ErrBadToken, maxTokenLen)
+		return Identity{}, fmt.Errorf("%w: token longer than %d bytes", ErrBadToken, maxTokenLen)
 	}
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -107,14 +137,44 @@ func (v *Verifier) Verify(token string) (string, error) {
 	_, err := jwt.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return v.secret, nil }, opts...)
 	if err != nil {
 		if alg := algorithm(token); alg != "" && alg != jwt.SigningMethodHS256.Alg() {
-			return "", fmt.Errorf("%w: unsupported signing algorithm %q (want HS256)", ErrBadToken, truncate(alg))
+			return Identity{}, fmt.Errorf("%w: unsupported signing algorithm %q (want HS256)", ErrBadToken, truncate(alg))
 		}
-		return "", fmt.Errorf("%w: %s", ErrBadToken, describe(err))
+		return Identity{}, fmt.Errorf("%w: %s", ErrBadToken, describe(err))
+	}
+	// A token without exp would authenticate forever, and a stream opened
+	// with it would never end.
+	if claims.ExpiresAt == nil {
+		return Identity{}, fmt.Errorf("%w: no exp claim: tokens must expire", ErrBadToken)
+	}
+	// The leeway above is for clocks that disagree on nbf; a stream ends at
+	// exp itself (see stream.Request.Expires), so a token must not open one
+	// after it either, or the stream would end as soon as it began.
+	if !v.now().Before(claims.ExpiresAt.Time) {
+		return Identity{}, fmt.Errorf("%w: token has expired", ErrBadToken)
 	}
 	if claims.Subject == "" {
-		return "", fmt.Errorf("%w: no sub claim", ErrBadToken)
+		return Identity{}, fmt.Errorf("%w: no sub claim", ErrBadToken)
 	}
-	return claims.Subject, nil
+	if err := checkSubject(claims.Subject); err != nil {
+		return Identity{}, err
+	}
+	return Identity{Subject: claims.Subject, Expires: claims.ExpiresAt.Time}, nil
+}
+
+// checkSubject refuses subscriber ids that no database row can hold: a
+// signed token is still client input, and an id PostgreSQL rejects (a NUL
+// byte, invalid UTF-8) would fail every query it is part of, not only its
+// own.
+func checkSubject(sub string) error {
+	switch {
+	case len(sub) > MaxSubjectLen:
+		return fmt.Errorf("%w: sub longer than %d bytes", ErrBadToken, MaxSubjectLen)
+	case !utf8.ValidString(sub):
+		return fmt.Errorf("%w: sub is not valid UTF-8", ErrBadToken)
+	case strings.ContainsRune(sub, 0):
+		return fmt.Errorf("%w: sub contains a NUL character", ErrBadToken)
+	}
+	return nil
 }
 
 // algorithm returns the alg a token's header claims, without verifying it.
@@ -165,6 +225,9 @@ func Issue(secret []byte, sub string, ttl time.Duration, now time.Time) (string,
 	}
 	if sub == "" {
 		return "", errors.New("issue token: empty subject")
+	}
+	if err := checkSubject(sub); err != nil {
+		return "", fmt.Errorf("issue token: %w", err)
 	}
 	claims := jwt.RegisteredClaims{
 		Subject:   sub,

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,10 @@ func TestHostileTokensAreRejected(t *testing.T) {
 		{"expired", lax, sign(t, hs256, with("exp", now.Add(-time.Minute).Unix()), key), "expired"},
 		{"nbf in the future", lax, sign(t, hs256, with("nbf", now.Add(time.Minute).Unix()), key), "not valid yet"},
 		{"exp not a number", lax, sign(t, hs256, with("exp", "tomorrow"), key), ""},
+		{"no exp: it would never expire", lax, sign(t, hs256, with("exp", nil), key), "no exp claim"},
+		{"expired a moment ago, within the clock leeway", lax, sign(t, hs256, with("exp", now.Add(-2*time.Second).Unix()), key), "expired"},
+		{"sub with a NUL character", lax, sign(t, hs256, with("sub", "zowi-1\x00"), key), "NUL"},
+		{"sub longer than any subscriber id", lax, sign(t, hs256, with("sub", strings.Repeat("z", auth.MaxSubjectLen+1)), key), "sub longer than"},
 		{"wrong issuer", strict, sign(t, hs256, with("iss", "https://evil.test"), key), "wrong issuer"},
 		{"no issuer when one is required", strict, sign(t, hs256, with("iss", nil), key), "missing"},
 		{"wrong audience", strict, sign(t, hs256, with("aud", "another-service"), key), "wrong audience"},
@@ -105,12 +110,39 @@ func TestHostileTokensAreRejected(t *testing.T) {
 	}
 }
 
+func TestAVerifiedTokenYieldsItsExpiry(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	v := auth.NewVerifier([]byte(secret), auth.Options{Now: func() time.Time { return now }})
+	exp := now.Add(3 * time.Second)
+	id, err := v.VerifyIdentity(sign(t, map[string]any{"alg": "HS256"}, map[string]any{"sub": "zowi-1", "exp": exp.Unix()}, []byte(secret)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Subject != "zowi-1" || !id.Expires.Equal(exp) {
+		t.Fatalf("got %+v, want subject zowi-1 expiring at %s", id, exp)
+	}
+}
+
+func TestASubjectPostgreSQLCannotStoreIsRejected(t *testing.T) {
+	t.Parallel()
+	// JSON cannot carry invalid UTF-8 (decoders replace it), but the
+	// development ?user= parameter can.
+	v := auth.NewVerifier([]byte(secret), auth.Options{InsecureDev: true})
+	for _, user := range []string{"%FF%FE", "zowi-1%00", strings.Repeat("z", auth.MaxSubjectLen+1)} {
+		r := httptest.NewRequest("GET", "/events?user="+user, nil)
+		if id, err := v.Authenticate(r); !errors.Is(err, auth.ErrBadToken) {
+			t.Errorf("?user=%.20s: got %+v, %v; want ErrBadToken", user, id, err)
+		}
+	}
+}
+
 func TestAVerifierWithoutASecretAcceptsNoToken(t *testing.T) {
 	t.Parallel()
 	// A dev-mode relay has no secret: a token signed with the empty key
 	// must not pass for a real one.
 	v := auth.NewVerifier(nil, auth.Options{InsecureDev: true})
-	token := sign(t, map[string]any{"alg": "HS256"}, map[string]any{"sub": "zowi-1"}, []byte{})
+	token := sign(t, map[string]any{"alg": "HS256"}, map[string]any{"sub": "zowi-1", "exp": time.Now().Add(time.Hour).Unix()}, []byte{})
 	if sub, err := v.Verify(token); err == nil {
 		t.Fatalf("accepted a token signed with the empty key as %q", sub)
 	}

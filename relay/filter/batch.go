@@ -2,9 +2,13 @@ package filter
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Batcher loads the filters of subscribers whose streams are opening, many
@@ -29,6 +33,9 @@ type batch struct {
 	gen         uint64
 	filters     map[string]Filter
 	err         error
+	// failed holds the errors of subscribers whose filter alone failed to
+	// load (see load).
+	failed map[string]error
 }
 
 // NewBatcher returns a Batcher loading through q at most max subscribers per
@@ -59,6 +66,9 @@ func (b *Batcher) Load(ctx context.Context, subscriber string) (Filter, uint64, 
 	}
 	select {
 	case <-bt.done:
+		if err := bt.failed[subscriber]; err != nil {
+			return Filter{}, 0, err
+		}
 		return bt.filters[subscriber], bt.gen, bt.err
 	case <-ctx.Done():
 		return Filter{}, 0, ctx.Err()
@@ -82,8 +92,32 @@ func (b *Batcher) drive() {
 		// Not the requester's context: one client giving up must not fail
 		// the others in its batch.
 		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
-		bt.filters, bt.err = Load(ctx, b.q, bt.subscribers)
+		bt.filters, bt.failed, bt.err = b.load(ctx, bt.subscribers)
 		cancel()
 		close(bt.done)
 	}
+}
+
+// load loads a batch. If the server rejects the query's data (SQLSTATE
+// class 22), the fault may lie with one subscriber's id: each is then loaded
+// alone, so that it fails only its own stream. Any other failure (the
+// connection, a timeout) fails them all without retries, which would only
+// multiply the load on a struggling database.
+func (b *Batcher) load(ctx context.Context, subscribers []string) (filters map[string]Filter, failed map[string]error, err error) {
+	filters, err = Load(ctx, b.q, subscribers)
+	var pgErr *pgconn.PgError
+	if err == nil || len(subscribers) == 1 || !errors.As(err, &pgErr) || !strings.HasPrefix(pgErr.Code, "22") {
+		return filters, nil, err
+	}
+	filters = make(map[string]Filter, len(subscribers))
+	failed = map[string]error{}
+	for _, id := range subscribers {
+		f, err := Load(ctx, b.q, []string{id})
+		if err != nil {
+			failed[id] = err
+			continue
+		}
+		filters[id] = f[id]
+	}
+	return filters, failed, nil
 }

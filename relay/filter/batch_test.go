@@ -2,11 +2,15 @@ package filter_test
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -88,4 +92,99 @@ func itoa(i int) string {
 		b = append([]byte{byte('0' + i%10)}, b...)
 	}
 	return string(b)
+}
+
+func TestIdsPostgreSQLCannotStoreLoadAsNobodyWithoutFailingTheOthers(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `
+INSERT INTO orgs VALUES ('o', 'O');
+INSERT INTO locations VALUES ('l1', 'o', 'L1');
+INSERT INTO users (id, name, user_type, org_id, location_id) VALUES ('u1', 'U', 'ZOLO', 'o', 'l1'), ('u2', 'U', 'ZOLO', 'o', 'l1');`)
+	got, err := filter.Load(context.Background(), db.Pool, []string{"u1", "u1\x00", "\xff\xfe", "u2"})
+	if err != nil {
+		t.Fatalf("one unstorable id failed the whole load: %v", err)
+	}
+	for id, want := range map[string]bool{"u1": true, "u2": true, "u1\x00": false, "\xff\xfe": false} {
+		if f, ok := got[id]; !ok || f.Exists != want {
+			t.Errorf("%q: got %+v (present %v), want Exists %v", id, f, ok, want)
+		}
+	}
+}
+
+// poisonQuerier rejects, as the server rejects data it cannot take, every
+// filter query that includes the subscriber "poison"; its first query closes
+// entered and waits for gate.
+type poisonQuerier struct {
+	filter.Querier
+	entered, gate chan struct{}
+	first         sync.Once
+}
+
+func (p *poisonQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	p.first.Do(func() {
+		close(p.entered)
+		<-p.gate
+	})
+	if ids, ok := args[0].([]string); ok && slices.Contains(ids, "poison") {
+		return nil, &pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding \"UTF8\""}
+	}
+	return p.Querier.Query(ctx, sql, args...)
+}
+
+func TestASubscriberTheServerRejectsFailsOnlyItsOwnLoadNotItsBatch(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `
+INSERT INTO orgs VALUES ('o', 'O');
+INSERT INTO locations VALUES ('l1', 'o', 'L1');
+INSERT INTO users (id, name, user_type, org_id, location_id)
+SELECT 'u' || i, 'U', 'ZOLO', 'o', 'l1' FROM generate_series(0, 20) AS i;`)
+	q := &poisonQuerier{Querier: db.Pool, entered: make(chan struct{}), gate: make(chan struct{})}
+	var gen atomic.Uint64
+	b := filter.NewBatcher(q, func() uint64 { return gen.Add(1) }, 50)
+
+	// u0's load holds the first query; everyone else, poison included,
+	// queues behind it and goes into the next query together.
+	var wg sync.WaitGroup
+	results := make(map[string]error)
+	var mu sync.Mutex
+	load := func(sub string) {
+		defer wg.Done()
+		f, _, err := b.Load(context.Background(), sub)
+		if err == nil && !f.Exists {
+			err = errors.New("loaded as not existing")
+		}
+		mu.Lock()
+		results[sub] = err
+		mu.Unlock()
+	}
+	wg.Add(1)
+	go load("u0")
+	<-q.entered
+	subs := []string{"poison"}
+	for i := 1; i <= 20; i++ {
+		subs = append(subs, "u"+itoa(i))
+	}
+	for _, s := range subs {
+		wg.Add(1)
+		go load(s)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for b.Queued() < len(subs) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d loads queued", b.Queued(), len(subs))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(q.gate)
+	wg.Wait()
+	if results["poison"] == nil {
+		t.Error("the rejected subscriber's load succeeded")
+	}
+	for _, s := range append(subs[1:], "u0") {
+		if err := results[s]; err != nil {
+			t.Errorf("%s, batched with the rejected subscriber: %v", s, err)
+		}
+	}
 }

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -33,10 +35,19 @@ type Querier interface {
 // an entry; ids that are not subscribers have Exists false.
 func Load(ctx context.Context, q Querier, subscribers []string) (map[string]Filter, error) {
 	out := make(map[string]Filter, len(subscribers))
+	storable := make([]string, 0, len(subscribers))
 	for _, id := range subscribers {
 		out[id] = Filter{}
+		// PostgreSQL refuses the whole array for one such id, failing every
+		// other subscriber loaded with it; no row can have it as its key.
+		if Storable(id) {
+			storable = append(storable, id)
+		}
 	}
-	rows, err := q.Query(ctx, `SELECT subscriber, topic, key FROM relay.filters($1)`, subscribers)
+	if len(storable) == 0 {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `SELECT subscriber, topic, key FROM relay.filters($1)`, storable)
 	if err != nil {
 		return nil, fmt.Errorf("load filters of %d subscribers: %w", len(subscribers), err)
 	}
@@ -62,6 +73,12 @@ func Load(ctx context.Context, q Querier, subscribers []string) (map[string]Filt
 		return nil, fmt.Errorf("load filters: %w", err)
 	}
 	return out, nil
+}
+
+// Storable reports whether PostgreSQL can hold id as text: valid UTF-8
+// without NUL characters.
+func Storable(id string) bool {
+	return utf8.ValidString(id) && !strings.ContainsRune(id, 0)
 }
 
 // Topics returns the names of the registered topics, sorted.

@@ -21,6 +21,7 @@ var (
 	ErrSlowConsumer   = errors.New("slow consumer: the client fell too far behind; resume with the last event id")
 	ErrSubscriberGone = errors.New("the subscriber no longer exists")
 	ErrShutdown       = errors.New("the relay is shutting down; reconnect")
+	ErrTokenExpired   = errors.New("the token has expired; reconnect with a fresh token and the last event id")
 	ErrClosed         = errors.New("subscription closed")
 )
 
@@ -329,6 +330,14 @@ func (h *Hub) CloseSlow(s *Subscription) error {
 		h.closeLocked(s, ErrSlowConsumer)
 	}
 	return s.err
+}
+
+// End ends s with err, unless it has already ended: for reasons decided
+// outside the hub, such as the subscriber's token expiring.
+func (h *Hub) End(s *Subscription, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closeLocked(s, err)
 }
 
 // closeLocked ends s with err. Called with h.mu held.

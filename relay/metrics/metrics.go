@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,10 @@ type Sources struct {
 	// QueryTimeout bounds the database queries above (default 1s), so a slow
 	// database does not hang scrapes.
 	QueryTimeout time.Duration
+	// QueryInterval is how long a value read by the queries above is served
+	// before they run again (default 5s): whoever can reach /metrics, and
+	// however often, the database sees at most one query per interval.
+	QueryInterval time.Duration
 }
 
 // Metrics holds one relay's collectors.
@@ -152,19 +157,27 @@ func (m *Metrics) registerSources(src Sources) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
+	interval := src.QueryInterval
+	if interval <= 0 {
+		interval = DefaultQueryInterval
+	}
 	if src.NotificationQueueUsage != nil {
-		m.reg.MustRegister(&queueUsage{query: src.NotificationQueueUsage, timeout: timeout, desc: prometheus.NewDesc(
+		m.reg.MustRegister(&queryGauge{query: src.NotificationQueueUsage, timeout: timeout, interval: interval, desc: prometheus.NewDesc(
 			"pgrelay_notification_queue_usage_ratio",
 			"pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use (NOTIFY fails when it is full).",
 			nil, nil)})
 	}
 	if src.HorizonHeld != nil {
-		m.reg.MustRegister(&queueUsage{query: src.HorizonHeld, timeout: timeout, desc: prometheus.NewDesc(
+		m.reg.MustRegister(&queryGauge{query: src.HorizonHeld, timeout: timeout, interval: interval, desc: prometheus.NewDesc(
 			"pgrelay_horizon_held_seconds",
 			"Age of the oldest open write transaction in the relay's database: events committed since it began are delivered only when it ends.",
 			nil, nil)})
 	}
 }
+
+// DefaultQueryInterval is how long a database gauge's value is reused
+// between queries, unless Sources.QueryInterval says otherwise.
+const DefaultQueryInterval = 5 * time.Second
 
 func boolFloat(b bool) float64 {
 	if b {
@@ -173,25 +186,47 @@ func boolFloat(b bool) float64 {
 	return 0
 }
 
-// queueUsage is a gauge read from the database at scrape time, so the value
-// is never stale.
-type queueUsage struct {
-	query   func(ctx context.Context) (float64, error)
-	timeout time.Duration
-	desc    *prometheus.Desc
+// queryGauge is a gauge read from the database at scrape time, at most once
+// per interval: a scrape is an unauthenticated request on the public port
+// unless --metrics-addr moves it, and must not become a way to load the
+// database. Scrapes that arrive while a query runs wait for it rather than
+// start their own.
+type queryGauge struct {
+	query    func(ctx context.Context) (float64, error)
+	timeout  time.Duration
+	interval time.Duration
+	desc     *prometheus.Desc
+
+	mu     sync.Mutex
+	readAt time.Time
+	value  float64
+	// err is kept as well as a value: a database that fails the query is
+	// not asked again on every scrape either.
+	err error
 }
 
-func (q *queueUsage) Describe(ch chan<- *prometheus.Desc) { ch <- q.desc }
+func (q *queryGauge) Describe(ch chan<- *prometheus.Desc) { ch <- q.desc }
 
-func (q *queueUsage) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), q.timeout)
-	defer cancel()
-	v, err := q.query(ctx)
+func (q *queryGauge) Collect(ch chan<- prometheus.Metric) {
+	v, err := q.read()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(q.desc, err)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(q.desc, prometheus.GaugeValue, v)
+}
+
+func (q *queryGauge) read() (float64, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.readAt.IsZero() && time.Since(q.readAt) < q.interval {
+		return q.value, q.err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), q.timeout)
+	defer cancel()
+	q.value, q.err = q.query(ctx)
+	q.readAt = time.Now()
+	return q.value, q.err
 }
 
 // Handler serves the metrics in Prometheus text format. A metric that cannot

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,5 +73,59 @@ func TestASlowDatabaseDoesNotFailTheScrape(t *testing.T) {
 	}
 	if strings.Contains(body, "pgrelay_notification_queue_usage_ratio ") {
 		t.Errorf("queue usage reported although the query failed")
+	}
+}
+
+func TestFiftyScrapesInARowQueryTheDatabaseAtMostOncePerInterval(t *testing.T) {
+	t.Parallel()
+	var usage, failing atomic.Int64
+	m := metrics.New(metrics.Sources{
+		NotificationQueueUsage: func(context.Context) (float64, error) { return float64(usage.Add(1)), nil },
+		HorizonHeld: func(context.Context) (float64, error) {
+			failing.Add(1)
+			return 0, errors.New("the database is down")
+		},
+		QueryInterval: time.Hour,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := m.Handler()
+
+	var wg sync.WaitGroup
+	for range 25 {
+		wg.Go(func() { get(t, h) })
+	}
+	wg.Wait()
+	for range 25 {
+		body := get(t, h)
+		if !strings.Contains(body, "pgrelay_notification_queue_usage_ratio 1\n") {
+			t.Fatalf("the cached value is not served:\n%s", body)
+		}
+	}
+	if n := usage.Load(); n != 1 {
+		t.Errorf("50 scrapes, 25 of them at once, ran the queue usage query %d times, want 1", n)
+	}
+	if n := failing.Load(); n != 1 {
+		t.Errorf("50 scrapes ran a failing query %d times, want 1: a failure is kept for the interval too", n)
+	}
+}
+
+func TestADatabaseGaugeIsQueriedAgainOnceItsIntervalHasPassed(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int64
+	m := metrics.New(metrics.Sources{
+		NotificationQueueUsage: func(context.Context) (float64, error) { return float64(calls.Add(1)), nil },
+		QueryInterval:          20 * time.Millisecond,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h := m.Handler()
+	get(t, h)
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
+	for !strings.Contains(get(t, h), "pgrelay_notification_queue_usage_ratio 2\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the value was never read again (%d queries)", calls.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d := time.Since(start); d < 15*time.Millisecond {
+		t.Errorf("read again after %s, before its interval of 20ms", d)
 	}
 }

@@ -103,17 +103,19 @@ func (h *Handler) refuse(w http.ResponseWriter, user string, err error) {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	subscriber, err := h.Auth.Subject(r)
+	id, err := h.Auth.Authenticate(r)
 	if err != nil {
 		h.refuse(w, "", err)
 		return
 	}
+	subscriber := id.Subject
 	req, err := stream.ParseRequest(r)
 	if err != nil {
 		h.refuse(w, subscriber, err)
 		return
 	}
 	req.Subscriber = subscriber
+	req.Expires = id.Expires
 	req.Observer = h.Observer
 	admitted, err := h.Limiter.Admit(w, subscriber)
 	if err != nil {
@@ -174,15 +176,28 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, p *pump, c *
 	if err == nil {
 		err = c.st.Classify(c.st.Replay(r.Context(), frameSink[*connSink]{cs}))
 	}
-	h.writers.put(bw)
 	if err != nil {
 		reason, notice := ending(err)
 		if reason == "error" && !errors.Is(err, os.ErrDeadlineExceeded) {
 			h.Log.Warn("stream failed", "transport", "sse", "user", c.user, "err", err)
 		}
-		p.closeUnowned(c, reason, notice)
+		// A replay the hub ended (subscriber deleted, token expired) stops
+		// between two events, with frames still buffered: the notice goes
+		// after them, on a line of its own. After a failed write the stream
+		// may stop inside a frame, and a notice would read as the rest of
+		// it; the client is better served by EOF alone, which drops the
+		// incomplete event.
+		if notice != nil && !cs.failed {
+			cs.timeout = min(cs.timeout, time.Second)
+			if cs.write(notice) == nil {
+				_ = cs.flush()
+			}
+		}
+		h.writers.put(bw)
+		p.closeUnowned(c, reason, nil)
 		return true
 	}
+	h.writers.put(bw)
 	if !p.add(c) {
 		reason, notice := ending(hub.ErrShutdown)
 		p.closeUnowned(c, reason, notice)
@@ -233,6 +248,8 @@ func ending(err error) (reason string, notice []byte) {
 		return "slow consumer", []byte(": closed: slow consumer, resume with Last-Event-ID\n\n")
 	case errors.Is(err, hub.ErrSubscriberGone):
 		return "subscriber deleted", []byte(": closed: subscriber no longer exists\n\n")
+	case errors.Is(err, hub.ErrTokenExpired):
+		return "token expired", []byte(": closed: token expired, reconnect with a fresh token and Last-Event-ID\n\n")
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, hub.ErrClosed):
 		return "client closed", nil
 	default:
@@ -290,6 +307,9 @@ type connSink struct {
 	conn    net.Conn
 	bw      *bufio.Writer
 	timeout time.Duration
+	// failed is set once a write has failed: what reached the client may
+	// end inside a frame.
+	failed bool
 }
 
 func (s *connSink) writeHeader(header http.Header) error {
@@ -307,11 +327,13 @@ func (s *connSink) write(b []byte) error {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
 	}
 	_, err := s.bw.Write(b)
+	s.failed = s.failed || err != nil
 	return err
 }
 
 func (s *connSink) flush() error {
 	err := s.bw.Flush()
+	s.failed = s.failed || err != nil
 	if err == nil && s.timeout > 0 {
 		// The pump writes without waiting, and would see a stale deadline.
 		err = s.conn.SetWriteDeadline(time.Time{})

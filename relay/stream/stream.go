@@ -53,6 +53,10 @@ type Request struct {
 	// Observer, if set, is told of this stream's deliveries in place of the
 	// Opener's: a transport sets it to count deliveries under its own name.
 	Observer Observer
+	// Expires, if set, is when the subscriber's token expires: the stream
+	// ends then with hub.ErrTokenExpired, and the client resumes with a fresh
+	// token.
+	Expires time.Time
 }
 
 // Observer is told about deliveries (for metrics). Methods must be cheap.
@@ -115,9 +119,11 @@ type Stream struct {
 	req        Request
 	sub        *hub.Subscription
 	activeFrom eventlog.ID
-	keys       match.Keys
 	// last is the position of the last event written to the client.
 	last eventlog.ID
+	// expiry ends the subscription when the token expires (nil without
+	// Request.Expires).
+	expiry *time.Timer
 }
 
 // Open registers req's subscription and loads its filter. The caller must
@@ -148,7 +154,15 @@ func (o *Opener) Open(ctx context.Context, req Request) (*Stream, error) {
 		}
 		return nil, err
 	}
-	return &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom, keys: sub.Keys()}, nil
+	st := &Stream{o: o, req: req, sub: sub, activeFrom: activeFrom}
+	if !req.Expires.IsZero() {
+		// A timer rather than a check on each write: an idle stream writes
+		// nothing but heartbeats, and the SSE pump has no goroutine per
+		// stream to do the checking. Ending the subscription wakes whoever
+		// serves it, as any other end does.
+		st.expiry = time.AfterFunc(time.Until(req.Expires), func() { o.Hub.End(sub, hub.ErrTokenExpired) })
+	}
+	return st, nil
 }
 
 func (o *Opener) loadFilter(ctx context.Context, subscriber string) (filter.Filter, uint64, error) {
@@ -168,11 +182,17 @@ func (st *Stream) observer() Observer {
 }
 
 // Close ends the subscription.
-func (st *Stream) Close() { st.sub.Close() }
+func (st *Stream) Close() {
+	if st.expiry != nil {
+		st.expiry.Stop()
+	}
+	st.sub.Close()
+}
 
 // Run replays and then streams live events into sink until ctx is done, the
 // sink fails, or the hub ends the subscription (the returned error says why:
-// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone).
+// hub.ErrSlowConsumer, hub.ErrShutdown, hub.ErrSubscriberGone,
+// hub.ErrTokenExpired).
 func (st *Stream) Run(ctx context.Context, sink Sink) error {
 	return st.Classify(st.run(ctx, sink))
 }
@@ -261,17 +281,20 @@ func (st *Stream) Err() error { return st.sub.Err() }
 
 // replay sends the events after `after` up to where live delivery starts, or
 // a reset if some of them were pruned. It returns the last position sent.
+//
+// A replay can run for many seconds, and must follow the subscriber's filter
+// as live delivery does: each batch is read with the filter the hub holds
+// now, each event is matched against a filter at most replayRecheck old,
+// and the replay stops as soon as the hub ends the subscription (subscriber
+// deleted, token expired, queue overflowed).
 func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eventlog.ID, error) {
-	sel := eventlog.Selector{Topics: st.req.Topics, Subscriber: st.req.Subscriber}
-	for topic, ks := range st.keys {
-		if st.req.Topics == nil {
-			sel.Topics = append(sel.Topics, topic)
-		}
-		sel.Keys = append(sel.Keys, ks...)
-	}
 	cursor := after
 	for cursor.Less(st.activeFrom) {
-		events, pruned, err := st.readBatch(ctx, cursor, sel)
+		f, err := st.currentFilter()
+		if err != nil {
+			return cursor, err
+		}
+		events, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
 		if err != nil {
 			return cursor, err
 		}
@@ -281,9 +304,16 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 			}
 			return st.activeFrom, nil
 		}
+		// The filter may have changed while the batch was read.
+		if err := f.refresh(); err != nil {
+			return cursor, err
+		}
 		for i := range events {
 			e := &events[i]
-			if !match.Matches(st.keys, st.req.Subscriber, e.Topic, e.Audience, e.Actor) {
+			if err := f.check(); err != nil {
+				return cursor, err
+			}
+			if !match.Matches(f.keys, st.req.Subscriber, e.Topic, e.Audience, e.Actor) {
 				continue
 			}
 			m := hub.NewMessage(*e)
@@ -308,6 +338,58 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 		return after, nil
 	}
 	return st.activeFrom, nil
+}
+
+// replayRecheck bounds how old the filter a replayed event is matched
+// against may be: filters follow database changes within a second, and a
+// replay must not lag behind that.
+const replayRecheck = 100 * time.Millisecond
+
+// replayFilter is the subscription's filter as a replay last read it.
+type replayFilter struct {
+	sub  *hub.Subscription
+	keys match.Keys
+	read time.Time
+}
+
+func (st *Stream) currentFilter() (*replayFilter, error) {
+	f := &replayFilter{sub: st.sub}
+	return f, f.refresh()
+}
+
+// refresh re-reads the filter, or returns why the subscription ended.
+func (f *replayFilter) refresh() error {
+	if err := f.sub.Err(); err != nil {
+		return err
+	}
+	f.keys, f.read = f.sub.Keys(), time.Now()
+	return nil
+}
+
+// check is refresh at most every replayRecheck; in between it costs a look
+// at whether the subscription has ended.
+func (f *replayFilter) check() error {
+	select {
+	case <-f.sub.Done():
+		return f.sub.Err()
+	default:
+	}
+	if time.Since(f.read) < replayRecheck {
+		return nil
+	}
+	return f.refresh()
+}
+
+// selector narrows the log read of a replay to the topics and keys of keys.
+func (st *Stream) selector(keys match.Keys) eventlog.Selector {
+	sel := eventlog.Selector{Topics: st.req.Topics, Subscriber: st.req.Subscriber}
+	for topic, ks := range keys {
+		if st.req.Topics == nil {
+			sel.Topics = append(sel.Topics, topic)
+		}
+		sel.Keys = append(sel.Keys, ks...)
+	}
+	return sel
 }
 
 // readBatch reads one batch of the replay and checks, in the same snapshot,

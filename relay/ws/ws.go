@@ -42,9 +42,8 @@ const (
 	// CloseSlowConsumer: the client fell further behind than the relay's
 	// queue allows; reconnect with last_event_id to get what it missed.
 	CloseSlowConsumer websocket.StatusCode = 4000
-	// CloseUnauthorized is reserved for an authentication failure after the
-	// upgrade. The relay checks tokens before upgrading (refusing with HTTP
-	// 401), so it does not send this code today.
+	// CloseUnauthorized: the token the stream was opened with has expired;
+	// reconnect with a fresh token and last_event_id.
 	CloseUnauthorized websocket.StatusCode = 4401
 	// CloseSubscriberGone: the subscriber was deleted from the database; do
 	// not reconnect with the same token.
@@ -57,6 +56,7 @@ const (
 	ReasonShutdown       = "relay shutting down: reconnect with last_event_id"
 	ReasonSlowConsumer   = "slow consumer: resume with last_event_id"
 	ReasonSubscriberGone = "subscriber no longer exists"
+	ReasonTokenExpired   = "token expired: reconnect with a fresh token and last_event_id"
 	reasonInternal       = "internal error"
 )
 
@@ -99,11 +99,12 @@ type Handler struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	subscriber, err := h.Auth.Subject(r)
+	id, err := h.Auth.Authenticate(r)
 	if err != nil {
 		stream.WriteError(w, stream.Status(err), err)
 		return
 	}
+	subscriber := id.Subject
 	req, err := stream.ParseRequest(r)
 	if err != nil {
 		stream.WriteError(w, stream.Status(err), err)
@@ -115,6 +116,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.Subscriber = subscriber
+	req.Expires = id.Expires
 	req.Observer = h.Observer
 	if h.Limiter != nil {
 		release, err := h.Limiter.Admit(w, subscriber)
@@ -193,6 +195,9 @@ func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.St
 	case errors.Is(err, hub.ErrSubscriberGone):
 		reason = "subscriber deleted"
 		_ = conn.Close(CloseSubscriberGone, ReasonSubscriberGone)
+	case errors.Is(err, hub.ErrTokenExpired):
+		reason = "token expired"
+		_ = conn.Close(CloseUnauthorized, ReasonTokenExpired)
 	case errors.Is(context.Cause(ctx), errNoPong):
 		reason = "no pong"
 	case ctx.Err() != nil:

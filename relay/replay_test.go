@@ -1,0 +1,359 @@
+package relay_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/ws"
+)
+
+// Pace of the replay clients below: fast enough to finish in seconds, slow
+// enough that a replay of replayBacklog events is still running seconds
+// after a change made early in it.
+const (
+	replayBacklog  = 20_000
+	paceBurst      = 50
+	paceInterval   = 10 * time.Millisecond // 5,000 events a second
+	changeAfter    = 2_500                 // events received before the change: mid-batch
+	followsChanges = time.Second           // the promise of CONTRACT §4
+)
+
+// arrival is an event and when the client read it.
+type arrival struct {
+	relaytest.Event
+	at time.Time
+}
+
+// pacedStream is a client that reads a stream at a set pace, through a small
+// receive buffer. Its arrivals channel is closed when the stream ends; end
+// then says how.
+type pacedStream struct {
+	arrivals chan arrival
+	end      struct {
+		at       time.Time
+		err      error // the WebSocket close, or what ended the SSE body
+		comments []string
+	}
+}
+
+func smallBufferClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: relaytest.SmallReceiveBuffers(8 << 10)}}
+}
+
+// pace waits after every paceBurst-th event.
+func pace(n int, tick *time.Ticker) {
+	if n%paceBurst == 0 {
+		<-tick.C
+	}
+}
+
+func openPaced(t *testing.T, transport, baseURL, token, lastID string) *pacedStream {
+	t.Helper()
+	p := &pacedStream{arrivals: make(chan arrival, 2*replayBacklog)}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	switch transport {
+	case "sse":
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/events", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Last-Event-ID", lastID)
+		resp, err := smallBufferClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			t.Fatalf("GET /events: %s", resp.Status)
+		}
+		go p.readSSE(resp)
+	case "ws":
+		conn, _, err := websocket.Dial(ctx, relaytest.WSURL(baseURL, relaytest.SSEOptions{LastEventID: lastID}), &websocket.DialOptions{
+			HTTPClient: smallBufferClient(),
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.CloseNow() })
+		go p.readWS(ctx, conn)
+	}
+	return p
+}
+
+func (p *pacedStream) readSSE(resp *http.Response) {
+	defer close(p.arrivals)
+	defer resp.Body.Close()
+	tick := time.NewTicker(paceInterval)
+	defer tick.Stop()
+	sc := bufio.NewScanner(resp.Body)
+	var e relaytest.Event
+	n := 0
+	for sc.Scan() {
+		field, value, _ := strings.Cut(sc.Text(), ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "":
+			if sc.Text() != "" {
+				p.end.comments = append(p.end.comments, value)
+			} else if e.Event != "" {
+				p.arrivals <- arrival{e, time.Now()}
+				e = relaytest.Event{}
+				n++
+				pace(n, tick)
+			}
+		case "id":
+			e.ID = value
+		case "event":
+			e.Event = value
+		case "data":
+			e.Data = value
+		}
+	}
+	p.end.at, p.end.err = time.Now(), sc.Err()
+}
+
+func (p *pacedStream) readWS(ctx context.Context, conn *websocket.Conn) {
+	defer close(p.arrivals)
+	tick := time.NewTicker(paceInterval)
+	defer tick.Stop()
+	for n := 1; ; n++ {
+		_, b, err := conn.Read(ctx)
+		if err != nil {
+			p.end.at, p.end.err = time.Now(), err
+			return
+		}
+		var msg struct {
+			ID    string          `json:"id"`
+			Topic string          `json:"topic"`
+			Data  json.RawMessage `json:"data"`
+		}
+		_ = json.Unmarshal(b, &msg)
+		p.arrivals <- arrival{relaytest.Event{ID: msg.ID, Event: msg.Topic, Data: string(msg.Data)}, time.Now()}
+		pace(n, tick)
+	}
+}
+
+// receive waits for n arrivals.
+func (p *pacedStream) receive(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.After(settle)
+	for range n {
+		select {
+		case _, ok := <-p.arrivals:
+			if !ok {
+				t.Fatalf("stream ended (%v) before %d events", p.end.err, n)
+			}
+		case <-deadline:
+			t.Fatalf("fewer than %d events within %s", n, settle)
+		}
+	}
+}
+
+func creator(t *testing.T, e relaytest.Event) string {
+	t.Helper()
+	var row templateRow
+	if err := json.Unmarshal([]byte(e.Data), &row); err != nil {
+		t.Fatalf("event %s: data is not a template row: %v", e.ID, err)
+	}
+	return row.CreatedBy
+}
+
+// longReplay seeds the story, inserts a template zowi-2 receives, then
+// replayBacklog more that it receives only as a ZOWI of org-1, and starts a
+// relay with small socket buffers. It returns the relay and the id to resume
+// after, from which zowi-2 has the whole backlog to replay.
+func longReplay(t *testing.T) (*pgtest.DB, *relaytest.Relay, string) {
+	t.Helper()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	first := relaytest.InsertTemplate(t, db, "before the replay", "zolo-1")
+	var id eventlog.ID
+	if err := db.Pool.QueryRow(context.Background(),
+		`SELECT xid, id FROM relay.events WHERE payload->>'id' = $1`, first).Scan(&id.Xid, &id.Seq); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
+		SELECT 'org-1 template ' || i, '{}', 'zolo-1' FROM generate_series(1, $1::int) AS i`, replayBacklog)
+	return db, relaytest.StartOn(t, db.URL, relaytest.SmallSendBuffers(t, 8<<10)), id.String()
+}
+
+func TestAReplayStopsSendingTheOldOrgsTemplatesWithinASecondOfAZOWIMovingToAnotherOrg(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"sse", "ws"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			db, r, after := longReplay(t)
+			c := openPaced(t, transport, r.URL, relaytest.Token(t, "zowi-2"), after)
+			c.receive(t, changeAfter)
+
+			db.Exec(t, `UPDATE users SET org_id = 'org-2' WHERE id = 'zowi-2'`)
+			changed := time.Now()
+			// zowi-2 is entitled to org-2's templates now: the first one
+			// marks the end of what this test waits for.
+			waitForKeys(t, r, "zowi-2", "org:org-2")
+			relaytest.InsertTemplate(t, db, "org-2 template after the move", "zolo-9", "loc-9")
+
+			late, old := 0, 0
+			var firstLate time.Duration
+			deadline := time.After(settle)
+			for done := false; !done; {
+				select {
+				case a, ok := <-c.arrivals:
+					if !ok {
+						t.Fatalf("stream ended (%v) before org-2's template arrived", c.end.err)
+					}
+					switch creator(t, a.Event) {
+					case "zolo-9":
+						done = true
+					case "zolo-1":
+						old++
+						if d := a.at.Sub(changed); d > followsChanges {
+							if late == 0 {
+								firstLate = d
+							}
+							late++
+						}
+					}
+				case <-deadline:
+					t.Fatalf("org-2's template did not arrive within %s", settle)
+				}
+			}
+			if late > 0 {
+				t.Fatalf("%d of org-1's templates arrived more than %s after zowi-2 left org-1 (the first %s after), %d in all after the move",
+					late, followsChanges, firstLate.Round(time.Millisecond), old)
+			}
+			t.Logf("%d of org-1's templates arrived after the move, all within %s", old, followsChanges)
+		})
+	}
+}
+
+func TestAReplayEndsWithinASecondOfItsSubscriberBeingDeleted(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"sse", "ws"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			db, r, after := longReplay(t)
+			c := openPaced(t, transport, r.URL, relaytest.Token(t, "zowi-2"), after)
+			c.receive(t, changeAfter)
+
+			db.Exec(t, `DELETE FROM users WHERE id = 'zowi-2'`)
+			deleted := time.Now()
+			received := 0
+			deadline := time.After(settle)
+			for open := true; open; {
+				select {
+				case a, ok := <-c.arrivals:
+					if open = ok; ok {
+						// Whole events only, even where the stream was cut.
+						creator(t, a.Event)
+						received++
+					}
+				case <-deadline:
+					t.Fatalf("stream still open %s after its subscriber was deleted", settle)
+				}
+			}
+			if d := c.end.at.Sub(deleted); d > followsChanges {
+				t.Errorf("stream ended %s after its subscriber was deleted (%d events meanwhile), want within %s",
+					d.Round(time.Millisecond), received, followsChanges)
+			}
+			switch transport {
+			case "sse":
+				if !slices.ContainsFunc(c.end.comments, func(s string) bool { return strings.Contains(s, "subscriber no longer exists") }) {
+					t.Errorf("comments %q: none says the subscriber no longer exists", c.end.comments)
+				}
+			case "ws":
+				if code := websocket.CloseStatus(c.end.err); code != ws.CloseSubscriberGone {
+					t.Errorf("closed with %v, want code %d", c.end.err, ws.CloseSubscriberGone)
+				}
+			}
+			if received+changeAfter >= replayBacklog {
+				t.Errorf("the whole backlog was replayed to a deleted subscriber (%d events after the delete)", received)
+			}
+		})
+	}
+}
+
+func TestATokenExpiringMidReplayEndsTheStreamAndResumingWithAFreshTokenLosesNothing(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"sse", "ws"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			db, r, after := longReplay(t)
+			// The paced replay takes about four seconds: longer than the token.
+			c := openPaced(t, transport, r.URL, mustIssue(t, relaytest.Secret, "zowi-2", tokenLife), after)
+			var got []string
+			for a := range c.arrivals {
+				creator(t, a.Event) // whole events only
+				got = append(got, a.ID)
+			}
+			if len(got) == 0 || len(got) >= replayBacklog {
+				t.Fatalf("%d events before the stream ended (%v): the expiry did not fall inside the replay", len(got), c.end.err)
+			}
+			switch transport {
+			case "sse":
+				if !slices.ContainsFunc(c.end.comments, func(s string) bool { return strings.Contains(s, "token expired") }) {
+					t.Errorf("comments %q: none says the token expired", c.end.comments)
+				}
+			case "ws":
+				if code := websocket.CloseStatus(c.end.err); code != ws.CloseUnauthorized {
+					t.Errorf("closed with %v, want code %d", c.end.err, ws.CloseUnauthorized)
+				}
+			}
+
+			fresh := relaytest.Token(t, "zowi-2")
+			rest := replayBacklog - len(got)
+			if transport == "sse" {
+				header := relaytest.BearerHeader(fresh)
+				header.Set("Last-Event-ID", got[len(got)-1])
+				got = append(got, ids(relaytest.OpenSSE(t, r.URL+"/events", header).Collect(t, rest, settle))...)
+			} else {
+				got = append(got, ids(relaytest.SubscribeWS(t, r.URL, fresh, relaytest.SSEOptions{LastEventID: got[len(got)-1]}).Collect(t, rest, settle))...)
+			}
+			// Every template of the backlog is for zowi-2 (a ZOWI of the
+			// creator's org), and nothing else was inserted.
+			want := logAfter(t, db, after)
+			if !slices.Equal(got, want) {
+				t.Fatalf("got %d events, want %d; first difference at %d", len(got), len(want), firstDiff(got, want))
+			}
+		})
+	}
+}
+
+// logAfter returns the ids of every event in the log after the id after, in
+// order.
+func logAfter(t *testing.T, db *pgtest.DB, after string) []string {
+	t.Helper()
+	from, err := eventlog.ParseID(after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.Pool.Query(context.Background(),
+		`SELECT xid, id FROM relay.events WHERE (xid, id) > ($1, $2) ORDER BY xid, id`, from.Xid, from.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id eventlog.ID
+		if err := rows.Scan(&id.Xid, &id.Seq); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, id.String())
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
