@@ -17,7 +17,6 @@ import (
 	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/seal"
-	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
 // getJSON fetches u, whose body must be a JSON object.
@@ -153,7 +152,7 @@ func announcements(t *testing.T, db *pgtest.DB) announcementWatch {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, err := conn.Exec(context.Background(), "LISTEN "+sequencer.EventsChannel); err != nil {
+	if _, err := conn.Exec(context.Background(), "LISTEN "+eventlog.AnnounceChannel); err != nil {
 		t.Fatal(err)
 	}
 	key, err := seal.Load(context.Background(), db.Pool)
@@ -173,7 +172,7 @@ func (w announcementWatch) waitFor(t *testing.T, seq int64) {
 		if err != nil {
 			t.Fatalf("waiting for the sequencer to announce event %d: %v", seq, err)
 		}
-		plain, err := w.key.Open(sequencer.EventsChannel, n.PID, n.Payload)
+		plain, err := w.key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
 		if err != nil {
 			t.Fatalf("an announcement that does not open with the key: %v", err)
 		}

@@ -53,10 +53,6 @@ const (
 // readBatch is how many events one log read returns.
 const readBatch = 1000
 
-// foreignListAge is how long a relay trusts its list of other databases'
-// transactions between lookups (see eventlog.Reader).
-const foreignListAge = 250 * time.Millisecond
-
 // Server is one relay instance.
 type Server struct {
 	cfg       Config
@@ -120,9 +116,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.reader = reader.New(reader.Config{
-		Channel: sequencer.EventsChannel, SafetyPoll: cfg.SafetyPoll, Batch: readBatch,
+		Channel: eventlog.AnnounceChannel, SafetyPoll: cfg.SafetyPoll, Batch: readBatch,
 		CatchupEvents: func(n int) { s.metrics.CatchupEvents(n) },
-	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, foreignListAge))}, s.key, s.log)
+	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, s.key, s.log)
 	s.streams = &stream.Opener{
 		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch,
 		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),

@@ -16,6 +16,7 @@ import (
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/filter"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
@@ -158,7 +159,7 @@ func TestForgedAndReplayedAnnouncementsNeitherInjectRowsNorMovePositions(t *test
 	ws := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
 	producer := session(t, roles.ProducerURL)
 	attacker := session(t, roles.LoginURL)
-	if _, err := attacker.Exec(context.Background(), "LISTEN "+sequencer.EventsChannel); err != nil {
+	if _, err := attacker.Exec(context.Background(), "LISTEN "+eventlog.AnnounceChannel); err != nil {
 		t.Fatal(err)
 	}
 
@@ -169,7 +170,7 @@ func TestForgedAndReplayedAnnouncementsNeitherInjectRowsNorMovePositions(t *test
 
 	forge := func(payload string) {
 		t.Helper()
-		if _, err := attacker.Exec(context.Background(), "SELECT pg_notify($1, $2)", sequencer.EventsChannel, payload); err != nil {
+		if _, err := attacker.Exec(context.Background(), "SELECT pg_notify($1, $2)", eventlog.AnnounceChannel, payload); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -256,7 +257,7 @@ func TestAListeningLoginReadsNoRowFromNotifications(t *testing.T) {
 	r := relaytest.Start(t, roles.RelayURL)
 	client := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zolo-1"), relaytest.SSEOptions{})
 	eavesdropper := session(t, roles.LoginURL)
-	for _, ch := range []string{sequencer.EventsChannel, sequencer.WakeChannel, "pgrelay_filters"} {
+	for _, ch := range []string{eventlog.AnnounceChannel, sequencer.WakeChannel, filter.ChangeChannel} {
 		if _, err := eavesdropper.Exec(context.Background(), "LISTEN "+ch); err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// AnnounceChannel is the channel the sequencer announces on, and every
+// relay listens to.
+const AnnounceChannel = "pgrelay_events"
+
 // MaxAnnouncement bounds one announcement before it is sealed: PostgreSQL
 // refuses NOTIFY payloads of 8000 bytes or more, and sealing (relay/seal)
 // adds a nonce, a tag and base64, a third more.

@@ -254,6 +254,12 @@ type Reader struct {
 	fetched time.Time
 }
 
+// ForeignListAge is how long readers remember the list of other databases'
+// transactions by default: a few hundred milliseconds keep the lookup off
+// most reads, and a foreign transaction begun since delays delivery by at
+// most that much.
+const ForeignListAge = 250 * time.Millisecond
+
 // NewReader returns a Reader that refreshes its list of foreign transactions
 // at most every maxAge.
 func NewReader(maxAge time.Duration) *Reader {

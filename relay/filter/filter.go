@@ -94,6 +94,9 @@ func Topics(ctx context.Context, q Querier) ([]string, error) {
 	return topics, nil
 }
 
+// ChangeChannel is the channel relay.filters_changed notifies on.
+const ChangeChannel = "pgrelay_filters"
+
 // Change is a decoded control notification: whose filters may have changed.
 type Change struct {
 	All         bool

@@ -16,21 +16,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgxlisten"
 
+	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
-)
-
-// Channels pgrelay's SQL notifies on.
-const (
-	// EventsChannel: the sequencer found new events in the log.
-	EventsChannel = "pgrelay_events"
-	// FiltersChannel: subscriber filters may have changed.
-	FiltersChannel = "pgrelay_filters"
 )
 
 // Handler is what notifications drive.
 type Handler interface {
 	// Announced receives an announcement of new events: the payload of a
-	// pgrelay_events notification and the process id of the session that
+	// notification on eventlog.AnnounceChannel and the process id of the session that
 	// sent it, or "" and 0 after a (re)connect, meaning "read the log". It
 	// must not block.
 	Announced(payload string, from uint32)
@@ -80,14 +73,21 @@ func (l *Listener) Run(ctx context.Context) error {
 		// lost connection is quick, repeated failures slow down.
 		ReconnectDelay: -1,
 	}
-	pl.Handle(EventsChannel, handlerFunc{
-		notify:  func(n *pgconn.Notification) { l.handler.Announced(n.Payload, n.PID) },
-		backlog: func() { l.handler.Announced("", 0); l.backlogDone() },
-	})
-	pl.Handle(FiltersChannel, handlerFunc{
-		notify:  func(n *pgconn.Notification) { l.handler.FiltersChanged(filter.ParseChange(n.Payload)) },
-		backlog: func() { l.handler.FiltersChanged(filter.Change{All: true}); l.backlogDone() },
-	})
+	channels := map[string]handlerFunc{
+		eventlog.AnnounceChannel: {
+			notify:  func(n *pgconn.Notification) { l.handler.Announced(n.Payload, n.PID) },
+			backlog: func() { l.handler.Announced("", 0) },
+		},
+		filter.ChangeChannel: {
+			notify:  func(n *pgconn.Notification) { l.handler.FiltersChanged(filter.ParseChange(n.Payload)) },
+			backlog: func() { l.handler.FiltersChanged(filter.Change{All: true}) },
+		},
+	}
+	for name, h := range channels {
+		backlog := h.backlog
+		h.backlog = func() { backlog(); l.backlogDone(len(channels)) }
+		pl.Handle(name, h)
+	}
 	err := pl.Listen(ctx)
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return ctx.Err()
@@ -95,12 +95,12 @@ func (l *Listener) Run(ctx context.Context) error {
 	return err
 }
 
-// backlogDone marks the listener connected once every channel is listened
-// to and its catch-up requested.
-func (l *Listener) backlogDone() {
+// backlogDone marks the listener connected once each of the channels is
+// listened to and its catch-up requested.
+func (l *Listener) backlogDone(channels int) {
 	l.mu.Lock()
 	l.backlogs++
-	done := l.backlogs == 2
+	done := l.backlogs == channels
 	l.mu.Unlock()
 	if done {
 		l.handler.Connected(true)

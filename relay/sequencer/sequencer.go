@@ -27,13 +27,6 @@ import (
 // WakeChannel is what capture triggers notify when the sequencer is idle.
 const WakeChannel = "pgrelay_wake"
 
-// foreignRefresh is how long the sequencer trusts its list of transactions
-// running in other databases (see eventlog.Reader).
-const foreignRefresh = 250 * time.Millisecond
-
-// EventsChannel is what the sequencer notifies when the log has grown.
-const EventsChannel = "pgrelay_events"
-
 // ErrLostElection means another session became the sequencer while this one
 // thought it was (the row was changed by hand, or this session was taken for
 // dead).
@@ -163,7 +156,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	}
 	idle := false
 	lastNews := time.Now()
-	log := eventlog.NewReader(foreignRefresh)
+	log := eventlog.NewReader(eventlog.ForeignListAge)
 	for {
 		newest, found, err := log.Newest(ctx, conn, cursor)
 		switch {
@@ -299,7 +292,7 @@ func (s *Sequencer) announceEvents(ctx context.Context, conn *pgx.Conn, pid uint
 
 // announce sends one announcement, sealed for this session.
 func (s *Sequencer) announce(ctx context.Context, conn *pgx.Conn, pid uint32, plain string) error {
-	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", EventsChannel, s.key.Seal(EventsChannel, pid, []byte(plain))); err != nil {
+	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(plain))); err != nil {
 		return fmt.Errorf("announce events: %w", err)
 	}
 	return nil

@@ -140,7 +140,7 @@ func TestAnnouncementsAreSealedForTheSequencersSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer listener.Close(context.Background())
-	if _, err := listener.Exec(ctx, "LISTEN "+sequencer.EventsChannel); err != nil {
+	if _, err := listener.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
 		t.Fatal(err)
 	}
 	a := run(t, db.URL, key)
@@ -154,7 +154,7 @@ func TestAnnouncementsAreSealedForTheSequencersSession(t *testing.T) {
 		if n.PID != uint32(holder(t, db)) {
 			t.Fatalf("announcement from session %d, want the holder %d", n.PID, holder(t, db))
 		}
-		plain, err := key.Open(sequencer.EventsChannel, n.PID, n.Payload)
+		plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
 		if err != nil {
 			t.Fatalf("announcement does not open for its sender: %v (%q)", err, n.Payload)
 		}
