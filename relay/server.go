@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		name:   name,
 		log:    log.With("relay", name),
 		pool:   pool,
-		hub:    hub.New(cfg.QueueSize),
+		hub:    hub.New(cfg.QueueSize, cfg.QueueBytes),
 		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
 		wake:   make(chan struct{}, 1),
 		events: eventlog.NewReader(cmp.Or(cfg.foreignListAge, foreignListAge)),

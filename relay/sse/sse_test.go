@@ -153,7 +153,7 @@ type served struct {
 // the streams' live part.
 func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump bool, writeTimeout ...time.Duration) served {
 	t.Helper()
-	h := hub.New(16)
+	h := hub.New(16, 0)
 	handler := &sse.Handler{
 		Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
 		Streams: &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
