@@ -232,9 +232,16 @@ func (st *Stream) Replay(ctx context.Context, sink Sink) error {
 }
 
 // Deliver writes the live events queued since the last call, without waiting
-// for more and without flushing.
+// for more and without flushing. It stops early, with the reason, if the hub
+// ends the stream meanwhile: a client cut off as too slow should not keep the
+// relay writing (and holding) the rest of what it had queued.
 func (st *Stream) Deliver(sink Sink) error {
 	for _, m := range st.sub.Next() {
+		select {
+		case <-st.sub.Done():
+			return st.sub.Err()
+		default:
+		}
 		// The hub may hold events this client already has: those replayed
 		// from the log, or a resume id ahead of this relay.
 		if !st.last.Less(m.ID) {
@@ -258,6 +265,9 @@ func (st *Stream) Notify(fn func()) { st.sub.Notify(fn) }
 
 // Err returns why the hub ended the stream, or nil while it is open.
 func (st *Stream) Err() error { return st.sub.Err() }
+
+// Done is closed when the hub ends the stream; Err then says why.
+func (st *Stream) Done() <-chan struct{} { return st.sub.Done() }
 
 // replay sends the events after `after` up to where live delivery starts, or
 // a reset if some of them were pruned. It returns the last position sent.
