@@ -133,7 +133,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.streams = &stream.Opener{
-		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch,
+		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
 		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
 	}
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)

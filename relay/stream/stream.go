@@ -68,6 +68,10 @@ type Opener struct {
 	Heartbeat time.Duration
 	// CatchupBatch is how many events one replay query reads.
 	CatchupBatch int
+	// CatchupBytes bounds the payload bytes one replay query reads (0: no
+	// bound), so that a replay holds about that much whatever the rows'
+	// sizes; a single larger row is still read.
+	CatchupBytes int
 	Observer     Observer
 	// Filters loads filters of opening streams (see filter.Batcher); nil
 	// loads each on its own.
@@ -281,7 +285,7 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 	}
 	cursor := after
 	for cursor.Less(st.activeFrom) {
-		events, pruned, err := st.readBatch(ctx, cursor, sel)
+		events, more, pruned, err := st.readBatch(ctx, cursor, sel)
 		if err != nil {
 			return cursor, err
 		}
@@ -304,7 +308,7 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 				obs.Delivered(m, false)
 			}
 		}
-		if len(events) < st.o.CatchupBatch {
+		if !more {
 			break
 		}
 		cursor = events[len(events)-1].ID
@@ -321,8 +325,9 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 }
 
 // readBatch reads one batch of the replay and checks, in the same snapshot,
-// that nothing after cursor has been pruned.
-func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlog.Selector) (events []eventlog.Event, pruned bool, err error) {
+// that nothing after cursor has been pruned. more says the batch stopped at
+// a bound, in events or bytes, before the end of the range.
+func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlog.Selector) (events []eventlog.Event, more, pruned bool, err error) {
 	err = pgx.BeginTxFunc(ctx, st.o.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		horizon, err := eventlog.Horizon(ctx, tx)
 		if err != nil {
@@ -332,11 +337,11 @@ func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlo
 			pruned = true
 			return nil
 		}
-		events, err = eventlog.ReadRange(ctx, tx, cursor, st.activeFrom, sel, st.o.CatchupBatch)
+		events, more, err = eventlog.ReadRange(ctx, tx, cursor, st.activeFrom, sel, st.o.CatchupBatch, st.o.CatchupBytes)
 		return err
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
+		return nil, false, false, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
 	}
-	return events, pruned, nil
+	return events, more, pruned, nil
 }
