@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -304,6 +305,12 @@ func (s *sink) write(b []byte) error {
 	if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
 		if ended := s.st.Err(); ended != nil {
 			return ended // why it was cut short
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The write's own deadline passed first (the stream's context
+			// has none): the client stopped reading, the same condition as
+			// a full queue, which the stream classifies by this error.
+			return fmt.Errorf("write to client: %w (%w)", os.ErrDeadlineExceeded, err)
 		}
 		return fmt.Errorf("write to client: %w", err)
 	}
