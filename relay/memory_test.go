@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -266,4 +267,83 @@ func (w *wsReader) collect(t *testing.T, n int, timeout time.Duration) []string 
 		}
 	}
 	return out
+}
+
+func TestConcurrentReplaysOfALargeBacklogReadItInBatchesBoundedInBytes(t *testing.T) {
+	// Not parallel: it measures the memory of the whole process.
+	const (
+		rows, rowBytes = 100, 500_000
+		replays        = 3
+		maxGrowth      = 150 << 20
+	)
+	started := time.Now()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
+	            SELECT lpad(i::text, 3, '0') || '-' || repeat('x', $1 - 4), '{loc-1}', 'zowi-1'
+	              FROM generate_series(0, $2 - 1) i ORDER BY i`, rowBytes, rows)
+	relaytest.Eventually(t, 10*time.Second, "the backlog in the log", func() bool {
+		return r.Server.Hub().Stats().Published >= rows
+	})
+
+	before := liveHeap()
+	peak := samplePeak()
+	// Resuming from the very first position replays the whole backlog.
+	from := strings.Repeat("0", 16) + "-" + strings.Repeat("0", 16)
+	errs := make(chan error, replays)
+	for i := range replays {
+		go func() {
+			errs <- replayAll(r.URL, relaytest.Token(t, []string{"zowi-2", "zewi-1", "zolo-1"}[i]), from, rows)
+		}()
+	}
+	for range replays {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown := int64(peak.Stop()) - int64(before)
+	t.Logf("%d concurrent replays of %d rows of %d KB: heap %d MiB before, peak %+d MiB; %s",
+		replays, rows, rowBytes/1000, before>>20, grown>>20, time.Since(started).Round(100*time.Millisecond))
+	if grown > maxGrowth {
+		t.Errorf("heap grew by %d MiB during the replays, want under %d MiB", grown>>20, maxGrowth>>20)
+	}
+}
+
+// replayAll opens a stream resuming after id from and reads it, without
+// keeping what it reads, until want events arrived in increasing id order.
+func replayAll(baseURL, token, from string, want int) error {
+	req, err := http.NewRequest(http.MethodGet, baseURL+"/events", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Last-Event-ID", from)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("open replay: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("open replay: %s", resp.Status)
+	}
+	r := bufio.NewReaderSize(resp.Body, 64<<10)
+	last, n := from, 0
+	for n < want {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue // the long data line, read in pieces
+		}
+		if err != nil {
+			return fmt.Errorf("replay after %d of %d events: %w", n, want, err)
+		}
+		if id, ok := strings.CutPrefix(string(line), "id: "); ok {
+			id = strings.TrimSpace(id)
+			if id <= last {
+				return fmt.Errorf("replay: event %s after %s", id, last)
+			}
+			last, n = id, n+1
+		}
+	}
+	return nil
 }
