@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -37,6 +38,10 @@ type Config struct {
 	MaxConnections        int // open streams on this relay, 0 = unlimited
 	MaxConnectionsPerUser int // open streams of one subscriber on this relay, 0 = unlimited
 	QueueSize             int // events queued per stream before it is closed as too slow
+	// QueueBytes bounds the bytes of rows queued per stream the same way
+	// (an event larger than it still reaches a client that keeps up), and
+	// the bytes of rows one replay query reads.
+	QueueBytes int
 
 	Heartbeat    time.Duration // SSE comment / WebSocket ping interval
 	WriteTimeout time.Duration // one write to a client
@@ -73,22 +78,25 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr:              ":8080",
-		QueueSize:         1024,
-		Heartbeat:         10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		Retention:         24 * time.Hour,
-		RetentionInterval: time.Minute,
-		ShutdownWait:      10 * time.Second,
-		PollInterval:      2 * time.Millisecond,
-		IdleAfter:         time.Second,
-		IdlePoll:          100 * time.Millisecond,
-		SafetyPoll:        time.Second,
-		FilterResync:      30 * time.Second,
-		PoolSize:          10,
-		LogLevel:          "info",
-		LogFormat:         "text",
+		Addr:                  ":8080",
+		MaxConnections:        10000,
+		MaxConnectionsPerUser: 100,
+		QueueSize:             1024,
+		QueueBytes:            8 << 20,
+		Heartbeat:             10 * time.Second,
+		WriteTimeout:          10 * time.Second,
+		IdleTimeout:           90 * time.Second,
+		Retention:             24 * time.Hour,
+		RetentionInterval:     time.Minute,
+		ShutdownWait:          10 * time.Second,
+		PollInterval:          2 * time.Millisecond,
+		IdleAfter:             time.Second,
+		IdlePoll:              100 * time.Millisecond,
+		SafetyPoll:            time.Second,
+		FilterResync:          30 * time.Second,
+		PoolSize:              10,
+		LogLevel:              "info",
+		LogFormat:             "text",
 	}
 }
 
@@ -111,9 +119,10 @@ func (c *Config) settings() []setting {
 		{"insecure-dev", "RELAY_INSECURE_DEV", "development only: also accept ?user=ID without a token", (*boolValue)(&c.InsecureDev)},
 		{"write-api", "RELAY_WRITE_API", "serve POST /api/templates, so the demo page at / can create templates of the example app as the token's user (default: off, the page is read-only)", (*boolValue)(&c.WriteAPI)},
 		{"cors-origins", "RELAY_CORS_ORIGINS", "comma-separated origins allowed to connect from browsers on other origins (* for any)", (*listValue)(&c.CORSOrigins)},
-		{"max-connections", "RELAY_MAX_CONNECTIONS", "maximum open streams on this relay (0: unlimited)", (*intValue)(&c.MaxConnections)},
-		{"max-connections-per-user", "RELAY_MAX_CONNECTIONS_PER_USER", "maximum open streams of one subscriber on this relay (0: unlimited)", (*intValue)(&c.MaxConnectionsPerUser)},
+		{"max-connections", "RELAY_MAX_CONNECTIONS", "maximum open streams on this relay; more get 503 (0: unlimited)", (*intValue)(&c.MaxConnections)},
+		{"max-connections-per-user", "RELAY_MAX_CONNECTIONS_PER_USER", "maximum open streams of one subscriber on this relay; more get 429 (0: unlimited)", (*intValue)(&c.MaxConnectionsPerUser)},
 		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
+		{"queue-bytes", "RELAY_QUEUE_BYTES", "bytes of rows queued per stream before a slow client is disconnected, and read by one replay query (e.g. 8MiB, 512KiB)", (*byteSizeValue)(&c.QueueBytes)},
 		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
 		{"write-timeout", "RELAY_WRITE_TIMEOUT", "how long one write to a client may block", (*durationValue)(&c.WriteTimeout)},
 		{"idle-timeout", "RELAY_IDLE_TIMEOUT", "close keep-alive HTTP connections idle between requests for this long (streams are not idle connections)", (*durationValue)(&c.IdleTimeout)},
@@ -186,6 +195,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueueSize < 1 || c.QueueSize > 1<<20 {
 		bad("--queue-size must be between 1 and %d, got %d", 1<<20, c.QueueSize)
+	}
+	if c.QueueBytes < minQueueBytes || c.QueueBytes > maxQueueBytes {
+		bad("--queue-bytes must be between %s and %s, got %s", byteSize(minQueueBytes), byteSize(maxQueueBytes), byteSize(c.QueueBytes))
 	}
 	if c.MaxConnections < 0 {
 		bad("--max-connections must be 0 (unlimited) or positive, got %d", c.MaxConnections)
@@ -281,6 +293,47 @@ func (v *intValue) Set(s string) error {
 	}
 	*v = intValue(n)
 	return nil
+}
+
+// Bounds of --queue-bytes: below the minimum, ordinary bursts of small
+// events would cut off clients that keep up; above the maximum, one stalled
+// client could pin a large share of a relay's memory.
+const (
+	minQueueBytes = 64 << 10
+	maxQueueBytes = 1 << 30
+)
+
+// byteSizeValue is a size in bytes, written as a whole number with an
+// optional unit: B, KiB, MiB or GiB (K, M, G and KB, MB, GB mean the same
+// binary units).
+type byteSizeValue int
+
+func (v *byteSizeValue) String() string { return byteSize(int(*v)) }
+func (v *byteSizeValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	digits := strings.TrimRight(s, "BKMGiIbkmg")
+	n, err := strconv.Atoi(strings.TrimSpace(digits))
+	unit := map[string]int{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+		"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+	mult, ok := unit[strings.ToLower(s[len(digits):])]
+	if err != nil || !ok || n < 0 || n > math.MaxInt/mult {
+		return fmt.Errorf("want a size such as 8MiB, 512KiB or 1048576")
+	}
+	*v = byteSizeValue(n * mult)
+	return nil
+}
+
+// byteSize writes n in the largest binary unit that divides it.
+func byteSize(n int) string {
+	for _, u := range []struct {
+		name string
+		size int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.size == 0 {
+			return strconv.Itoa(n/u.size) + u.name
+		}
+	}
+	return strconv.Itoa(n)
 }
 
 type boolValue bool

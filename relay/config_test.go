@@ -23,6 +23,8 @@ func sampleValues(t *testing.T, s setting) (env, flagArg string) {
 		return "3s", "4s"
 	case *listValue:
 		return "https://env.example", "https://flag.example"
+	case *byteSizeValue:
+		return "3MiB", "512KiB"
 	}
 	t.Fatalf("setting --%s has a value type this test does not know: %T", s.flag, s.value)
 	return "", ""
@@ -88,8 +90,9 @@ func TestParseConfigAppliesDefaultsEnvFlagsInOrderAndValidates(t *testing.T) {
 		"RELAY_ADDR":            "127.0.0.1:9000",
 		"RELAY_MAX_CONNECTIONS": "100",
 		"RELAY_CORS_ORIGINS":    "https://a.example, https://b.example",
+		"RELAY_QUEUE_BYTES":     "16MiB",
 	}
-	cfg, err := ParseConfig("relay", []string{"--addr", ":9100", "--queue-size=64"}, func(k string) string { return env[k] }, nil)
+	cfg, err := ParseConfig("relay", []string{"--addr", ":9100", "--queue-size=64", "--queue-bytes=512KiB"}, func(k string) string { return env[k] }, nil)
 	if err != nil {
 		t.Fatalf("ParseConfig: %v", err)
 	}
@@ -100,6 +103,8 @@ func TestParseConfigAppliesDefaultsEnvFlagsInOrderAndValidates(t *testing.T) {
 		{"addr (flag over env)", cfg.Addr, ":9100"},
 		{"queue size (flag over default)", cfg.QueueSize, 64},
 		{"max connections (env over default)", cfg.MaxConnections, 100},
+		{"max connections per user (default)", cfg.MaxConnectionsPerUser, 100},
+		{"queue bytes (flag over env)", cfg.QueueBytes, 512 << 10},
 		{"jwt secret (env)", cfg.JWTSecret, "0123456789abcdef-env"},
 		{"cors origins (env list)", strings.Join(cfg.CORSOrigins, "|"), "https://a.example|https://b.example"},
 		{"heartbeat (default)", cfg.Heartbeat, 10 * time.Second},
@@ -120,6 +125,8 @@ func TestParseConfigRejectsUnparsableValuesNamingThem(t *testing.T) {
 		want string
 	}{
 		{map[string]string{"RELAY_QUEUE_SIZE": "lots"}, nil, `RELAY_QUEUE_SIZE="lots"`},
+		{map[string]string{"RELAY_QUEUE_BYTES": "8 parsecs"}, nil, `RELAY_QUEUE_BYTES="8 parsecs"`},
+		{nil, []string{"--queue-bytes=1.5MiB"}, "-queue-bytes"},
 		{map[string]string{"RELAY_HEARTBEAT": "5"}, nil, `RELAY_HEARTBEAT="5"`},
 		{map[string]string{"RELAY_INSECURE_DEV": "sure"}, nil, `RELAY_INSECURE_DEV="sure"`},
 		{nil, []string{"--max-connections=many"}, "-max-connections"},
@@ -156,6 +163,7 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		{"max connections", func(c *Config) { c.MaxConnections = -1 }, "--max-connections must"},
 		{"max connections per user", func(c *Config) { c.MaxConnectionsPerUser = -2 }, "--max-connections-per-user"},
 		{"queue size", func(c *Config) { c.QueueSize = 0 }, "--queue-size"},
+		{"queue bytes", func(c *Config) { c.QueueBytes = 1000 }, "--queue-bytes must be between 64KiB and 1GiB, got 1000"},
 		{"heartbeat zero", func(c *Config) { c.Heartbeat = 0 }, "--heartbeat"},
 		{"heartbeat too long", func(c *Config) { c.Heartbeat = time.Minute }, "--heartbeat 1m0s"},
 		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "--write-timeout"},
@@ -227,5 +235,30 @@ func TestInstanceNameDefaultsToHostAndPort(t *testing.T) {
 	cfg.Name = "relay-a"
 	if got := cfg.InstanceName(); got != "relay-a" {
 		t.Errorf("InstanceName() = %q, want the configured relay-a", got)
+	}
+}
+
+func TestByteSizesReadWithOrWithoutABinaryUnit(t *testing.T) {
+	t.Parallel()
+	cases := map[string]int{
+		"1048576": 1 << 20, "64KiB": 64 << 10, "64k": 64 << 10, "8MiB": 8 << 20, "8MB": 8 << 20,
+		" 2 GiB ": 2 << 30, "512B": 512,
+	}
+	for in, want := range cases {
+		var v byteSizeValue
+		if err := v.Set(in); err != nil || int(v) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, int(v), err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1MiB", "8TiB", "1.5MiB", "8 mebibytes"} {
+		var v byteSizeValue
+		if err := v.Set(in); err == nil {
+			t.Errorf("Set(%q) accepted as %d bytes", in, int(v))
+		}
+	}
+	for n, want := range map[int]string{8 << 20: "8MiB", 3 << 10: "3KiB", 1536: "1536", 1000: "1000", 0: "0"} {
+		if got := byteSize(n); got != want {
+			t.Errorf("byteSize(%d) = %q, want %q", n, got, want)
+		}
 	}
 }

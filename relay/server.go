@@ -101,7 +101,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		name:   name,
 		log:    log.With("relay", name),
 		pool:   pool,
-		hub:    hub.New(cfg.QueueSize),
+		hub:    hub.New(cfg.QueueSize, cfg.QueueBytes),
 		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
 		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
@@ -120,7 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		CatchupEvents: func(n int) { s.metrics.CatchupEvents(n) },
 	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, s.key, s.log)
 	s.streams = &stream.Opener{
-		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch,
+		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
 		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
 	}
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)

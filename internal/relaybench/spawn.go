@@ -139,7 +139,10 @@ func (sp *Spawned) startRelay(ctx context.Context, cfg Config, bin string, i int
 	if err != nil {
 		return fmt.Errorf("spawn: relay log: %w", err)
 	}
-	args := append([]string{"--database-url", sp.DatabaseURL, "--addr", addr, "--jwt-secret", cfg.JWTSecret, "--log-level", "warn"}, cfg.RelayFlags...)
+	// A benchmark opens more streams per relay than the default caps allow;
+	// --relay-flag, coming later, still sets them.
+	args := append([]string{"--database-url", sp.DatabaseURL, "--addr", addr, "--jwt-secret", cfg.JWTSecret, "--log-level", "warn",
+		"--max-connections=0", "--max-connections-per-user=0"}, cfg.RelayFlags...)
 	// Not CommandContext: the relay must get SIGTERM and drain, not SIGKILL.
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile

@@ -172,12 +172,77 @@ type Selector struct {
 	Subscriber string
 }
 
-// ReadRange returns up to limit events in (after, upto] that pass sel, in
-// order. upto must be a position already returned by ReadAfter, so that the
-// range is settled.
-func ReadRange(ctx context.Context, q Querier, after, upto ID, sel Selector, limit int) ([]Event, error) {
-	return query(ctx, q, fmt.Sprintf("read events in (%s, %s]", after, upto), readRangeSQL,
-		after.Xid, after.Seq, upto.Xid, upto.Seq, sel.Topics, sel.Keys, sel.Subscriber, limit)
+// ReadRange returns the events in (after, upto] that pass sel, in order: at
+// most limit of them, and no more once their payloads reach maxBytes (0: no
+// byte bound), so that one read holds a bounded amount of memory whatever
+// the rows' sizes. It returns at least one event if there is one, however
+// large. upto must be a position already returned by ReadAfter, so that the
+// range is settled. The read uses a cursor, which needs tx to be a
+// transaction.
+//
+// It reports full when it stopped at one of the bounds (there may be more
+// events in the range), false when it read the range to its end.
+func ReadRange(ctx context.Context, tx pgx.Tx, after, upto ID, sel Selector, limit, maxBytes int) (events []Event, full bool, err error) {
+	events, full, err = readRange(ctx, tx, after, upto, sel, limit, maxBytes)
+	if err != nil {
+		return nil, false, fmt.Errorf("read events in (%s, %s]: %w", after, upto, err)
+	}
+	return events, full, nil
+}
+
+// firstFetch is how many rows the first fetch of a range read asks for;
+// later fetches ask for as many as the rows seen so far suggest still fit
+// the byte bound. Rows fetched beyond the bound are read and dropped, so a
+// small first fetch keeps that waste small when rows are large, at the cost
+// of one more round trip when they are small.
+const firstFetch = 16
+
+func readRange(ctx context.Context, tx pgx.Tx, after, upto ID, sel Selector, limit, maxBytes int) ([]Event, bool, error) {
+	if limit < 1 {
+		return nil, false, nil // FETCH 0 would mean the current row again
+	}
+	if _, err := tx.Exec(ctx, "DECLARE pgrelay_range NO SCROLL CURSOR FOR "+readRangeSQL,
+		after.Xid, after.Seq, upto.Xid, upto.Seq, sel.Topics, sel.Keys, sel.Subscriber, limit); err != nil {
+		return nil, false, err
+	}
+	var events []Event
+	bytes := 0
+	full := func() bool { return len(events) >= limit || (maxBytes > 0 && bytes >= maxBytes) }
+	for n := min(firstFetch, limit); ; {
+		// n is a whole number the relay computed; FETCH takes no parameter.
+		rows, err := tx.Query(ctx, "FETCH FORWARD "+strconv.Itoa(n)+" FROM pgrelay_range")
+		if err != nil {
+			return nil, false, err
+		}
+		got := 0
+		for rows.Next() {
+			got++
+			if full() {
+				continue // over the bound: read, not kept
+			}
+			e, err := scanEvent(rows)
+			if err != nil {
+				rows.Close()
+				return nil, false, err
+			}
+			events = append(events, e)
+			bytes += len(e.Payload)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, false, err
+		}
+		if full() || got < n {
+			if _, err := tx.Exec(ctx, "CLOSE pgrelay_range"); err != nil {
+				return nil, false, err
+			}
+			return events, full(), nil
+		}
+		n = limit - len(events)
+		if maxBytes > 0 {
+			perRow := max(bytes/len(events), 1)
+			n = min(n, (maxBytes-bytes)/perRow+1)
+		}
+	}
 }
 
 // query runs a read of whole events; what names it in errors.
@@ -196,16 +261,25 @@ func query(ctx context.Context, q Querier, what, sql string, args ...any) ([]Eve
 func collect(rows pgx.Rows) ([]Event, error) {
 	var events []Event
 	for rows.Next() {
-		var e Event
-		var payload []byte
-		if err := rows.Scan(&e.ID.Xid, &e.ID.Seq, &e.Topic, &payload, &e.Audience, &e.Actor, &e.CreatedAt); err != nil {
+		e, err := scanEvent(rows)
+		if err != nil {
 			rows.Close()
 			return nil, err
 		}
-		e.Payload = payload
 		events = append(events, e)
 	}
 	return events, rows.Err()
+}
+
+// scanEvent reads the row rows is on, in the column order of the reads.
+func scanEvent(rows pgx.Rows) (Event, error) {
+	var e Event
+	var payload []byte
+	if err := rows.Scan(&e.ID.Xid, &e.ID.Seq, &e.Topic, &payload, &e.Audience, &e.Actor, &e.CreatedAt); err != nil {
+		return Event{}, err
+	}
+	e.Payload = payload
+	return e, nil
 }
 
 // Tail returns the position of the newest settled event (the zero ID for an

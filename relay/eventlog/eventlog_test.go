@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 )
@@ -202,9 +204,9 @@ INSERT INTO templates (id, name, share_location_ids, created_by) VALUES
     ('t4', 'x', '{loc-3,loc-1}', 'zelo')`)
 	all := readUntil(t, db.Pool, eventlog.ID{}, 4)
 	sel := eventlog.Selector{Topics: []string{"templates"}, Keys: []string{"location:loc-1"}, Subscriber: "zolo"}
-	got, err := eventlog.ReadRange(context.Background(), db.Pool, eventlog.ID{}, all[3].ID, sel, 100)
-	if err != nil {
-		t.Fatal(err)
+	got, more := readRange(t, db, eventlog.ID{}, all[3].ID, sel, 100, 0)
+	if more {
+		t.Error("ReadRange of the whole range says there is more")
 	}
 	var ids []string
 	for _, e := range got {
@@ -213,5 +215,77 @@ INSERT INTO templates (id, name, share_location_ids, created_by) VALUES
 	// t2 is for loc-2 only; t3 is zolo's own.
 	if want := []string{"t1", "t4"}; !slices.Equal(ids, want) {
 		t.Errorf("ReadRange for zolo = %v, want %v", ids, want)
+	}
+}
+
+// readRange runs ReadRange in a transaction of its own.
+func readRange(t *testing.T, db *pgtest.DB, after, upto eventlog.ID, sel eventlog.Selector, limit, maxBytes int) (events []eventlog.Event, more bool) {
+	t.Helper()
+	ctx := context.Background()
+	err := pgx.BeginTxFunc(ctx, db.Pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		events, more, err = eventlog.ReadRange(ctx, tx, after, upto, sel, limit, maxBytes)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ReadRange(%s, %s]: %v", after, upto, err)
+	}
+	return events, more
+}
+
+func TestReadRangeStopsOnceItsRowsReachTheByteBoundButAlwaysReadsOne(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	// Ten rows of about 100 KB, then ten small ones.
+	db.Exec(t, `
+INSERT INTO templates (id, name, share_location_ids, created_by)
+SELECT 'big-' || lpad(i::text, 2, '0'), repeat('x', 100000), '{loc-1}', 'zewi' FROM generate_series(1, 10) i;
+INSERT INTO templates (id, name, share_location_ids, created_by)
+SELECT 'small-' || lpad(i::text, 2, '0'), 'x', '{loc-1}', 'zewi' FROM generate_series(1, 10) i;`)
+	all := readUntil(t, db.Pool, eventlog.ID{}, 20)
+	sel := eventlog.Selector{Topics: []string{"templates"}, Keys: []string{"location:loc-1"}, Subscriber: "zolo"}
+	cases := []struct {
+		name         string
+		limit, bytes int
+		want         int
+		wantMore     bool
+	}{
+		{"bound of three rows' bytes", 100, 250_000, 3, true},
+		{"bound below one row", 100, 1_000, 1, true},
+		{"no byte bound", 100, 0, 20, false},
+		{"event limit first", 2, 10 << 20, 2, true},
+		{"bound above the range", 100, 10 << 20, 20, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, more := readRange(t, db, eventlog.ID{}, all[19].ID, sel, c.limit, c.bytes)
+			if len(got) != c.want || more != c.wantMore {
+				t.Fatalf("limit %d, %d bytes: got %d events (more %v), want %d (more %v)", c.limit, c.bytes, len(got), more, c.want, c.wantMore)
+			}
+			for i, e := range got {
+				if e.ID != all[i].ID {
+					t.Fatalf("event %d is %s, want %s: a bounded read must be a prefix of the range", i, e.ID, all[i].ID)
+				}
+			}
+		})
+	}
+	// A replay reading batch after batch gets every event once, in order.
+	var ids []eventlog.ID
+	for after := (eventlog.ID{}); ; {
+		got, more := readRange(t, db, after, all[19].ID, sel, 100, 250_000)
+		for _, e := range got {
+			ids = append(ids, e.ID)
+		}
+		if !more {
+			break
+		}
+		after = got[len(got)-1].ID
+	}
+	want := make([]eventlog.ID, len(all))
+	for i, e := range all {
+		want[i] = e.ID
+	}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("batches of 250 KB read %v, want every event once, in order: %v", ids, want)
 	}
 }

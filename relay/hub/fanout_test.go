@@ -38,7 +38,7 @@ func ids(msgs []*hub.Message) []int64 {
 }
 
 func TestPublishQueuesOneSharedMessagePerRecipient(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	a := open(t, h, "a", "location:1")
 	b := open(t, h, "b", "location:1")
 	c := open(t, h, "c", "location:2")
@@ -59,7 +59,7 @@ func TestPublishQueuesOneSharedMessagePerRecipient(t *testing.T) {
 }
 
 func TestEventsAtOrBeforeThePositionAreNotPublishedAgain(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	a := open(t, h, "a", "k")
 	h.Publish([]eventlog.Event{event(1, "k"), event(2, "k")})
 	h.Publish([]eventlog.Event{event(2, "k"), event(3, "k")})
@@ -69,7 +69,7 @@ func TestEventsAtOrBeforeThePositionAreNotPublishedAgain(t *testing.T) {
 }
 
 func TestAFullQueueClosesOnlyThatSubscriptionAsASlowConsumer(t *testing.T) {
-	h := hub.New(2)
+	h := hub.New(2, 0)
 	slow := open(t, h, "slow", "k")
 	fast := open(t, h, "fast", "k")
 	for i := int64(1); i <= 3; i++ {
@@ -93,7 +93,7 @@ func TestAFullQueueClosesOnlyThatSubscriptionAsASlowConsumer(t *testing.T) {
 }
 
 func TestAnOlderFilterLoadNeverReplacesANewerOne(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	s, _ := h.Subscribe("a", nil)
 	older := h.NextGeneration()
 	newer := h.NextGeneration()
@@ -107,7 +107,7 @@ func TestAnOlderFilterLoadNeverReplacesANewerOne(t *testing.T) {
 }
 
 func TestAFilterSayingTheSubscriberIsGoneClosesItsSubscriptions(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	s := open(t, h, "a", "k")
 	h.ApplyFilters(h.NextGeneration(), map[string]filter.Filter{"a": {Exists: false}})
 	if !errors.Is(s.Err(), hub.ErrSubscriberGone) {
@@ -119,7 +119,7 @@ func TestAFilterSayingTheSubscriberIsGoneClosesItsSubscriptions(t *testing.T) {
 }
 
 func TestSubscribingToTopicsKeepsOnlyTheirKeys(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	s, _ := h.Subscribe("a", []string{"messages"})
 	_, _ = h.Activate(s, h.NextGeneration(), filter.Filter{Exists: true, Keys: match.Keys{"templates": {"k"}, "messages": {"k"}}})
 	h.Publish([]eventlog.Event{event(1, "k")}) // a templates event
@@ -129,7 +129,7 @@ func TestSubscribingToTopicsKeepsOnlyTheirKeys(t *testing.T) {
 }
 
 func TestShutdownClosesEverySubscriptionAndRefusesNewOnes(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	s := open(t, h, "a", "k")
 	h.Shutdown()
 	if !errors.Is(s.Err(), hub.ErrShutdown) {
@@ -141,7 +141,7 @@ func TestShutdownClosesEverySubscriptionAndRefusesNewOnes(t *testing.T) {
 }
 
 func TestAnnouncedEventsArePublishedOnlyWhenTheyFollowThePosition(t *testing.T) {
-	h := hub.New(10)
+	h := hub.New(10, 0)
 	a := open(t, h, "a", "k")
 	h.Publish([]eventlog.Event{event(1, "k")})
 	if h.PublishAfter(eventlog.ID{Xid: 100, Seq: 2}, []eventlog.Event{event(3, "k")}) {

@@ -1,7 +1,8 @@
 // Package hub fans events out to connected subscriptions: it matches each
 // event against the index of subscriber filters and appends it to the bounded
 // queue of every recipient. It never waits for a client: a subscription whose
-// queue is full is closed, and its client resumes from its last event id.
+// queue is full, in events or in bytes, is closed, and its client resumes
+// from its last event id.
 package hub
 
 import (
@@ -57,6 +58,15 @@ func (m *Message) SSE() []byte {
 	return m.sse
 }
 
+// messageOverhead is what a queued message costs besides its topic and
+// payload (the struct, its id, the framing), rounded up: it keeps a flood of
+// tiny events from looking free to the byte bound.
+const messageOverhead = 128
+
+// Size is what the message counts against a queue's byte bound: the size of
+// the row it carries, which is also about the size of each wire encoding.
+func (m *Message) Size() int { return messageOverhead + len(m.Topic) + len(m.Payload) }
+
 // WS returns the event as a WebSocket text message:
 // {"id":"…","topic":"…","data":{…row…}}.
 func (m *Message) WS() []byte {
@@ -80,13 +90,14 @@ func (m *Message) WS() []byte {
 type Stats struct {
 	Published     uint64 // events received from the log
 	Enqueued      uint64 // deliveries queued to subscriptions
-	SlowConsumers uint64 // subscriptions closed because their queue was full
+	SlowConsumers uint64 // subscriptions closed because their queue was full (in events or bytes) or a write timed out
 	Subscriptions int    // open now
 }
 
 // Hub holds the connected subscriptions of one relay.
 type Hub struct {
-	queueSize int
+	queueSize  int
+	queueBytes int
 
 	mu       sync.Mutex
 	index    *match.Index[*Subscription]
@@ -100,12 +111,16 @@ type Hub struct {
 	slowConsumers atomic.Uint64
 }
 
-// New returns a hub whose subscriptions queue at most queueSize events.
-func New(queueSize int) *Hub {
+// New returns a hub whose subscriptions queue at most queueSize events and
+// at most queueBytes bytes of them (0: no byte bound), as Message.Size counts
+// them. An event larger than queueBytes is still queued when it finds the
+// queue empty, so a client that keeps up receives rows of any size.
+func New(queueSize, queueBytes int) *Hub {
 	return &Hub{
-		queueSize: queueSize,
-		index:     match.New[*Subscription](),
-		bySub:     map[string]map[*Subscription]struct{}{},
+		queueSize:  queueSize,
+		queueBytes: queueBytes,
+		index:      match.New[*Subscription](),
+		bySub:      map[string]map[*Subscription]struct{}{},
 	}
 }
 
@@ -145,6 +160,7 @@ func (h *Hub) Subscribe(subscriber string, topics []string) (*Subscription, erro
 		topics:     topics,
 		hub:        h,
 		max:        h.queueSize,
+		maxBytes:   h.queueBytes,
 		ready:      make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
@@ -296,17 +312,22 @@ func (h *Hub) publishLocked(events []eventlog.Event) {
 	}
 }
 
-// enqueue appends msg to s's queue, closing s if it is full. Called with h.mu
-// held.
+// enqueue appends msg to s's queue, closing s if that would put it over its
+// bound in events or in bytes. Called with h.mu held.
 func (h *Hub) enqueue(s *Subscription, msg *Message) {
+	size := msg.Size()
 	s.mu.Lock()
-	if len(s.queue) >= s.max {
+	// The byte bound applies only behind another event: the first one in
+	// the queue is the one the client is about to get, whatever its size.
+	overBytes := s.maxBytes > 0 && len(s.queue) > 0 && s.bytes+size > s.maxBytes
+	if len(s.queue) >= s.max || overBytes {
 		s.mu.Unlock()
 		h.slowConsumers.Add(1)
 		h.closeLocked(s, ErrSlowConsumer)
 		return
 	}
 	s.queue = append(s.queue, msg)
+	s.bytes += size
 	s.mu.Unlock()
 	h.enqueued.Add(1)
 	if s.notify != nil {
@@ -354,7 +375,7 @@ func (h *Hub) closeLocked(s *Subscription, err error) {
 		}
 	}
 	s.mu.Lock()
-	s.queue = nil
+	s.queue, s.spare, s.bytes = nil, nil, 0
 	s.mu.Unlock()
 	close(s.done)
 	if s.notify != nil {
@@ -390,6 +411,7 @@ type Subscription struct {
 	hub        *Hub
 	entry      *match.Entry[*Subscription]
 	max        int
+	maxBytes   int
 	ready      chan struct{}
 	done       chan struct{}
 
@@ -403,6 +425,7 @@ type Subscription struct {
 	mu    sync.Mutex
 	queue []*Message
 	spare []*Message
+	bytes int // Size of the queued messages
 }
 
 // Subscriber returns the subscriber id.
@@ -448,6 +471,7 @@ func (s *Subscription) Next() []*Message {
 	clear(s.spare)
 	s.queue = s.spare[:0]
 	s.spare = out
+	s.bytes = 0
 	return out
 }
 

@@ -53,7 +53,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, n := range []int{1, 100, 10_000} {
 		b.Run(fmt.Sprintf("recipients=%d", n), func(b *testing.B) {
 			const drainEvery = 64
-			h := New(drainEvery * 2)
+			h := New(drainEvery*2, 0)
 			subs := make([]*Subscription, n)
 			for i := range subs {
 				s, err := h.Subscribe("user-"+strconv.Itoa(i), nil)

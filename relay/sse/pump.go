@@ -21,11 +21,12 @@ import (
 // relay hold tens of thousands of idle streams in little memory.
 //
 // The hub tells the pump which streams have events (stream.Notify); a worker
-// takes each such stream in turn, appends its events to a pooled buffer and
-// writes it without blocking. A client whose socket buffer is full gets a
-// goroutine of its own for as long as its write blocks, up to the write
-// timeout; a client that closes its connection is noticed by the hangup
-// watcher, not by a reader per connection.
+// takes each such stream in turn and writes its events without blocking,
+// small ones gathered in a small pooled buffer, large ones straight from the
+// shared message. A client whose socket buffer is full gets a goroutine of
+// its own for as long as its write blocks, up to the write timeout or until
+// the hub cuts it off; a client that closes its connection is noticed by the
+// hangup watcher, not by a reader per connection.
 type pump struct {
 	log       *slog.Logger
 	heartbeat time.Duration
@@ -271,24 +272,31 @@ func (p *pump) serve(c *liveConn, t turn) {
 		p.close(c, reason, notice)
 		return
 	}
-	f := p.buffer()
-	_ = c.st.Deliver(frameSink[*frames]{f}) // appending never fails
-	if t.ping {
-		f.b = append(f.b, pingFrame...)
+	w := p.writer(c.raw)
+	err = c.st.Deliver(frameSink[*liveWriter]{w})
+	if err == nil && t.ping {
+		err = w.write(pingFrame)
 	}
-	if len(f.b) == 0 {
-		p.bufs.Put(f)
-		p.finished(c)
-		return
+	if err == nil {
+		err = w.flush()
 	}
-	n, err := writeNow(c.raw, f.b)
-	if err != nil {
-		p.bufs.Put(f)
+	switch {
+	case w.err != nil:
+		p.release(w)
 		p.close(c, "client closed", nil)
 		return
-	}
-	if n == len(f.b) {
-		p.bufs.Put(f)
+	case err != nil:
+		// The hub ended the stream during Deliver. Its notice can follow
+		// only whole frames, so not what a stalled socket cut short.
+		reason, notice := ending(err)
+		if w.blocked {
+			notice = nil
+		}
+		p.release(w)
+		p.close(c, reason, notice)
+		return
+	case !w.blocked:
+		p.release(w)
 		p.finished(c)
 		return
 	}
@@ -299,16 +307,29 @@ func (p *pump) serve(c *liveConn, t turn) {
 	stopping := p.stopping
 	p.mu.Unlock()
 	if stopping {
-		p.bufs.Put(f)
+		p.release(w)
 		p.close(c, "shutdown", nil)
 		return
 	}
 	p.blocked.Add(1)
-	go p.writeBlocked(c, f, n)
+	go p.writeBlocked(c, w)
 }
 
-func (p *pump) writeBlocked(c *liveConn, f *frames, from int) {
+// writeBlocked writes what the socket did not take at once, waiting for the
+// client up to the write timeout, or until the hub ends the stream: a client
+// cut off as too slow lets go of its frames at once, not at the timeout.
+func (p *pump) writeBlocked(c *liveConn, w *liveWriter) {
 	defer p.blocked.Done()
+	ended := c.st.Done()
+	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-ended:
+			_ = c.nc.SetWriteDeadline(time.Now())
+		case <-stopWatch:
+		}
+	}()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(p.timeout))
 	p.mu.Lock()
 	if p.stopping {
@@ -316,8 +337,20 @@ func (p *pump) writeBlocked(c *liveConn, f *frames, from int) {
 		_ = c.nc.SetWriteDeadline(time.Now())
 	}
 	p.mu.Unlock()
-	_, err := c.nc.Write(f.b[from:])
-	p.bufs.Put(f)
+	select {
+	case <-ended: // and so may the watcher
+		_ = c.nc.SetWriteDeadline(time.Now())
+	default:
+	}
+	var err error
+	for _, b := range w.pending {
+		if _, err = c.nc.Write(b); err != nil {
+			break
+		}
+	}
+	close(stopWatch)
+	<-watchDone
+	p.release(w)
 	if err == nil {
 		// writeNow honours deadlines too: clear this one.
 		err = c.nc.SetWriteDeadline(time.Time{})
@@ -330,8 +363,10 @@ func (p *pump) writeBlocked(c *liveConn, f *frames, from int) {
 		case stopping:
 			p.close(c, "shutdown", nil)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			_ = c.st.Classify(err)
-			p.close(c, "slow consumer", nil)
+			// Timed out, or cut short because the hub ended the stream:
+			// Classify says which.
+			reason, _ := ending(c.st.Classify(err))
+			p.close(c, reason, nil)
 		default:
 			p.close(c, "client closed", nil)
 		}
@@ -384,18 +419,100 @@ func (p *pump) end(c *liveConn, reason string) {
 	}
 }
 
-// buffer returns an empty frames buffer from the pool.
-func (p *pump) buffer() *frames {
-	if f, ok := p.bufs.Get().(*frames); ok {
-		f.b = f.b[:0]
-		return f
+// Frames up to gatherLimit are gathered into one write; larger ones are
+// written from the message itself, which every recipient shares, so a
+// stream's backlog is never copied whole. Buffers that grew past
+// maxPooledBuffer are dropped rather than pooled, so one burst does not keep
+// its memory in the pool.
+const (
+	gatherLimit     = 32 << 10
+	maxPooledBuffer = 64 << 10
+	maxPooledFrames = 1024
+)
+
+// writer returns an empty liveWriter for raw from the pool.
+func (p *pump) writer(raw syscall.RawConn) *liveWriter {
+	w, ok := p.bufs.Get().(*liveWriter)
+	if !ok {
+		w = &liveWriter{buf: make([]byte, 0, 4096)}
 	}
-	return &frames{b: make([]byte, 0, 4096)}
+	w.raw = raw
+	return w
 }
 
-// frames collects a stream's SSE frames in memory.
-type frames struct{ b []byte }
+// release returns w to the pool, empty.
+func (p *pump) release(w *liveWriter) {
+	if cap(w.buf) > maxPooledBuffer {
+		w.buf = nil
+	}
+	clear(w.pending)
+	w.pending = w.pending[:0]
+	if cap(w.pending) > maxPooledFrames {
+		w.pending = nil
+	}
+	*w = liveWriter{buf: w.buf[:0], pending: w.pending}
+	p.bufs.Put(w)
+}
 
-func (f *frames) write(b []byte) error { f.b = append(f.b, b...); return nil }
+// liveWriter writes a stream's frames to its socket as they come, never
+// waiting: small frames are gathered in a bounded buffer, large ones are
+// written as they are. Once the socket stops taking data it is blocked, and
+// the frames still to write are only listed (they are the messages' own
+// bytes, not copies) for writeBlocked to finish.
+type liveWriter struct {
+	raw     syscall.RawConn
+	buf     []byte
+	blocked bool
+	pending [][]byte // once blocked: what is left to write, in order
+	err     error    // the socket failed; nothing more is written
+}
 
-func (f *frames) flush() error { return nil }
+func (w *liveWriter) write(b []byte) error {
+	switch {
+	case w.err != nil:
+		return w.err
+	case w.blocked:
+		w.pending = append(w.pending, b)
+		return nil
+	case len(w.buf)+len(b) <= gatherLimit:
+		w.buf = append(w.buf, b...)
+		return nil
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	switch {
+	case w.blocked:
+		w.pending = append(w.pending, b)
+	case len(b) <= gatherLimit:
+		w.buf = append(w.buf, b...)
+	default:
+		w.send(b)
+	}
+	return w.err
+}
+
+// flush writes the gathered frames, unless the socket is blocked.
+func (w *liveWriter) flush() error {
+	if w.err != nil || w.blocked || len(w.buf) == 0 {
+		return w.err
+	}
+	w.send(w.buf)
+	if !w.blocked {
+		w.buf = w.buf[:0]
+	}
+	return w.err
+}
+
+// send writes b without waiting; what the socket does not take is pending.
+// Once b is pending it must not change: buf is not appended to again.
+func (w *liveWriter) send(b []byte) {
+	n, err := writeNow(w.raw, b)
+	switch {
+	case err != nil:
+		w.err = err
+	case n < len(b):
+		w.blocked = true
+		w.pending = append(w.pending, b[n:])
+	}
+}

@@ -153,7 +153,7 @@ type served struct {
 // the streams' live part.
 func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump bool, writeTimeout ...time.Duration) served {
 	t.Helper()
-	h := hub.New(16)
+	h := hub.New(16, 0)
 	handler := &sse.Handler{
 		Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
 		Streams: &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
@@ -339,3 +339,49 @@ func TestShutdownDoesNotWaitForAClientThatStoppedReading(t *testing.T) {
 	}
 	_ = stalled
 }
+
+func TestAStalledStreamThatTheHubCutsOffStopsBeingWrittenAtOnce(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	// A write timeout far longer than the test: only the hub ending the
+	// stream can end the blocked write in time.
+	srv := handlerOnHub(t, db, time.Minute, true, time.Minute)
+	stalled := openRaw(t, srv.url, relaytest.Token(t, "zolo-1"))
+	relaytest.Eventually(t, 5*time.Second, "subscribed", func() bool { return srv.hub.Stats().Subscriptions == 1 })
+
+	// 16 MiB, more than loopback socket buffers hold: the pump takes them
+	// from the queue and ends up waiting on the socket.
+	const big = 8
+	payload := `{"fill":"` + strings.Repeat("x", 2<<20) + `"}`
+	events := make([]eventlog.Event, 0, big+20)
+	for i := range big {
+		events = append(events, event(int64(i+1), payload, "zowi-1", "location:loc-1"))
+	}
+	srv.hub.Publish(events)
+	time.Sleep(300 * time.Millisecond)
+	// Then more events than its queue of 16 holds: a slow consumer.
+	events = events[:0]
+	for i := range 20 {
+		events = append(events, event(int64(big+i+1), `{"n":1}`, "zowi-1", "location:loc-1"))
+	}
+	srv.hub.Publish(events)
+	if n := srv.hub.Stats().SlowConsumers; n != 1 {
+		t.Fatalf("slow consumers %d, want 1", n)
+	}
+
+	// Reading now would let a write that is still going finish all 16 MiB;
+	// one that was cut short leaves only what the socket buffers held.
+	_ = stalled.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := stalled.r.WriteTo(discard{})
+	if err != nil {
+		t.Fatalf("read the stalled stream to its end: %v after %d bytes", err, n)
+	}
+	if n >= big*2<<20 {
+		t.Errorf("the client got %d bytes after the hub cut it off: all %d events were still written", n, big)
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(b []byte) (int, error) { return len(b), nil }

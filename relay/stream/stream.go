@@ -72,6 +72,10 @@ type Opener struct {
 	Heartbeat time.Duration
 	// CatchupBatch is how many events one replay query reads.
 	CatchupBatch int
+	// CatchupBytes bounds the payload bytes one replay query reads (0: no
+	// bound), so that a replay holds about that much whatever the rows'
+	// sizes; a single larger row is still read.
+	CatchupBytes int
 	Observer     Observer
 	// Filters loads filters of opening streams (see filter.Batcher); nil
 	// loads each on its own.
@@ -252,9 +256,16 @@ func (st *Stream) Replay(ctx context.Context, sink Sink) error {
 }
 
 // Deliver writes the live events queued since the last call, without waiting
-// for more and without flushing.
+// for more and without flushing. It stops early, with the reason, if the hub
+// ends the stream meanwhile: a client cut off as too slow should not keep the
+// relay writing (and holding) the rest of what it had queued.
 func (st *Stream) Deliver(sink Sink) error {
 	for _, m := range st.sub.Next() {
+		select {
+		case <-st.sub.Done():
+			return st.sub.Err()
+		default:
+		}
 		// The hub may hold events this client already has: those replayed
 		// from the log, or a resume id ahead of this relay.
 		if !st.last.Less(m.ID) {
@@ -279,6 +290,9 @@ func (st *Stream) Notify(fn func()) { st.sub.Notify(fn) }
 // Err returns why the hub ended the stream, or nil while it is open.
 func (st *Stream) Err() error { return st.sub.Err() }
 
+// Done is closed when the hub ends the stream; Err then says why.
+func (st *Stream) Done() <-chan struct{} { return st.sub.Done() }
+
 // replay sends the events after `after` up to where live delivery starts, or
 // a reset if some of them were pruned. It returns the last position sent.
 //
@@ -294,7 +308,7 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 		if err != nil {
 			return cursor, err
 		}
-		events, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
+		events, more, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
 		if err != nil {
 			return cursor, err
 		}
@@ -324,7 +338,7 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 				obs.Delivered(m, false)
 			}
 		}
-		if len(events) < st.o.CatchupBatch {
+		if !more {
 			break
 		}
 		cursor = events[len(events)-1].ID
@@ -393,8 +407,9 @@ func (st *Stream) selector(keys match.Keys) eventlog.Selector {
 }
 
 // readBatch reads one batch of the replay and checks, in the same snapshot,
-// that nothing after cursor has been pruned.
-func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlog.Selector) (events []eventlog.Event, pruned bool, err error) {
+// that nothing after cursor has been pruned. more says the batch stopped at
+// a bound, in events or bytes, before the end of the range.
+func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlog.Selector) (events []eventlog.Event, more, pruned bool, err error) {
 	err = pgx.BeginTxFunc(ctx, st.o.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		horizon, err := eventlog.Horizon(ctx, tx)
 		if err != nil {
@@ -404,11 +419,11 @@ func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlo
 			pruned = true
 			return nil
 		}
-		events, err = eventlog.ReadRange(ctx, tx, cursor, st.activeFrom, sel, st.o.CatchupBatch)
+		events, more, err = eventlog.ReadRange(ctx, tx, cursor, st.activeFrom, sel, st.o.CatchupBatch, st.o.CatchupBytes)
 		return err
 	})
 	if err != nil {
-		return nil, false, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
+		return nil, false, false, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
 	}
-	return events, pruned, nil
+	return events, more, pruned, nil
 }

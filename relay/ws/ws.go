@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -174,7 +175,7 @@ func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.St
 		defer close(readDone)
 		cancel(discardMessages(ctx, conn))
 	}()
-	s := &sink{ctx: ctx, conn: conn, timeout: h.WriteTimeout, fail: cancel}
+	s := &sink{ctx: ctx, conn: conn, st: st, timeout: h.WriteTimeout, fail: cancel}
 	defer func() {
 		_ = conn.CloseNow()
 		<-readDone
@@ -266,10 +267,13 @@ func discardMessages(ctx context.Context, conn *websocket.Conn) error {
 	}
 }
 
-// sink writes a stream as WebSocket text messages, one per event.
+// sink writes a stream as WebSocket text messages, one per event. Messages
+// go to the socket as they are (the library copies nothing larger than its
+// 4 KiB write buffer), so a stream holds no buffer of its own.
 type sink struct {
 	ctx     context.Context
 	conn    *websocket.Conn
+	st      *stream.Stream
 	timeout time.Duration
 	fail    context.CancelCauseFunc
 
@@ -277,12 +281,42 @@ type sink struct {
 	pings   sync.WaitGroup
 }
 
+// largeWrite is the size from which a write stops as soon as the hub cuts
+// its stream off as a slow consumer.
+const largeWrite = 64 << 10
+
 func (s *sink) write(b []byte) error {
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
+	if len(b) >= largeWrite {
+		// A large message to a stalled client would otherwise stay pinned,
+		// with the batch it came in, until the write timeout, long after
+		// the hub gave up on the client. Small ones are not worth a
+		// goroutine: they pin little.
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case <-s.st.Done():
+				if errors.Is(s.st.Err(), hub.ErrSlowConsumer) {
+					cancel()
+				}
+			case <-stop:
+			}
+		}()
+	}
 	// On timeout the library closes the connection: a client that stops
 	// reading cannot hold a write for longer than this.
 	if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
+		if ended := s.st.Err(); ended != nil {
+			return ended // why it was cut short
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The write's own deadline passed first (the stream's context
+			// has none): the client stopped reading, the same condition as
+			// a full queue, which the stream classifies by this error.
+			return fmt.Errorf("write to client: %w (%w)", os.ErrDeadlineExceeded, err)
+		}
 		return fmt.Errorf("write to client: %w", err)
 	}
 	return nil

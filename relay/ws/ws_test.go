@@ -415,3 +415,24 @@ func TestWebSocketOriginsAreCheckedAgainstTheRelayAndCORSOrigins(t *testing.T) {
 		})
 	}
 }
+
+func TestWebSocketWriteThatTimesOutCountsAsASlowConsumer(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	// Queues roomy enough that only the write timeout can end the stream.
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) {
+		c.QueueBytes = 1 << 30
+		c.WriteTimeout = 300 * time.Millisecond
+	})
+	conn := relaytest.DialWS(t, r.URL, relaytest.Token(t, "zelo-1"), relaytest.SSEOptions{}, nil)
+	_ = conn // never read: the rows below fill the socket buffers
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
+	            SELECT repeat('x', 1000000), '{loc-2}', 'zowi-1' FROM generate_series(1, 40)`)
+	relaytest.Eventually(t, wait, "the stalled stream to end", func() bool {
+		return r.Server.Hub().Stats().Subscriptions == 0
+	})
+	if n := r.Server.Hub().Stats().SlowConsumers; n != 1 {
+		t.Errorf("slow consumers %d after a write timed out, want 1", n)
+	}
+}
