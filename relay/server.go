@@ -117,6 +117,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.reader = reader.New(reader.Config{
 		Channel: eventlog.AnnounceChannel, SafetyPoll: cfg.SafetyPoll, Batch: readBatch,
+		// Half a queue: a fast client drains one slice before the next.
+		BatchBytes:    cfg.QueueBytes / 2,
 		CatchupEvents: func(n int) { s.metrics.CatchupEvents(n) },
 	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, s.key, s.log)
 	s.streams = &stream.Opener{
@@ -343,12 +345,12 @@ type poolLog struct {
 	events *eventlog.Reader
 }
 
-func (l poolLog) ReadBetween(ctx context.Context, after, upto eventlog.ID, limit int) ([]eventlog.Event, error) {
-	return eventlog.ReadBetween(ctx, l.pool, after, upto, limit)
+func (l poolLog) ReadBetween(ctx context.Context, after, upto eventlog.ID, b eventlog.Batch) ([]eventlog.Event, bool, error) {
+	return eventlog.ReadBetweenBatch(ctx, l.pool, after, upto, b)
 }
 
-func (l poolLog) ReadAfter(ctx context.Context, after eventlog.ID, limit int) ([]eventlog.Event, error) {
-	return l.events.ReadAfter(ctx, l.pool, after, limit)
+func (l poolLog) ReadAfter(ctx context.Context, after eventlog.ID, b eventlog.Batch) ([]eventlog.Event, bool, error) {
+	return l.events.ReadAfterBatch(ctx, l.pool, after, b)
 }
 
 func (l poolLog) Forget() { l.events.Forget() }

@@ -140,16 +140,34 @@ func readAfter(ctx context.Context, q Querier, after ID, limit int, foreign []in
 	return query(ctx, q, fmt.Sprintf("read events after %s", after), readAfterSQL, after.Xid, after.Seq, limit, foreign)
 }
 
-// ReadBetween returns up to limit events in (after, upto], every topic, in
-// order. upto must be settled: returned by a read below the horizon, or
-// announced by the sequencer, which read it so.
-func ReadBetween(ctx context.Context, q Querier, after, upto ID, limit int) ([]Event, error) {
-	return query(ctx, q, fmt.Sprintf("read events in (%s, %s]", after, upto), `
+const readBetweenSQL = `
 SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
   FROM relay.events
  WHERE (xid, id) > ($1, $2) AND (xid, id) <= ($3, $4)
  ORDER BY xid, id
- LIMIT $5`, after.Xid, after.Seq, upto.Xid, upto.Seq, limit)
+ LIMIT $5`
+
+// ReadBetween returns up to limit events in (after, upto], every topic, in
+// order. upto must be settled: returned by a read below the horizon, or
+// announced by the sequencer, which read it so.
+func ReadBetween(ctx context.Context, q Querier, after, upto ID, limit int) ([]Event, error) {
+	return query(ctx, q, fmt.Sprintf("read events in (%s, %s]", after, upto), readBetweenSQL,
+		after.Xid, after.Seq, upto.Xid, upto.Seq, limit)
+}
+
+// Batch bounds one read: at most Events events, and no more once their rows
+// reach Bytes (0: no byte bound), so that a read holds a bounded amount of
+// memory whatever the rows' sizes. A read still returns one event, however
+// large, if there is one.
+type Batch struct {
+	Events, Bytes int
+}
+
+// ReadBetweenBatch is ReadBetween bounded by b. It reports full when it
+// stopped at a bound: there may be more events in the range.
+func ReadBetweenBatch(ctx context.Context, q Querier, after, upto ID, b Batch) ([]Event, bool, error) {
+	return queryBatch(ctx, q, fmt.Sprintf("read events in (%s, %s]", after, upto), b, readBetweenSQL,
+		after.Xid, after.Seq, upto.Xid, upto.Seq, b.Events)
 }
 
 const readRangeSQL = `
@@ -256,6 +274,34 @@ func query(ctx context.Context, q Querier, what, sql string, args ...any) ([]Eve
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return events, nil
+}
+
+// queryBatch reads events with sql, stopping at b's bounds. Rows past the
+// byte bound that the server already sent are read and dropped as the
+// result is closed, never kept.
+func queryBatch(ctx context.Context, q Querier, what string, b Batch, sql string, args ...any) ([]Event, bool, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", what, err)
+	}
+	defer rows.Close()
+	var events []Event
+	bytes := 0
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, false, fmt.Errorf("%s: %w", what, err)
+		}
+		events = append(events, e)
+		bytes += len(e.Payload)
+		if b.Bytes > 0 && bytes >= b.Bytes {
+			return events, true, nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("%s: %w", what, err)
+	}
+	return events, len(events) >= b.Events, nil
 }
 
 func collect(rows pgx.Rows) ([]Event, error) {
@@ -373,6 +419,16 @@ func (r *Reader) ReadAfter(ctx context.Context, q Querier, after ID, limit int) 
 		return nil, err
 	}
 	return readAfter(ctx, q, after, limit, foreign)
+}
+
+// ReadAfterBatch is ReadAfter bounded by b. It reports full when it stopped
+// at a bound: there may be more settled events.
+func (r *Reader) ReadAfterBatch(ctx context.Context, q Querier, after ID, b Batch) ([]Event, bool, error) {
+	foreign, err := r.foreignXIDs(ctx, q)
+	if err != nil {
+		return nil, false, err
+	}
+	return queryBatch(ctx, q, fmt.Sprintf("read events after %s", after), b, readAfterSQL, after.Xid, after.Seq, b.Events, foreign)
 }
 
 // Newest returns the newest settled position after after, and false if there

@@ -289,3 +289,48 @@ SELECT 'small-' || lpad(i::text, 2, '0'), 'x', '{loc-1}', 'zewi' FROM generate_s
 		t.Fatalf("batches of 250 KB read %v, want every event once, in order: %v", ids, want)
 	}
 }
+
+func TestReadsInBatchesStopOnceTheirRowsReachTheByteBoundButAlwaysReadOne(t *testing.T) {
+	t.Parallel()
+	db := newDB(t)
+	db.Exec(t, `
+INSERT INTO templates (id, name, share_location_ids, created_by)
+SELECT 'big-' || lpad(i::text, 2, '0'), repeat('x', 100000), '{loc-1}', 'zewi' FROM generate_series(1, 10) i;
+INSERT INTO templates (id, name, share_location_ids, created_by)
+SELECT 'small-' || lpad(i::text, 2, '0'), 'x', '{loc-1}', 'zewi' FROM generate_series(1, 10) i;`)
+	all := readUntil(t, db.Pool, eventlog.ID{}, 20)
+	reads := map[string]func(b eventlog.Batch) ([]eventlog.Event, bool, error){
+		"between": func(b eventlog.Batch) ([]eventlog.Event, bool, error) {
+			return eventlog.ReadBetweenBatch(context.Background(), db.Pool, eventlog.ID{}, all[19].ID, b)
+		},
+		"after": func(b eventlog.Batch) ([]eventlog.Event, bool, error) {
+			return eventlog.NewReader(time.Minute).ReadAfterBatch(context.Background(), db.Pool, eventlog.ID{}, b)
+		},
+	}
+	for name, read := range reads {
+		for _, c := range []struct {
+			b        eventlog.Batch
+			want     int
+			wantFull bool
+		}{
+			{eventlog.Batch{Events: 100, Bytes: 250_000}, 3, true},
+			{eventlog.Batch{Events: 100, Bytes: 1_000}, 1, true},
+			{eventlog.Batch{Events: 100}, 20, false},
+			{eventlog.Batch{Events: 2, Bytes: 10 << 20}, 2, true},
+			{eventlog.Batch{Events: 100, Bytes: 10 << 20}, 20, false},
+		} {
+			got, full, err := read(c.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != c.want || full != c.wantFull {
+				t.Errorf("%s %+v: got %d events (full %v), want %d (full %v)", name, c.b, len(got), full, c.want, c.wantFull)
+			}
+			for i, e := range got {
+				if e.ID != all[i].ID {
+					t.Fatalf("%s %+v: event %d is %s, want %s", name, c.b, i, e.ID, all[i].ID)
+				}
+			}
+		}
+	}
+}

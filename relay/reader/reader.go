@@ -28,14 +28,15 @@ type Hub interface {
 	PublishAfter(prev eventlog.ID, events []eventlog.Event) bool
 }
 
-// Log reads the durable log.
+// Log reads the durable log in batches; full reports that a read stopped at
+// the batch's bounds, so there may be more to read.
 type Log interface {
 	// ReadBetween reads events in (after, upto], without a horizon: the
 	// sequencer announced them as settled.
-	ReadBetween(ctx context.Context, after, upto eventlog.ID, limit int) ([]eventlog.Event, error)
+	ReadBetween(ctx context.Context, after, upto eventlog.ID, b eventlog.Batch) (events []eventlog.Event, full bool, err error)
 	// ReadAfter reads settled events after after, up to this relay's own
 	// horizon.
-	ReadAfter(ctx context.Context, after eventlog.ID, limit int) ([]eventlog.Event, error)
+	ReadAfter(ctx context.Context, after eventlog.ID, b eventlog.Batch) (events []eventlog.Event, full bool, err error)
 	// Forget drops what the log remembers between reads (the list of other
 	// databases' transactions), so the next read looks it up afresh.
 	Forget()
@@ -52,8 +53,11 @@ type Config struct {
 	Channel string
 	// SafetyPoll is the longest time between two full reads of the log.
 	SafetyPoll time.Duration
-	// Batch is how many events one log read returns.
+	// Batch is how many events one log read returns at most.
 	Batch int
+	// BatchBytes bounds the rows of one log read (0: no bound): a burst of
+	// large rows is published in slices a fast client's queue can hold.
+	BatchBytes int
 	// CatchupEvents, if set, is told how many events were read while the
 	// relay was catching up (after a listener reconnect).
 	CatchupEvents func(n int)
@@ -75,6 +79,11 @@ type Reader struct {
 	// up to it is committed, whatever this relay's own horizon says.
 	settledMu sync.Mutex
 	settled   eventlog.ID
+
+	// rowSize is the mean row size of the last read (0: none yet), so that
+	// a burst of large rows is not asked for a full batch at a time only to
+	// be cut at the byte bound after the server sent it all.
+	rowSize int
 
 	listening atomic.Bool
 	caughtUp  atomic.Bool
@@ -236,28 +245,52 @@ func (r *Reader) drain(ctx context.Context, full bool) error {
 		var err error
 		upto := r.settledUpto()
 		announced := !announcedDone && pos.Less(upto)
+		var more bool
+		batch := r.batch()
 		switch {
 		case announced:
-			events, err = r.log.ReadBetween(ctx, pos, upto, r.cfg.Batch)
+			events, more, err = r.log.ReadBetween(ctx, pos, upto, batch)
 			// Short of a batch: up to the announced position, or every
 			// event in between was pruned.
-			announcedDone = len(events) < r.cfg.Batch
+			announcedDone = !more
 		case full:
-			events, err = r.log.ReadAfter(ctx, pos, r.cfg.Batch)
+			events, more, err = r.log.ReadAfter(ctx, pos, batch)
 		default:
 			return nil
 		}
 		if err != nil {
 			return err
 		}
+		r.noteRowSize(events)
 		if catchingUp && r.cfg.CatchupEvents != nil {
 			r.cfg.CatchupEvents(len(events))
 		}
 		r.hub.Publish(events)
-		if announced || len(events) == r.cfg.Batch {
+		if announced || more {
 			continue
 		}
 		r.caughtUp.Store(true)
 		return nil
 	}
+}
+
+// batch returns the bounds of the next read: as many events as the last
+// read's rows suggest fit the byte bound, within Batch.
+func (r *Reader) batch() eventlog.Batch {
+	b := eventlog.Batch{Events: r.cfg.Batch, Bytes: r.cfg.BatchBytes}
+	if b.Bytes > 0 && r.rowSize > 0 {
+		b.Events = max(1, min(b.Events, b.Bytes/r.rowSize+1))
+	}
+	return b
+}
+
+func (r *Reader) noteRowSize(events []eventlog.Event) {
+	if len(events) == 0 {
+		return
+	}
+	total := 0
+	for _, e := range events {
+		total += len(e.Payload)
+	}
+	r.rowSize = max(1, total/len(events))
 }

@@ -67,31 +67,42 @@ type fakeLog struct {
 	events  []eventlog.Event
 	horizon eventlog.ID // ReadAfter returns nothing at or past it
 	reads   []string    // "between" or "after", in order
+	batches []eventlog.Batch
 	forgets int
 }
 
-func (l *fakeLog) ReadBetween(_ context.Context, after, upto eventlog.ID, limit int) ([]eventlog.Event, error) {
+func (l *fakeLog) ReadBetween(_ context.Context, after, upto eventlog.ID, b eventlog.Batch) ([]eventlog.Event, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reads = append(l.reads, "between")
-	return l.slice(after, func(id eventlog.ID) bool { return !upto.Less(id) }, limit), nil
+	events, full := l.slice(after, func(id eventlog.ID) bool { return !upto.Less(id) }, b)
+	return events, full, nil
 }
 
-func (l *fakeLog) ReadAfter(_ context.Context, after eventlog.ID, limit int) ([]eventlog.Event, error) {
+func (l *fakeLog) ReadAfter(_ context.Context, after eventlog.ID, b eventlog.Batch) ([]eventlog.Event, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reads = append(l.reads, "after")
-	return l.slice(after, func(id eventlog.ID) bool { return id.Less(l.horizon) }, limit), nil
+	events, full := l.slice(after, func(id eventlog.ID) bool { return id.Less(l.horizon) }, b)
+	return events, full, nil
 }
 
-func (l *fakeLog) slice(after eventlog.ID, ok func(eventlog.ID) bool, limit int) []eventlog.Event {
+// slice is what a read bounded by b returns, as eventlog's reads do.
+func (l *fakeLog) slice(after eventlog.ID, ok func(eventlog.ID) bool, b eventlog.Batch) ([]eventlog.Event, bool) {
 	var out []eventlog.Event
+	bytes := 0
+	l.batches = append(l.batches, b)
 	for _, e := range l.events {
-		if after.Less(e.ID) && ok(e.ID) && len(out) < limit {
-			out = append(out, e)
+		if !after.Less(e.ID) || !ok(e.ID) {
+			continue
 		}
+		if len(out) == b.Events || (b.Bytes > 0 && bytes >= b.Bytes) {
+			return out, true
+		}
+		out = append(out, e)
+		bytes += len(e.Payload)
 	}
-	return out
+	return out, false
 }
 
 func (l *fakeLog) Forget() {
@@ -134,11 +145,16 @@ type rig struct {
 // start and the given safety poll.
 func start(t *testing.T, n, at int64, safetyPoll time.Duration) *rig {
 	t.Helper()
+	return startBounded(t, n, at, safetyPoll, 2, 0)
+}
+
+func startBounded(t *testing.T, n, at int64, safetyPoll time.Duration, batch, batchBytes int) *rig {
+	t.Helper()
 	g := &rig{hub: &fakeHub{position: id(at)}, log: &fakeLog{horizon: id(n + 1)}, key: newKey(t)}
 	for i := int64(1); i <= n; i++ {
 		g.log.events = append(g.log.events, event(i))
 	}
-	g.r = reader.New(reader.Config{Channel: channel, SafetyPoll: safetyPoll, Batch: 2}, g.hub, g.log, g.key,
+	g.r = reader.New(reader.Config{Channel: channel, SafetyPoll: safetyPoll, Batch: batch, BatchBytes: batchBytes}, g.hub, g.log, g.key,
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -285,4 +301,30 @@ func TestAReconnectReadsUpToTheHorizonBeforeTheRelayIsReady(t *testing.T) {
 func TestTheSafetyPollReadsTheLogWhenNoAnnouncementCame(t *testing.T) {
 	g := start(t, 3, 0, 10*time.Millisecond)
 	eventually(t, "the log read without any notification", func() bool { return slices.Equal(g.hub.ids(), ids(1, 2, 3)) })
+}
+
+func TestABurstOfLargeRowsIsReadInSlicesBoundedInBytes(t *testing.T) {
+	g := startBounded(t, 0, 0, time.Hour, 1000, 3000)
+	g.log.mu.Lock()
+	for i := int64(1); i <= 9; i++ {
+		e := event(i)
+		e.Payload = make([]byte, 1000)
+		g.log.events = append(g.log.events, e)
+	}
+	g.log.horizon = id(100)
+	g.log.mu.Unlock()
+	g.announce(t, 0, nil, 9)
+	eventually(t, "all nine published", func() bool { return len(g.hub.ids()) == 9 })
+	g.log.mu.Lock()
+	defer g.log.mu.Unlock()
+	// After the first read, the reader asks for about as many rows as fit
+	// in 3,000 bytes, not for a batch of 1,000 cut short at the bound.
+	if len(g.log.batches) < 3 {
+		t.Fatalf("read %d times, want the nine rows in slices of about 3,000 bytes", len(g.log.batches))
+	}
+	for _, b := range g.log.batches[1:] {
+		if b.Bytes != 3000 || b.Events > 4 {
+			t.Errorf("read with bounds %+v, want at most 4 events and 3000 bytes", b)
+		}
+	}
 }
