@@ -2,12 +2,15 @@ package relay_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
@@ -106,5 +109,54 @@ func TestLogsOneLinePerStreamOpenAndCloseAndNeverTheToken(t *testing.T) {
 	}
 	if strings.Contains(all, relaytest.Secret) {
 		t.Error("the signing secret appears in the logs")
+	}
+}
+
+// Both transports admit streams through one gate: a refusal is answered and
+// logged alike whichever way the client came.
+func TestEveryTransportRefusesAndLogsAlike(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	logs := &relaytest.Buffer{}
+	r := relaytest.StartLogging(t, db.URL, relay.NewLogger(logs, relay.Config{LogLevel: "info", LogFormat: "json"}))
+	forged, err := auth.Issue([]byte("some-other-secret-0123456789"), "zolo-1", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusals := []struct {
+		query  string
+		status int
+	}{
+		{"?access_token=" + url.QueryEscape(forged), http.StatusUnauthorized},
+		{"?access_token=" + url.QueryEscape(relaytest.Token(t, "nobody-at-all")), http.StatusForbidden},
+		{"?topic=Nope&access_token=" + url.QueryEscape(relaytest.Token(t, "zolo-1")), http.StatusBadRequest},
+	}
+	open := map[string]func(query string) int{
+		"sse": func(query string) int { return relaytest.OpenSSE(t, r.URL+"/events"+query, nil).Status },
+		"ws": func(query string) int {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(r.URL, "http")+"/ws"+query, nil)
+			if err == nil {
+				conn.CloseNow()
+				return http.StatusSwitchingProtocols
+			}
+			return resp.StatusCode
+		},
+	}
+	for transport, open := range open {
+		for _, c := range refusals {
+			if got := open(c.query); got != c.status {
+				t.Errorf("%s %s: %d, want %d", transport, c.query, got, c.status)
+			}
+		}
+	}
+	byTransport := map[any]int{}
+	for _, rec := range logLines(t, logs, "stream refused") {
+		byTransport[rec["transport"]]++
+	}
+	if byTransport["sse"] != len(refusals) || byTransport["ws"] != len(refusals) {
+		t.Errorf("\"stream refused\" lines by transport: %v, want %d each", byTransport, len(refusals))
 	}
 }

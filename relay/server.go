@@ -10,7 +10,6 @@ package relay
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +29,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
+	"github.com/pgrelay/pgrelay/relay/httpjson"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
@@ -170,14 +170,14 @@ func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(s.corsMiddleware())
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+		httpjson.Write(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		status := http.StatusOK
 		if !s.Ready() {
 			status = http.StatusServiceUnavailable
 		}
-		writeJSON(w, status, map[string]any{
+		httpjson.Write(w, status, map[string]any{
 			"ready": status == http.StatusOK, "listening": s.reader.Listening(),
 			"caught_up": s.reader.CaughtUp(), "sequencer": s.isLeader.Load(), "relay": s.name,
 			"position": s.hub.Position().String(), "forged_notifications": s.reader.Forged(),
@@ -187,29 +187,21 @@ func (s *Server) routes() chi.Router {
 		r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
 	}
 	sseMetrics := s.metrics.Transport("sse")
+	gate := &stream.Gate{Auth: s.auth, Opener: s.streams, Limiter: s.limits, Log: s.log}
 	s.sse = &sse.Handler{
-		Auth: s.auth, Streams: s.streams, Log: s.log,
-		WriteTimeout: s.cfg.WriteTimeout, Heartbeat: s.cfg.Heartbeat, Retry: 2 * time.Second,
-		Limiter: s.limits, Connected: sseMetrics.Connected, Observer: sseMetrics,
+		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected},
+		Log: s.log, WriteTimeout: s.cfg.WriteTimeout, Heartbeat: s.cfg.Heartbeat, Retry: 2 * time.Second,
 	}
 	r.Method(http.MethodGet, "/events", s.sse)
 	wsMetrics := s.metrics.Transport("ws")
 	s.ws = &ws.Handler{
-		Auth: s.auth, Streams: s.streams, Log: s.log,
-		WriteTimeout: s.cfg.WriteTimeout, OriginPatterns: s.cfg.CORSOrigins,
-		Limiter: s.limits, Connected: wsMetrics.Connected, Observer: wsMetrics,
+		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
+		Log: s.log, WriteTimeout: s.cfg.WriteTimeout, OriginPatterns: s.cfg.CORSOrigins,
 	}
 	r.Method(http.MethodGet, "/ws", s.ws)
 	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev, Write: s.cfg.WriteAPI})
 	r.Handle("/*", web.Handler())
 	return r
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // Run serves on ln until ctx is done, then shuts down: streams are told to

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/httpjson"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
@@ -157,7 +158,7 @@ func (h *Handler) createTemplate(w http.ResponseWriter, r *http.Request) {
 		stream.WriteError(w, status, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, row)
+	httpjson.Write(w, http.StatusCreated, row)
 }
 
 // insertError maps a failed insert to an HTTP status: the database's own
@@ -193,7 +194,7 @@ func (h *Handler) me(w http.ResponseWriter, r *http.Request) {
 		h.Log.Error("load profile", "user", subject, "err", err)
 		stream.WriteError(w, http.StatusInternalServerError, err)
 	default:
-		writeJSON(w, http.StatusOK, body)
+		httpjson.Write(w, http.StatusOK, body)
 	}
 }
 
@@ -208,7 +209,7 @@ func (h *Handler) users(w http.ResponseWriter, r *http.Request) {
 		stream.WriteError(w, http.StatusInternalServerError, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, body)
+	httpjson.Write(w, http.StatusOK, body)
 }
 
 // decode reads one JSON object into v, refusing unknown fields and bodies
@@ -226,11 +227,4 @@ func decode(r *http.Request, v any) error {
 		return errors.New("body must hold a single JSON object")
 	}
 	return nil
-}
-
-func writeJSON(w http.ResponseWriter, status int, body json.RawMessage) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
 }

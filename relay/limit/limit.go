@@ -4,11 +4,8 @@
 package limit
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -82,25 +79,4 @@ func (l *Limiter) Open() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.total
-}
-
-// Admit is Acquire for HTTP transports: when the stream is refused it
-// answers the request (503 with Retry-After, or 429, and a JSON body
-// {"error": "..."}) and returns the error; the caller then only logs it.
-func (l *Limiter) Admit(w http.ResponseWriter, user string) (release func(), err error) {
-	release, err = l.Acquire(user)
-	if err == nil {
-		return release, nil
-	}
-	status := http.StatusTooManyRequests
-	if errors.Is(err, ErrRelayFull) {
-		status = http.StatusServiceUnavailable
-	}
-	retry := max(l.RetryAfter, time.Second)
-	w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
-	return nil, err
 }

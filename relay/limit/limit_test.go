@@ -2,8 +2,6 @@ package limit_test
 
 import (
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"sync"
 	"testing"
 
@@ -74,30 +72,25 @@ func TestLimiterHoldsItsCapUnderConcurrentAcquires(t *testing.T) {
 	}
 }
 
-func TestAdmitAnswers503WithRetryAfterOr429(t *testing.T) {
+func TestAFullRelayRefusesEveryoneBeforeTheSubscribersCapIsLookedAt(t *testing.T) {
 	t.Parallel()
 	l := limit.New(1, 1)
-	if _, err := l.Admit(httptest.NewRecorder(), "a"); err != nil {
+	if _, err := l.Acquire("a"); err != nil {
 		t.Fatal(err)
-	}
-	w := httptest.NewRecorder()
-	if _, err := l.Admit(w, "a"); err == nil {
-		t.Fatal("second stream admitted")
 	}
 	// The relay cap is checked first: a full relay tells every client to go
 	// elsewhere, whoever it is.
-	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
-		t.Errorf("full relay: got %d Retry-After %q, want 503 with Retry-After", w.Code, w.Header().Get("Retry-After"))
+	if _, err := l.Acquire("a"); !errors.Is(err, limit.ErrRelayFull) {
+		t.Errorf("second stream of a on a full relay: got %v, want ErrRelayFull", err)
 	}
 	l2 := limit.New(0, 1)
-	if _, err := l2.Admit(httptest.NewRecorder(), "a"); err != nil {
+	if _, err := l2.Acquire("a"); err != nil {
 		t.Fatal(err)
 	}
-	w = httptest.NewRecorder()
-	if _, err := l2.Admit(w, "a"); !errors.Is(err, limit.ErrUserFull) {
+	if _, err := l2.Acquire("a"); !errors.Is(err, limit.ErrUserFull) {
 		t.Fatalf("got %v, want ErrUserFull", err)
 	}
-	if w.Code != http.StatusTooManyRequests || w.Header().Get("Content-Type") != "application/json" {
-		t.Errorf("user cap: got %d %q, want 429 application/json", w.Code, w.Header().Get("Content-Type"))
+	if _, err := l2.Acquire("b"); err != nil {
+		t.Errorf("another subscriber refused: %v", err)
 	}
 }

@@ -64,13 +64,9 @@ const (
 
 // liveConn is one stream in the pump's care.
 type liveConn struct {
-	st     *stream.Stream
-	nc     net.Conn
-	raw    syscall.RawConn // nc's descriptor, for writes that must not wait; nil if it has none
-	user   string
-	opened time.Time
-	// release undoes the stream's admission (limits, metrics).
-	release   func()
+	adm       *stream.Admitted
+	nc        net.Conn
+	raw       syscall.RawConn // nc's descriptor, for writes that must not wait; nil if it has none
 	unwatch   func()
 	blockedOn bool // a blocked write owns the connection; guarded by pump.mu
 
@@ -181,11 +177,11 @@ func (p *pump) add(c *liveConn) bool {
 	})
 	if err != nil {
 		// Without a watch a closed client is noticed at the next heartbeat.
-		p.log.Warn("watch stream connection", "user", c.user, "err", err)
+		p.log.Warn("watch stream connection", "user", c.adm.Request.Subscriber, "err", err)
 		unwatch = func() {}
 	}
 	c.unwatch = unwatch
-	c.st.Notify(func() { p.wake(c) })
+	c.adm.Notify(func() { p.wake(c) })
 	// Events queued during the replay arrived before Notify was set.
 	p.finished(c)
 	p.wake(c)
@@ -260,20 +256,19 @@ func (p *pump) worker() {
 // serve writes what c has to send, or closes it.
 func (p *pump) serve(c *liveConn, t turn) {
 	if t.hungUp {
-		p.close(c, "client closed", nil)
+		p.close(c, stream.ErrClientGone, false)
 		return
 	}
-	err := c.st.Err()
+	err := c.adm.Err()
 	if err == nil && t.stopping {
 		err = hub.ErrShutdown
 	}
 	if err != nil {
-		reason, notice := ending(err)
-		p.close(c, reason, notice)
+		p.close(c, err, true)
 		return
 	}
 	w := p.writer(c.raw)
-	err = c.st.Deliver(frameSink[*liveWriter]{w})
+	err = c.adm.Deliver(frameSink[*liveWriter]{w})
 	if err == nil && t.ping {
 		err = w.write(pingFrame)
 	}
@@ -283,17 +278,13 @@ func (p *pump) serve(c *liveConn, t turn) {
 	switch {
 	case w.err != nil:
 		p.release(w)
-		p.close(c, "client closed", nil)
+		p.close(c, stream.ErrClientGone, false)
 		return
 	case err != nil:
 		// The hub ended the stream during Deliver. Its notice can follow
 		// only whole frames, so not what a stalled socket cut short.
-		reason, notice := ending(err)
-		if w.blocked {
-			notice = nil
-		}
 		p.release(w)
-		p.close(c, reason, notice)
+		p.close(c, err, !w.blocked)
 		return
 	case !w.blocked:
 		p.release(w)
@@ -308,7 +299,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 	p.mu.Unlock()
 	if stopping {
 		p.release(w)
-		p.close(c, "shutdown", nil)
+		p.close(c, hub.ErrShutdown, false)
 		return
 	}
 	p.blocked.Add(1)
@@ -320,7 +311,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 // cut off as too slow lets go of its frames at once, not at the timeout.
 func (p *pump) writeBlocked(c *liveConn, w *liveWriter) {
 	defer p.blocked.Done()
-	ended := c.st.Done()
+	ended := c.adm.Done()
 	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -361,48 +352,45 @@ func (p *pump) writeBlocked(c *liveConn, w *liveWriter) {
 		p.mu.Unlock()
 		switch {
 		case stopping:
-			p.close(c, "shutdown", nil)
+			p.close(c, hub.ErrShutdown, false)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// Timed out, or cut short because the hub ended the stream:
 			// Classify says which.
-			reason, _ := ending(c.st.Classify(err))
-			p.close(c, reason, nil)
+			p.close(c, c.adm.Classify(err), false)
 		default:
-			p.close(c, "client closed", nil)
+			p.close(c, stream.ErrClientGone, false)
 		}
 		return
 	}
 	p.finished(c)
 }
 
-// close ends c, writing notice first if the socket takes it at once. The
-// caller owns c.
-func (p *pump) close(c *liveConn, reason string, notice []byte) {
-	if notice != nil {
-		_, _ = writeNow(c.raw, notice)
+// close ends c for err, first telling the client why if notify and the
+// socket takes the notice at once. The caller owns c.
+func (p *pump) close(c *liveConn, err error, notify bool) {
+	if n := notice(stream.Ending(err)); notify && n != nil {
+		_, _ = writeNow(c.raw, n)
 	}
 	if c.unwatch != nil {
 		c.unwatch()
 	}
-	p.end(c, reason)
+	p.end(c, err)
 }
 
 // closeUnowned ends a stream that never reached the pump (its replay failed
 // or the pump is stopping); nothing else writes to it, so the notice may wait
 // a moment for the socket.
-func (p *pump) closeUnowned(c *liveConn, reason string, notice []byte) {
-	if notice != nil {
+func (p *pump) closeUnowned(c *liveConn, err error, notify bool) {
+	if n := notice(stream.Ending(err)); notify && n != nil {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = c.nc.Write(notice)
+		_, _ = c.nc.Write(n)
 	}
-	p.end(c, reason)
+	p.end(c, err)
 }
 
-func (p *pump) end(c *liveConn, reason string) {
+func (p *pump) end(c *liveConn, err error) {
 	_ = c.nc.Close()
-	c.st.Close()
-	c.release()
-	p.log.Info("stream closed", "transport", "sse", "user", c.user, "reason", reason, "duration", time.Since(c.opened).Round(time.Millisecond))
+	c.adm.End(err)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c.state = gone

@@ -9,40 +9,31 @@ package sse
 import (
 	"bufio"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
-	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
 // Handler serves GET /events.
 type Handler struct {
-	Auth    *auth.Verifier
-	Streams *stream.Opener
-	Log     *slog.Logger
+	// Gate admits requests, as for every transport; Transport names this
+	// one to it.
+	Gate      *stream.Gate
+	Transport stream.Transport
+	Log       *slog.Logger
 	// WriteTimeout bounds one write to a client that stopped reading.
 	WriteTimeout time.Duration
 	// Retry is the reconnect delay suggested to clients.
 	Retry time.Duration
-	// Connected, if set, is called with +1 when a stream opens and -1 when
-	// it closes.
-	Connected func(delta int)
-	// Limiter, if set, caps open streams (shared with the other transports).
-	Limiter *limit.Limiter
-	// Observer, if set, is told of every event this transport delivers.
-	Observer stream.Observer
 	// Heartbeat is the keep-alive interval of streams served by Run.
 	Heartbeat time.Duration
 
@@ -86,66 +77,17 @@ func (h *Handler) livePump() *pump {
 	return h.pump
 }
 
-// refuse answers a request that gets no stream, and logs why (never the
-// token: errors from auth describe it without echoing it).
-func (h *Handler) refuse(w http.ResponseWriter, user string, err error) {
-	status := stream.Status(err)
-	if status == http.StatusInternalServerError {
-		// Almost always the database being unreachable: tell the client to
-		// come back rather than that it did something wrong.
-		h.Log.Error("open event stream", "transport", "sse", "user", user, "err", err)
-		status = http.StatusServiceUnavailable
-		w.Header().Set("Retry-After", "2")
-	} else {
-		h.Log.Info("stream refused", "transport", "sse", "user", user, "status", status, "reason", stream.LogReason(err))
-	}
-	stream.WriteError(w, status, err)
-}
-
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id, err := h.Auth.Authenticate(r)
-	if err != nil {
-		h.refuse(w, "", err)
+	adm, ok := h.Gate.Admit(w, r, h.Transport)
+	if !ok {
 		return
 	}
-	subscriber := id.Subject
-	req, err := stream.ParseRequest(r)
-	if err != nil {
-		h.refuse(w, subscriber, err)
-		return
-	}
-	req.Subscriber = subscriber
-	req.Expires = id.Expires
-	req.Observer = h.Observer
-	admitted, err := h.Limiter.Admit(w, subscriber)
-	if err != nil {
-		h.Log.Info("stream refused", "transport", "sse", "user", subscriber, "reason", err.Error())
-		return
-	}
-	st, err := h.Streams.Open(r.Context(), req)
-	if err != nil {
-		admitted()
-		h.refuse(w, subscriber, err)
-		return
-	}
-	if h.Connected != nil {
-		h.Connected(1)
-	}
-	release := func() {
-		if h.Connected != nil {
-			h.Connected(-1)
-		}
-		admitted()
-	}
-	h.Log.Info("stream opened", "transport", "sse", "user", subscriber, "topics", req.Topics, "resume", req.After != nil)
 	if p := h.livePump(); p != nil && r.ProtoMajor == 1 {
-		if h.serveLive(w, r, p, &liveConn{st: st, user: subscriber, opened: time.Now(), release: release}) {
+		if h.serveLive(w, r, p, &liveConn{adm: adm}) {
 			return
 		}
 	}
-	defer release()
-	defer st.Close()
-	h.serveOnRequest(w, r, st, subscriber)
+	h.serveOnRequest(w, r, adm)
 }
 
 // serveLive takes the connection over from net/http, writes the response
@@ -174,58 +116,48 @@ func (h *Handler) serveLive(w http.ResponseWriter, r *http.Request, p *pump, c *
 		err = cs.write(h.retryFrame())
 	}
 	if err == nil {
-		err = c.st.Classify(c.st.Replay(r.Context(), frameSink[*connSink]{cs}))
+		err = c.adm.Classify(c.adm.Replay(r.Context(), frameSink[*connSink]{cs}))
 	}
 	if err != nil {
-		reason, notice := ending(err)
-		if reason == "error" && !errors.Is(err, os.ErrDeadlineExceeded) {
-			h.Log.Warn("stream failed", "transport", "sse", "user", c.user, "err", err)
-		}
 		// A replay the hub ended (subscriber deleted, token expired) stops
 		// between two events, with frames still buffered: the notice goes
 		// after them, on a line of its own. After a failed write the stream
 		// may stop inside a frame, and a notice would read as the rest of
 		// it; the client is better served by EOF alone, which drops the
 		// incomplete event.
-		if notice != nil && !cs.failed {
+		if n := notice(stream.Ending(err)); n != nil && !cs.failed {
 			cs.timeout = min(cs.timeout, time.Second)
-			if cs.write(notice) == nil {
+			if cs.write(n) == nil {
 				_ = cs.flush()
 			}
 		}
 		h.writers.put(bw)
-		p.closeUnowned(c, reason, nil)
+		p.closeUnowned(c, err, false)
 		return true
 	}
 	h.writers.put(bw)
 	if !p.add(c) {
-		reason, notice := ending(hub.ErrShutdown)
-		p.closeUnowned(c, reason, notice)
+		p.closeUnowned(c, hub.ErrShutdown, true)
 	}
 	return true
 }
 
 // serveOnRequest streams on the request's goroutine through net/http: for
 // connections that cannot be taken over (HTTP/2) or when no pump runs.
-func (h *Handler) serveOnRequest(w http.ResponseWriter, r *http.Request, st *stream.Stream, subscriber string) {
+func (h *Handler) serveOnRequest(w http.ResponseWriter, r *http.Request, adm *stream.Admitted) {
 	rc := http.NewResponseController(w)
 	setStreamHeaders(w.Header())
 	w.WriteHeader(http.StatusOK)
 	rs := &responseSink{w: w, rc: rc, timeout: h.WriteTimeout}
-	start := time.Now()
-	if err := rs.write(h.retryFrame()); err != nil {
-		return
+	err := rs.write(h.retryFrame())
+	if err == nil {
+		err = adm.Run(r.Context(), frameSink[*responseSink]{rs})
+		if n := notice(stream.Ending(err)); n != nil {
+			_ = rs.write(n)
+			_ = rc.Flush()
+		}
 	}
-	err := st.Run(r.Context(), frameSink[*responseSink]{rs})
-	reason, notice := ending(err)
-	if notice != nil {
-		_ = rs.write(notice)
-		_ = rc.Flush()
-	}
-	if reason == "error" {
-		h.Log.Warn("stream failed", "transport", "sse", "user", subscriber, "err", err)
-	}
-	h.Log.Info("stream closed", "transport", "sse", "user", subscriber, "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
+	adm.End(err)
 }
 
 func setStreamHeaders(hdr http.Header) {
@@ -238,22 +170,20 @@ func (h *Handler) retryFrame() []byte {
 	return []byte("retry: " + strconv.Itoa(int(h.Retry/time.Millisecond)) + "\n\n")
 }
 
-// ending names why a stream ended, for the log, and the comment that tells
-// the client (nil when there is nobody left to tell).
-func ending(err error) (reason string, notice []byte) {
-	switch {
-	case errors.Is(err, hub.ErrShutdown):
-		return "shutdown", []byte(": relay shutting down, reconnect\n\n")
-	case errors.Is(err, hub.ErrSlowConsumer):
-		return "slow consumer", []byte(": closed: slow consumer, resume with Last-Event-ID\n\n")
-	case errors.Is(err, hub.ErrSubscriberGone):
-		return "subscriber deleted", []byte(": closed: subscriber no longer exists\n\n")
-	case errors.Is(err, hub.ErrTokenExpired):
-		return "token expired", []byte(": closed: token expired, reconnect with a fresh token and Last-Event-ID\n\n")
-	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, hub.ErrClosed):
-		return "client closed", nil
+// notice is the comment that tells the client why its stream ends, or nil
+// when there is nobody left to tell.
+func notice(e stream.End) []byte {
+	switch e {
+	case stream.EndShutdown:
+		return []byte(": relay shutting down, reconnect\n\n")
+	case stream.EndSlowConsumer:
+		return []byte(": closed: slow consumer, resume with Last-Event-ID\n\n")
+	case stream.EndSubscriberGone:
+		return []byte(": closed: subscriber no longer exists\n\n")
+	case stream.EndTokenExpired:
+		return []byte(": closed: token expired, reconnect with a fresh token and Last-Event-ID\n\n")
 	default:
-		return "error", nil
+		return nil
 	}
 }
 

@@ -155,10 +155,14 @@ func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump boo
 	t.Helper()
 	h := hub.New(16, 0)
 	handler := &sse.Handler{
-		Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
-		Streams: &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
-		Log:     relaytest.Logger(), WriteTimeout: time.Second, Heartbeat: heartbeat, Retry: 1500 * time.Millisecond,
-		Limiter: limit.New(0, 0),
+		Gate: &stream.Gate{
+			Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
+			Opener:  &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
+			Limiter: limit.New(0, 0),
+			Log:     relaytest.Logger(),
+		},
+		Transport: stream.Transport{Name: "sse"},
+		Log:       relaytest.Logger(), WriteTimeout: time.Second, Heartbeat: heartbeat, Retry: 1500 * time.Millisecond,
 	}
 	if len(writeTimeout) > 0 {
 		handler.WriteTimeout = writeTimeout[0]

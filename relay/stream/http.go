@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,7 +10,9 @@ import (
 
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/httpjson"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/limit"
 )
 
 // ErrBadRequest wraps every problem with a request's parameters (HTTP 400).
@@ -84,29 +85,39 @@ func Status(err error) int {
 		return http.StatusForbidden
 	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrUnknownTopic):
 		return http.StatusBadRequest
-	case errors.Is(err, hub.ErrShutdown):
+	case errors.Is(err, limit.ErrUserFull):
+		return http.StatusTooManyRequests
+	case errors.Is(err, hub.ErrShutdown), errors.Is(err, limit.ErrRelayFull):
 		return http.StatusServiceUnavailable
 	default:
+		var r *Refusal
+		if errors.As(err, &r) {
+			return r.Status
+		}
 		return http.StatusInternalServerError
 	}
 }
+
+// Refusal is a transport's own reason not to serve a request, with the
+// status and headers to answer it with (for example 426 and Upgrade for a
+// plain GET on the WebSocket endpoint).
+type Refusal struct {
+	Status int
+	Header http.Header
+	Err    error
+}
+
+func (r *Refusal) Error() string { return r.Err.Error() }
+func (r *Refusal) Unwrap() error { return r.Err }
 
 // WriteError answers with status and a JSON body {"error": "..."}. Internal
 // errors are not described to the client.
 func WriteError(w http.ResponseWriter, status int, err error) {
 	msg := err.Error()
-	if status >= http.StatusInternalServerError && !errors.Is(err, hub.ErrShutdown) {
+	if status >= http.StatusInternalServerError && !errors.Is(err, hub.ErrShutdown) && !errors.Is(err, limit.ErrRelayFull) {
 		msg = "temporarily unavailable; retry shortly"
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	if status == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="pgrelay"`)
-	}
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(map[string]string{"error": msg})
+	httpjson.Error(w, status, msg)
 }
 
 // LogReason describes why a request was refused for the relay's log. It
@@ -126,7 +137,15 @@ func LogReason(err error) string {
 		return "bad request parameter"
 	case errors.Is(err, hub.ErrShutdown):
 		return "shutting down"
+	case errors.Is(err, limit.ErrRelayFull):
+		return "relay at its connection limit"
+	case errors.Is(err, limit.ErrUserFull):
+		return "subscriber at its connection limit"
 	default:
+		var r *Refusal
+		if errors.As(err, &r) {
+			return "not served by this transport"
+		}
 		return "error"
 	}
 }

@@ -26,10 +26,8 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
-	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
@@ -68,27 +66,20 @@ const maxClientMessage = 4 << 10
 // errNotWebSocket answers a plain GET on the WebSocket endpoint.
 var errNotWebSocket = errors.New("this endpoint speaks WebSocket: send an Upgrade: websocket request (use GET /events for Server-Sent Events)")
 
-// errNoPong ends a stream whose client stopped answering pings.
-var errNoPong = errors.New("client did not answer a ping")
-
 // Handler serves GET /ws.
 type Handler struct {
-	Auth    *auth.Verifier
-	Streams *stream.Opener
-	Log     *slog.Logger
+	// Gate admits requests, as for every transport; Transport names this
+	// one to it (its Check is set by ServeHTTP: the request must be a
+	// WebSocket handshake).
+	Gate      *stream.Gate
+	Transport stream.Transport
+	Log       *slog.Logger
 	// WriteTimeout bounds one write to a client, and the wait for the pong
 	// that answers a keep-alive ping.
 	WriteTimeout time.Duration
 	// OriginPatterns are the browser origins allowed besides the relay's own:
 	// scheme://host[:port] as in --cors-origins ("*" allows any origin).
 	OriginPatterns []string
-	// Connected, if set, is called with +1 when a stream opens and -1 when
-	// it closes.
-	Connected func(delta int)
-	// Limiter, if set, caps open streams in total and per subscriber.
-	Limiter *limit.Limiter
-	// Observer, if set, is told of deliveries (metrics).
-	Observer stream.Observer
 
 	// active counts upgraded connections, so shutdown can wait for their
 	// close handshakes: net/http's Shutdown does not track hijacked
@@ -99,52 +90,23 @@ type Handler struct {
 	drained chan struct{} // closed when active drops to zero, if someone waits
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id, err := h.Auth.Authenticate(r)
-	if err != nil {
-		stream.WriteError(w, stream.Status(err), err)
-		return
-	}
-	subscriber := id.Subject
-	req, err := stream.ParseRequest(r)
-	if err != nil {
-		stream.WriteError(w, stream.Status(err), err)
-		return
-	}
+// handshake refuses a request that is not a WebSocket handshake.
+func handshake(r *http.Request) error {
 	if !headerHasToken(r.Header, "Upgrade", "websocket") {
-		w.Header().Set("Upgrade", "websocket")
-		stream.WriteError(w, http.StatusUpgradeRequired, errNotWebSocket)
-		return
+		return &stream.Refusal{Status: http.StatusUpgradeRequired, Header: http.Header{"Upgrade": {"websocket"}}, Err: errNotWebSocket}
 	}
-	req.Subscriber = subscriber
-	req.Expires = id.Expires
-	req.Observer = h.Observer
-	if h.Limiter != nil {
-		release, err := h.Limiter.Admit(w, subscriber)
-		if err != nil {
-			h.Log.Info("websocket refused", "user", subscriber, "reason", err.Error())
-			return
-		}
-		defer release()
-	}
-	// Opened before the upgrade so an unknown subscriber or topic is still
-	// an HTTP answer, and so live delivery starts from the moment of the
-	// handshake.
-	st, err := h.Streams.Open(r.Context(), req)
-	if err != nil {
-		status := stream.Status(err)
-		if status == http.StatusInternalServerError {
-			// Almost always the database being unreachable: ask the client
-			// to come back.
-			h.Log.Error("open event stream", "transport", "ws", "user", subscriber, "err", err)
-			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "2")
-		}
-		stream.WriteError(w, status, err)
-		return
-	}
-	defer st.Close()
+	return nil
+}
 
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t := h.Transport
+	t.Check = handshake
+	// Opened before the upgrade so that every refusal is still an HTTP
+	// answer, and so live delivery starts from the moment of the handshake.
+	adm, ok := h.Gate.Admit(w, r, t)
+	if !ok {
+		return
+	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		OriginPatterns:     h.OriginPatterns,
 		InsecureSkipVerify: slices.Contains(h.OriginPatterns, "*"),
@@ -152,20 +114,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Accept has answered (403 for a foreign origin, 400 for a bad
 		// handshake).
-		h.Log.Info("websocket refused", "user", subscriber, "origin", r.Header.Get("Origin"), "err", err)
+		adm.Refuse("websocket handshake failed", err)
 		return
 	}
 	defer h.track()()
-	if h.Connected != nil {
-		h.Connected(1)
-		defer h.Connected(-1)
-	}
-	h.serve(r.Context(), conn, st, req)
+	adm.End(h.serve(r.Context(), conn, adm))
 }
 
-// serve runs an upgraded connection until the stream ends, then closes it
-// with the code that says why.
-func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.Stream, req stream.Request) {
+// closes are the close frames that tell a client why its stream ended.
+var closes = map[stream.End]struct {
+	code   websocket.StatusCode
+	reason string
+}{
+	stream.EndShutdown:       {CloseShutdown, ReasonShutdown},
+	stream.EndSlowConsumer:   {CloseSlowConsumer, ReasonSlowConsumer},
+	stream.EndSubscriberGone: {CloseSubscriberGone, ReasonSubscriberGone},
+	stream.EndTokenExpired:   {CloseUnauthorized, ReasonTokenExpired},
+}
+
+// serve runs an upgraded connection until the stream ends, closes it with
+// the code that says why, and returns the error the stream ended with.
+func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.Admitted) error {
 	conn.SetReadLimit(maxClientMessage)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -175,43 +144,32 @@ func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.St
 		defer close(readDone)
 		cancel(discardMessages(ctx, conn))
 	}()
-	s := &sink{ctx: ctx, conn: conn, st: st, timeout: h.WriteTimeout, fail: cancel}
+	s := &sink{ctx: ctx, conn: conn, st: st.Stream, timeout: h.WriteTimeout, fail: cancel}
 	defer func() {
 		_ = conn.CloseNow()
 		<-readDone
 		s.pings.Wait()
 	}()
 
-	start := time.Now()
-	h.Log.Info("stream opened", "transport", "ws", "user", req.Subscriber, "topics", req.Topics, "resume", req.After != nil)
 	err := st.Run(ctx, s)
-	reason := "client closed"
+	end := stream.Ending(err)
+	if c, ok := closes[end]; ok {
+		_ = conn.Close(c.code, c.reason)
+		return err
+	}
 	switch {
-	case errors.Is(err, hub.ErrShutdown):
-		reason = "shutdown"
-		_ = conn.Close(CloseShutdown, ReasonShutdown)
-	case errors.Is(err, hub.ErrSlowConsumer):
-		reason = "slow consumer"
-		_ = conn.Close(CloseSlowConsumer, ReasonSlowConsumer)
-	case errors.Is(err, hub.ErrSubscriberGone):
-		reason = "subscriber deleted"
-		_ = conn.Close(CloseSubscriberGone, ReasonSubscriberGone)
-	case errors.Is(err, hub.ErrTokenExpired):
-		reason = "token expired"
-		_ = conn.Close(CloseUnauthorized, ReasonTokenExpired)
-	case errors.Is(context.Cause(ctx), errNoPong):
-		reason = "no pong"
+	case errors.Is(context.Cause(ctx), stream.ErrUnresponsive):
+		return stream.ErrUnresponsive
 	case ctx.Err() != nil:
 		// The client closed (the library has answered its close frame) or
 		// the connection broke.
+		return stream.ErrClientGone
 	case err != nil:
 		// A failed write has already closed the connection; anything else
 		// is the relay's fault.
-		reason = "error"
-		h.Log.Warn("stream failed", "transport", "ws", "user", req.Subscriber, "err", err)
 		_ = conn.Close(websocket.StatusInternalError, reasonInternal)
 	}
-	h.Log.Info("stream closed", "transport", "ws", "user", req.Subscriber, "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
+	return err
 }
 
 // track counts one upgraded connection until the returned func is called.
@@ -347,7 +305,7 @@ func (s *sink) Heartbeat() error {
 		ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 		defer cancel()
 		if err := s.conn.Ping(ctx); err != nil && s.ctx.Err() == nil {
-			s.fail(fmt.Errorf("%w: %w", errNoPong, err))
+			s.fail(fmt.Errorf("%w: %w", stream.ErrUnresponsive, err))
 		}
 	}()
 	return nil
