@@ -412,3 +412,12 @@ func ConfigDefaults() []string {
 	}
 	return lines
 }
+
+// listenURL is where the relay's dedicated sessions (the listener and the
+// sequencer) connect: they need a real session, not a transaction pooler.
+func (c Config) listenURL() string {
+	if c.ListenDatabaseURL != "" {
+		return c.ListenDatabaseURL
+	}
+	return c.DatabaseURL
+}

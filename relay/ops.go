@@ -42,9 +42,13 @@ func (s *Server) newMetrics() *metrics.Metrics {
 		ForgedNotifications: s.reader.Forged,
 		SlowConsumers:       func() uint64 { return s.hub.Stats().SlowConsumers },
 		Subscriptions:       func() int { return s.hub.Stats().Subscriptions },
-		ListenerReconnects:  s.reconnects.Load,
-		Ready:               s.Ready,
-		Leader:              s.isLeader.Load,
+		ListenerReconnects:  s.listener.Reconnects,
+		CatchupEvents:       s.reader.CatchupEvents,
+		FilterReloads:       s.refresher.Reloads,
+
+		FilterReloadedSubscribers: s.refresher.ReloadedSubscribers,
+		Ready:                     s.Ready,
+		Leader:                    s.isLeader.Load,
 		NotificationQueueUsage: func(ctx context.Context) (float64, error) {
 			var usage float64
 			if err := s.pool.QueryRow(ctx, "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {

@@ -19,28 +19,21 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/pgrelay/pgrelay/relay/api"
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
-	"github.com/pgrelay/pgrelay/relay/httpjson"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
 	"github.com/pgrelay/pgrelay/relay/metrics"
 	"github.com/pgrelay/pgrelay/relay/reader"
-	"github.com/pgrelay/pgrelay/relay/seal"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
 	"github.com/pgrelay/pgrelay/relay/ws"
-	"github.com/pgrelay/pgrelay/web"
 )
 
 // Application names the relay's database sessions carry, so operators (and
@@ -53,107 +46,82 @@ const (
 // readBatch is how many events one log read returns.
 const readBatch = 1000
 
-// Server is one relay instance.
+// Server is one relay instance: the parts New builds, which Run runs.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	pool      *pgxpool.Pool
-	hub       *hub.Hub
-	streams   *stream.Opener
-	refresher *filter.Refresher
-	auth      *auth.Verifier
-	limits    *limit.Limiter
-	metrics   *metrics.Metrics
-	name      string
-	router    chi.Router
-	ws        *ws.Handler
-	sse       *sse.Handler
+	cfg  Config
+	log  *slog.Logger
+	name string
+	pool *pgxpool.Pool
 
-	reader     *reader.Reader
-	key        *seal.Key
-	isLeader   atomic.Bool
-	reconnects atomic.Uint64
+	hub       *hub.Hub
+	reader    *reader.Reader
+	listener  *listen.Listener
+	sequencer *sequencer.Sequencer
+	refresher *filter.Refresher
+	metrics   *metrics.Metrics
+	sse       *sse.Handler
+	ws        *ws.Handler
+	router    chi.Router
+
+	isLeader atomic.Bool
 }
 
 // New connects to the database, checks that it is migrated, and builds a
-// relay. Call Run to serve.
+// relay. Call Run to serve. Each part is built from the parts before it.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
-	if err != nil {
-		return nil, fmt.Errorf("bad database URL: %w", err)
-	}
-	poolCfg.ConnConfig.RuntimeParams["application_name"] = ApplicationName
-	poolCfg.MaxConns = int32(cfg.PoolSize)
-	if poolCfg.ConnConfig.ConnectTimeout == 0 {
-		poolCfg.ConnConfig.ConnectTimeout = 10 * time.Second
-	}
-	poolCfg.ConnConfig.BuildContextWatcherHandler = cancelOnServer
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return nil, fmt.Errorf("open database pool: %w", err)
-	}
 	name := cfg.InstanceName()
-	s := &Server{
-		cfg:    cfg,
-		name:   name,
-		log:    log.With("relay", name),
-		pool:   pool,
-		hub:    hub.New(cfg.QueueSize, cfg.QueueBytes),
-		limits: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
-		auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
-			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
-		}),
+	s := &Server{cfg: cfg, name: name, log: log.With("relay", name)}
+	pool, err := openPool(ctx, cfg)
+	if err != nil {
+		return nil, err
 	}
-	if err := s.checkSchema(ctx); err != nil {
+	s.pool = pool
+	tail, key, err := checkSchema(ctx, pool)
+	if err != nil {
 		pool.Close()
 		return nil, err
 	}
-	if s.key, err = seal.Load(ctx, pool); err != nil {
-		pool.Close()
-		return nil, err
-	}
+
+	s.hub = hub.New(cfg.QueueSize, cfg.QueueBytes)
+	s.hub.Start(tail)
 	s.reader = reader.New(reader.Config{
 		Channel: eventlog.AnnounceChannel, SafetyPoll: cfg.SafetyPoll, Batch: readBatch,
 		// Half a queue: a fast client drains one slice before the next.
-		BatchBytes:    cfg.QueueBytes / 2,
-		CatchupEvents: func(n int) { s.metrics.CatchupEvents(n) },
-	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, s.key, s.log)
-	s.streams = &stream.Opener{
-		Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
-		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
-	}
+		BatchBytes: cfg.QueueBytes / 2,
+	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, key, s.log)
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
+	s.listener = listen.New(connector(cfg.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
+	s.sequencer = sequencer.New(connector(cfg.listenURL(), ApplicationName), key, sequencer.Config{
+		Poll: cfg.PollInterval, IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: time.Second,
+		OnLeader: s.isLeader.Store, Duties: s.pruneLog,
+	}, s.log)
 	s.metrics = s.newMetrics()
-	s.refresher.Reloaded = s.metrics.FiltersReloaded
-	s.router = s.routes()
-	return s, nil
-}
 
-// checkSchema fails early, with advice, when the database is unreachable or
-// not migrated, and positions the hub at the end of the log.
-func (s *Server) checkSchema(ctx context.Context) error {
-	if err := s.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("connect to database: %w", err)
+	gate := &stream.Gate{
+		Auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
+			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
+		}),
+		Opener: &stream.Opener{
+			Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
+			Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
+		},
+		Limiter: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
+		Log:     s.log,
 	}
-	var migrated bool
-	if err := s.pool.QueryRow(ctx, "SELECT to_regclass('relay.events') IS NOT NULL AND to_regclass('relay.topics') IS NOT NULL").Scan(&migrated); err != nil {
-		return fmt.Errorf("check database schema: %w", err)
+	sseMetrics, wsMetrics := s.metrics.Transport("sse"), s.metrics.Transport("ws")
+	s.sse = &sse.Handler{
+		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected},
+		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, Retry: 2 * time.Second,
 	}
-	if !migrated {
-		return errors.New("database is not migrated: run `migrate up` against it first")
+	s.ws = &ws.Handler{
+		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
+		Log: s.log, WriteTimeout: cfg.WriteTimeout, OriginPatterns: cfg.CORSOrigins,
 	}
-	if _, err := filter.Topics(ctx, s.pool); err != nil {
-		return err
-	}
-	tail, err := eventlog.Tail(ctx, s.pool)
-	if err != nil {
-		return err
-	}
-	s.hub.Start(tail)
-	return nil
+	s.router = s.routes(gate.Auth)
+	return s, nil
 }
 
 // Handler returns the relay's HTTP handler.
@@ -165,44 +133,6 @@ func (s *Server) Hub() *hub.Hub { return s.hub }
 // Ready reports whether the relay is listening, caught up with the log and
 // has its filters loaded.
 func (s *Server) Ready() bool { return s.reader.Ready() }
-
-func (s *Server) routes() chi.Router {
-	r := chi.NewRouter()
-	r.Use(s.corsMiddleware())
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		httpjson.Write(w, http.StatusOK, map[string]any{"status": "ok"})
-	})
-	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		status := http.StatusOK
-		if !s.Ready() {
-			status = http.StatusServiceUnavailable
-		}
-		httpjson.Write(w, status, map[string]any{
-			"ready": status == http.StatusOK, "listening": s.reader.Listening(),
-			"caught_up": s.reader.CaughtUp(), "sequencer": s.isLeader.Load(), "relay": s.name,
-			"position": s.hub.Position().String(), "forged_notifications": s.reader.Forged(),
-		})
-	})
-	if s.cfg.MetricsAddr == "" {
-		r.Method(http.MethodGet, "/metrics", s.metrics.Handler())
-	}
-	sseMetrics := s.metrics.Transport("sse")
-	gate := &stream.Gate{Auth: s.auth, Opener: s.streams, Limiter: s.limits, Log: s.log}
-	s.sse = &sse.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected},
-		Log: s.log, WriteTimeout: s.cfg.WriteTimeout, Heartbeat: s.cfg.Heartbeat, Retry: 2 * time.Second,
-	}
-	r.Method(http.MethodGet, "/events", s.sse)
-	wsMetrics := s.metrics.Transport("ws")
-	s.ws = &ws.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
-		Log: s.log, WriteTimeout: s.cfg.WriteTimeout, OriginPatterns: s.cfg.CORSOrigins,
-	}
-	r.Method(http.MethodGet, "/ws", s.ws)
-	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev, Write: s.cfg.WriteAPI})
-	r.Handle("/*", web.Handler())
-	return r
-}
 
 // Run serves on ln until ctx is done, then shuts down: streams are told to
 // reconnect elsewhere and the HTTP server drains within ShutdownWait.
@@ -223,9 +153,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.listenLoop(gctx) })
+	g.Go(func() error { return s.listener.Run(gctx) })
 	g.Go(func() error { return s.reader.Run(gctx) })
-	g.Go(func() error { return s.sequencerLoop(gctx) })
+	g.Go(func() error { return s.sequencer.Run(gctx) })
 	g.Go(func() error { return s.refresher.Run(gctx) })
 	g.Go(func() error { return s.sse.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
@@ -273,55 +203,6 @@ func (s *Server) ListenAndRun(ctx context.Context) error {
 	return s.Run(ctx, ln)
 }
 
-// cancelOnServer makes a cancelled context stop a pool query by asking the
-// server to cancel it, rather than pgx's default of putting a deadline on the
-// socket. A deadline that cuts a write short leaves a TLS connection unusable,
-// and closing it then waits up to 15 s for the server, which held a relay's
-// shutdown (the pool's Close) that long when a stream's replay was cut off.
-// The socket deadline remains, later, for a server that does not answer.
-// Only for the pool: the dedicated connections wait for notifications with
-// short timeouts, which a cancel request (nothing to cancel) would not end.
-func cancelOnServer(c *pgconn.PgConn) ctxwatch.Handler {
-	return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 2 * time.Second}
-}
-
-// connect opens a dedicated connection named appName.
-func (s *Server) connect(url, appName string) func(ctx context.Context) (*pgx.Conn, error) {
-	return func(ctx context.Context) (*pgx.Conn, error) {
-		cfg, err := pgx.ParseConfig(url)
-		if err != nil {
-			return nil, fmt.Errorf("bad database URL: %w", err)
-		}
-		cfg.RuntimeParams["application_name"] = appName
-		if cfg.ConnectTimeout == 0 {
-			cfg.ConnectTimeout = 10 * time.Second
-		}
-		return pgx.ConnectConfig(ctx, cfg)
-	}
-}
-
-func (s *Server) listenURL() string {
-	if s.cfg.ListenDatabaseURL != "" {
-		return s.cfg.ListenDatabaseURL
-	}
-	return s.cfg.DatabaseURL
-}
-
-func (s *Server) listenLoop(ctx context.Context) error {
-	l := listen.New(s.connect(s.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
-	l.OnReconnect = func() { s.reconnects.Add(1) }
-	return l.Run(ctx)
-}
-
-func (s *Server) sequencerLoop(ctx context.Context) error {
-	seq := sequencer.New(s.connect(s.listenURL(), ApplicationName), s.key, sequencer.Config{
-		Poll: s.cfg.PollInterval, IdleAfter: s.cfg.IdleAfter, IdlePoll: s.cfg.IdlePoll, Retry: time.Second,
-	}, s.log)
-	seq.OnLeader = s.isLeader.Store
-	seq.Duties = s.pruneLog
-	return seq.Run(ctx)
-}
-
 // listenHandler hands announcements and connection changes to the reader,
 // and filter changes to the refresher.
 type listenHandler struct {
@@ -330,19 +211,3 @@ type listenHandler struct {
 }
 
 func (h listenHandler) FiltersChanged(c filter.Change) { h.refresher.Notify(c) }
-
-// poolLog reads the log through the pool.
-type poolLog struct {
-	pool   *pgxpool.Pool
-	events *eventlog.Reader
-}
-
-func (l poolLog) ReadBetween(ctx context.Context, after, upto eventlog.ID, b eventlog.Batch) ([]eventlog.Event, bool, error) {
-	return eventlog.ReadBetweenBatch(ctx, l.pool, after, upto, b)
-}
-
-func (l poolLog) ReadAfter(ctx context.Context, after eventlog.ID, b eventlog.Batch) ([]eventlog.Event, bool, error) {
-	return l.events.ReadAfterBatch(ctx, l.pool, after, b)
-}
-
-func (l poolLog) Forget() { l.events.Forget() }

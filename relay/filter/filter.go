@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -139,10 +140,15 @@ type Refresher struct {
 	resync   time.Duration
 	debounce time.Duration
 	batch    int
-	// Reloaded, if set, is called after each reload with the number of
-	// subscribers reloaded.
-	Reloaded func(n int)
+
+	reloads, reloaded atomic.Uint64
 }
+
+// Reloads counts the reloads that found subscribers to reload.
+func (r *Refresher) Reloads() uint64 { return r.reloads.Load() }
+
+// ReloadedSubscribers counts the subscriber filters reloaded.
+func (r *Refresher) ReloadedSubscribers() uint64 { return r.reloaded.Load() }
 
 // NewRefresher returns a Refresher loading through q into target, with a full
 // resync every resync interval.
@@ -249,8 +255,9 @@ func (r *Refresher) reload(ctx context.Context, c Change) error {
 		}
 		r.target.ApplyFilters(gen, filters)
 	}
-	if r.Reloaded != nil && len(ids) > 0 {
-		r.Reloaded(len(ids))
+	if len(ids) > 0 {
+		r.reloads.Add(1)
+		r.reloaded.Add(uint64(len(ids)))
 	}
 	return nil
 }

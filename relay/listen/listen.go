@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,9 +43,8 @@ type Listener struct {
 	minDelay time.Duration
 	maxDelay time.Duration
 
-	// OnReconnect, if set, is called after every successful reconnect (not
-	// the first connect).
-	OnReconnect func()
+
+	reconnects atomic.Uint64
 
 	mu        sync.Mutex
 	failures  int
@@ -58,6 +58,9 @@ type Listener struct {
 func New(connect func(ctx context.Context) (*pgx.Conn, error), h Handler, log *slog.Logger) *Listener {
 	return &Listener{connect: connect, handler: h, log: log, minDelay: 50 * time.Millisecond, maxDelay: 5 * time.Second}
 }
+
+// Reconnects counts successful reconnects (not the first connect).
+func (l *Listener) Reconnects() uint64 { return l.reconnects.Load() }
 
 // Run listens until ctx is done.
 func (l *Listener) Run(ctx context.Context) error {
@@ -146,9 +149,7 @@ func (l *Listener) connectWithBackoff(ctx context.Context) (*pgx.Conn, error) {
 	l.mu.Unlock()
 	if reconnect {
 		l.log.Info("listener reconnected")
-		if l.OnReconnect != nil {
-			l.OnReconnect()
-		}
+		l.reconnects.Add(1)
 	}
 	return conn, nil
 }

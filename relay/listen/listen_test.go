@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,7 +68,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 const appName = "pgrelay-listener-test"
 
 // start runs a listener on db until the test ends.
-func start(t *testing.T, db *pgtest.DB) (*recorder, *atomic.Int64) {
+func start(t *testing.T, db *pgtest.DB) (*recorder, *listen.Listener) {
 	t.Helper()
 	rec := &recorder{}
 	connect := func(ctx context.Context) (*pgx.Conn, error) {
@@ -81,8 +80,6 @@ func start(t *testing.T, db *pgtest.DB) (*recorder, *atomic.Int64) {
 		return pgx.ConnectConfig(ctx, cfg)
 	}
 	l := listen.New(connect, rec, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	reconnects := new(atomic.Int64)
-	l.OnReconnect = func() { reconnects.Add(1) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
@@ -92,7 +89,7 @@ func start(t *testing.T, db *pgtest.DB) (*recorder, *atomic.Int64) {
 			t.Errorf("Run returned %v after cancel, want context.Canceled", err)
 		}
 	})
-	return rec, reconnects
+	return rec, l
 }
 
 // caughtUp reports whether the listener reports itself connected and asked
@@ -143,7 +140,7 @@ SELECT pg_backend_pid()::int8, pg_notify($1, 'sealed payload'), pg_notify($2, '{
 func TestAListenerWhoseBackendIsKilledReconnectsAndAsksForACatchUp(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
-	rec, reconnects := start(t, db)
+	rec, l := start(t, db)
 	eventually(t, "connected and caught up", caughtUp(rec, 1))
 
 	for round := 2; round <= 4; round++ {
@@ -159,8 +156,8 @@ func TestAListenerWhoseBackendIsKilledReconnectsAndAsksForACatchUp(t *testing.T)
 		})
 		eventually(t, "reconnected and caught up again", caughtUp(rec, round))
 	}
-	if n := reconnects.Load(); n < 3 {
-		t.Errorf("OnReconnect called %d times, want at least 3", n)
+	if n := l.Reconnects(); n < 3 {
+		t.Errorf("Reconnects = %d, want at least 3", n)
 	}
 	// Back for good: notifications flow again.
 	db.Exec(t, "SELECT pg_notify($1, 'after')", eventlog.AnnounceChannel)

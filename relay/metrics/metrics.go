@@ -39,6 +39,12 @@ type Sources struct {
 	Subscriptions func() int
 	// ListenerReconnects counts reconnects of the LISTEN connection.
 	ListenerReconnects func() uint64
+	// CatchupEvents counts events read from the log to catch up after the
+	// listener reconnected.
+	CatchupEvents func() uint64
+	// FilterReloads and FilterReloadedSubscribers count reloads of connected
+	// subscribers' filters, and the filters reloaded.
+	FilterReloads, FilterReloadedSubscribers func() uint64
 	// Ready reports readiness as /readyz does.
 	Ready func() bool
 	// Leader reports whether this relay is the sequencer.
@@ -69,9 +75,6 @@ type Metrics struct {
 	connected    *prometheus.GaugeVec
 	deliveries   *prometheus.CounterVec
 	latency      *prometheus.HistogramVec
-	catchup      prometheus.Counter
-	reloads      prometheus.Counter
-	reloadedSubs prometheus.Counter
 	pruned       prometheus.Counter
 }
 
@@ -99,18 +102,6 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Help:    "Time from an event's insert (created_at) to its write to a client, for live deliveries, by transport.",
 			Buckets: LatencyBuckets,
 		}, []string{"transport"}),
-		catchup: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pgrelay_catchup_events_total",
-			Help: "Events read from the log to catch up after the listener reconnected.",
-		}),
-		reloads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pgrelay_filter_reloads_total",
-			Help: "Reloads of connected subscribers' filters.",
-		}),
-		reloadedSubs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pgrelay_filter_reloaded_subscribers_total",
-			Help: "Subscriber filters reloaded.",
-		}),
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgrelay_pruned_events_total",
 			Help: "Events this relay pruned from the log (as the sequencer).",
@@ -119,7 +110,7 @@ func New(src Sources, log *slog.Logger) *Metrics {
 	// The SSE series exist from the start, so dashboards and alerts see a
 	// zero rather than nothing.
 	m.Transport("sse")
-	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.catchup, m.reloads, m.reloadedSubs, m.pruned,
+	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.pruned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registerSources(src)
 	return m
@@ -135,6 +126,9 @@ func (m *Metrics) registerSources(src Sources) {
 	gauge := func(name, help string, f func() float64) {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 	}
+	counter("pgrelay_catchup_events_total", "Events read from the log to catch up after the listener reconnected.", src.CatchupEvents)
+	counter("pgrelay_filter_reloads_total", "Reloads of connected subscribers' filters.", src.FilterReloads)
+	counter("pgrelay_filter_reloaded_subscribers_total", "Subscriber filters reloaded.", src.FilterReloadedSubscribers)
 	counter("pgrelay_events_received_total", "Events this relay received, read from the log or announced.", src.EventsReceived)
 	if src.EventsAnnounced != nil {
 		counter("pgrelay_events_announced_total", "Events that arrived inside the sequencer's notifications, with no log read.", src.EventsAnnounced)
@@ -251,15 +245,6 @@ func (e errorLog) Println(v ...any) {
 	}
 }
 
-// CatchupEvents counts n events read to catch up after a listener reconnect.
-func (m *Metrics) CatchupEvents(n int) { m.catchup.Add(float64(n)) }
-
-// FiltersReloaded counts one reload of n subscribers' filters (the
-// filter.Refresher's Reloaded hook).
-func (m *Metrics) FiltersReloaded(n int) {
-	m.reloads.Inc()
-	m.reloadedSubs.Add(float64(n))
-}
 
 // Pruned counts n events pruned from the log.
 func (m *Metrics) Pruned(n int64) { m.pruned.Add(float64(n)) }

@@ -58,9 +58,6 @@ type Config struct {
 	// BatchBytes bounds the rows of one log read (0: no bound): a burst of
 	// large rows is published in slices a fast client's queue can hold.
 	BatchBytes int
-	// CatchupEvents, if set, is told how many events were read while the
-	// relay was catching up (after a listener reconnect).
-	CatchupEvents func(n int)
 }
 
 // Reader is the loop that feeds the hub.
@@ -88,6 +85,7 @@ type Reader struct {
 	listening atomic.Bool
 	caughtUp  atomic.Bool
 	announced atomic.Uint64
+	catchup   atomic.Uint64
 	forged    forgeries
 }
 
@@ -111,6 +109,10 @@ func (r *Reader) CaughtUp() bool { return r.caughtUp.Load() }
 // EventsAnnounced counts events published straight from announcements,
 // without a log read.
 func (r *Reader) EventsAnnounced() uint64 { return r.announced.Load() }
+
+// CatchupEvents counts events read while the relay was catching up (after
+// the listener reconnected, until the log was read to its end).
+func (r *Reader) CatchupEvents() uint64 { return r.catchup.Load() }
 
 // Forged counts notifications on the channel that no relay sealed.
 func (r *Reader) Forged() uint64 { return r.forged.count.Load() }
@@ -262,8 +264,8 @@ func (r *Reader) drain(ctx context.Context, full bool) error {
 			return err
 		}
 		r.noteRowSize(events)
-		if catchingUp && r.cfg.CatchupEvents != nil {
-			r.cfg.CatchupEvents(len(events))
+		if catchingUp {
+			r.catchup.Add(uint64(len(events)))
 		}
 		r.hub.Publish(events)
 		if announced || more {

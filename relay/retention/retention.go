@@ -10,7 +10,7 @@
 // resume from before the horizon is answered with a reset.
 //
 // Exactly one relay prunes at a time: Run is meant to be the sequencer's
-// duty (sequencer.Sequencer.Duties).
+// duty (sequencer.Config.Duties).
 package retention
 
 import (

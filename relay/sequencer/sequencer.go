@@ -43,6 +43,12 @@ type Config struct {
 	IdlePoll time.Duration
 	// Retry is the interval between attempts to become the sequencer.
 	Retry time.Duration
+	// OnLeader, if set, is called with true when this relay becomes the
+	// sequencer and false when it stops being it.
+	OnLeader func(bool)
+	// Duties, if set, runs while this relay is the sequencer (e.g. pruning
+	// the log) on the leader's context.
+	Duties func(ctx context.Context) error
 }
 
 // Sequencer runs the election and, while elected, the announce loop.
@@ -51,12 +57,6 @@ type Sequencer struct {
 	key     *seal.Key
 	cfg     Config
 	log     *slog.Logger
-	// OnLeader, if set, is called with true when this relay becomes the
-	// sequencer and false when it stops being it.
-	OnLeader func(bool)
-	// Duties, if set, runs while this relay is the sequencer (e.g. pruning
-	// the log) on the leader's context.
-	Duties func(ctx context.Context) error
 }
 
 // New returns a Sequencer using connections from connect (which must log in
@@ -105,17 +105,17 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 	// this session to end before one of them takes over.
 	defer release(context.WithoutCancel(ctx), conn)
 	s.log.Info("this relay is now the sequencer")
-	if s.OnLeader != nil {
-		s.OnLeader(true)
-		defer s.OnLeader(false)
+	if s.cfg.OnLeader != nil {
+		s.cfg.OnLeader(true)
+		defer s.cfg.OnLeader(false)
 	}
 	leadCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	dutiesDone := make(chan struct{})
 	go func() {
 		defer close(dutiesDone)
-		if s.Duties != nil {
-			if err := s.Duties(leadCtx); err != nil && leadCtx.Err() == nil {
+		if s.cfg.Duties != nil {
+			if err := s.cfg.Duties(leadCtx); err != nil && leadCtx.Err() == nil {
 				s.log.Warn("sequencer duties stopped", "err", err)
 			}
 		}

@@ -29,9 +29,10 @@ type candidate struct {
 func run(t *testing.T, url string, key *seal.Key) *candidate {
 	t.Helper()
 	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) }
-	s := sequencer.New(connect, key, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	c := &candidate{done: make(chan error, 1)}
-	s.OnLeader = c.leading.Store
+	withHooks := cfg
+	withHooks.OnLeader = c.leading.Store
+	s := sequencer.New(connect, key, withHooks, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	go func() { c.done <- s.Run(ctx) }()
