@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
 		}),
 		Opener: &stream.Opener{
-			Pool: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
+			DB: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
 			Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
 		},
 		Limiter: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),

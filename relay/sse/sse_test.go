@@ -157,7 +157,7 @@ func handlerOnHub(t *testing.T, db *pgtest.DB, heartbeat time.Duration, pump boo
 	handler := &sse.Handler{
 		Gate: &stream.Gate{
 			Auth:    auth.NewVerifier([]byte(relaytest.Secret), auth.Options{}),
-			Opener:  &stream.Opener{Pool: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
+			Opener:  &stream.Opener{DB: db.Pool, Hub: h, Log: relaytest.Logger(), Heartbeat: heartbeat, CatchupBatch: 100},
 			Limiter: limit.New(0, 0),
 			Log:     relaytest.Logger(),
 		},

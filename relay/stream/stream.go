@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -64,9 +63,17 @@ type Observer interface {
 	Delivered(m *hub.Message, live bool)
 }
 
+// DB is the database streams are served from: queries for filters and
+// topics, and read-only transactions for replays.
+type DB interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
 // Opener opens streams on one relay.
 type Opener struct {
-	Pool      *pgxpool.Pool
+	// DB is what streams read filters and replays through (a pool).
+	DB        DB
 	Hub       *hub.Hub
 	Log       *slog.Logger
 	Heartbeat time.Duration
@@ -103,7 +110,7 @@ func (o *Opener) CheckTopics(ctx context.Context, topics []string) error {
 	if missing() == "" {
 		return nil
 	}
-	fresh, err := filter.Topics(ctx, o.Pool)
+	fresh, err := filter.Topics(ctx, o.DB)
 	if err != nil {
 		return err
 	}
@@ -174,7 +181,7 @@ func (o *Opener) loadFilter(ctx context.Context, subscriber string) (filter.Filt
 		return o.Filters.Load(ctx, subscriber)
 	}
 	gen := o.Hub.NextGeneration()
-	filters, err := filter.Load(ctx, o.Pool, []string{subscriber})
+	filters, err := filter.Load(ctx, o.DB, []string{subscriber})
 	return filters[subscriber], gen, err
 }
 
@@ -410,7 +417,7 @@ func (st *Stream) selector(keys match.Keys) eventlog.Selector {
 // that nothing after cursor has been pruned. more says the batch stopped at
 // a bound, in events or bytes, before the end of the range.
 func (st *Stream) readBatch(ctx context.Context, cursor eventlog.ID, sel eventlog.Selector) (events []eventlog.Event, more, pruned bool, err error) {
-	err = pgx.BeginTxFunc(ctx, st.o.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err = pgx.BeginTxFunc(ctx, st.o.DB, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		horizon, err := eventlog.Horizon(ctx, tx)
 		if err != nil {
 			return err
