@@ -7,7 +7,7 @@ import (
 	"io"
 
 	"github.com/pgrelay/pgrelay/relay"
-	"github.com/pgrelay/pgrelay/relay/demo"
+	"github.com/pgrelay/pgrelay/examples/templates/demo"
 )
 
 // runDemo parses `relay demo` flags and runs the demo.

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrelay/pgrelay/internal/relaytest"
-	"github.com/pgrelay/pgrelay/relay/demo"
+	"github.com/pgrelay/pgrelay/examples/templates/demo"
 )
 
 // startDemo runs a demo on its own database (never pgrelay_demo, which a
