@@ -14,33 +14,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/workload"
 )
-
-// world is two organisations with a user of every type each. Ids say what
-// they are: zolo-a1 is a ZOLO of org A at location a1.
-const world = `
-INSERT INTO orgs (id, name) VALUES ('org-a', 'A'), ('org-b', 'B');
-INSERT INTO locations (id, org_id, name) VALUES
-    ('a1', 'org-a', 'A one'), ('a2', 'org-a', 'A two'), ('a3', 'org-a', 'A three'),
-    ('b1', 'org-b', 'B one'), ('b2', 'org-b', 'B two');
-INSERT INTO users (id, name, user_type, org_id, location_id) VALUES
-    ('zowi-a',  'Owner A',        'ZOWI', 'org-a', NULL),
-    ('zowi-a2', 'Second owner A', 'ZOWI', 'org-a', NULL),
-    ('zewi-a',  'Editor A',       'ZEWI', 'org-a', NULL),
-    ('zolo-a1', 'Local A1',       'ZOLO', 'org-a', 'a1'),
-    ('zelo-a2', 'Local ed. A2',   'ZELO', 'org-a', 'a2'),
-    ('zolo-a3', 'Local A3',       'ZOLO', 'org-a', 'a3'),
-    ('zowi-b',  'Owner B',        'ZOWI', 'org-b', NULL),
-    ('zewi-b',  'Editor B',       'ZEWI', 'org-b', NULL),
-    ('zolo-b1', 'Local B1',       'ZOLO', 'org-b', 'b1'),
-    ('zelo-b2', 'Local ed. B2',   'ZELO', 'org-b', 'b2');`
 
 var everyone = []string{"zowi-a", "zowi-a2", "zewi-a", "zolo-a1", "zelo-a2", "zolo-a3", "zowi-b", "zewi-b", "zolo-b1", "zelo-b2"}
 
 func newWorld(t *testing.T) *pgtest.DB {
 	t.Helper()
 	db := pgtest.New(t)
-	db.Exec(t, world)
+	db.Exec(t, workload.World)
 	return db
 }
 

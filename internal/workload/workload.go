@@ -18,26 +18,33 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// world: org-a (a1, a2, a3) and org-b (b1, b2), each with users of every
-// kind. barrier-a and barrier-b only create barrier templates.
-const world = `
+// World is two organisations with users of every kind: org-a (a1, a2, a3)
+// and org-b (b1, b2). Ids say what they are: zolo-a1 is a ZOLO of org A at
+// location a1. It is the fixture of the sharing-rule tests and the fault
+// tests alike.
+const World = `
 INSERT INTO orgs (id, name) VALUES ('org-a', 'A'), ('org-b', 'B');
 INSERT INTO locations (id, org_id, name) VALUES
     ('a1', 'org-a', 'A one'), ('a2', 'org-a', 'A two'), ('a3', 'org-a', 'A three'),
     ('b1', 'org-b', 'B one'), ('b2', 'org-b', 'B two');
 INSERT INTO users (id, name, user_type, org_id, location_id) VALUES
-    ('zowi-a',    'Owner A',        'ZOWI', 'org-a', NULL),
-    ('zowi-a2',   'Second owner A', 'ZOWI', 'org-a', NULL),
-    ('zewi-a',    'Editor A',       'ZEWI', 'org-a', NULL),
-    ('zolo-a1',   'Local A1',       'ZOLO', 'org-a', 'a1'),
-    ('zelo-a2',   'Local ed. A2',   'ZELO', 'org-a', 'a2'),
-    ('zolo-a3',   'Local A3',       'ZOLO', 'org-a', 'a3'),
-    ('zowi-b',    'Owner B',        'ZOWI', 'org-b', NULL),
-    ('zewi-b',    'Editor B',       'ZEWI', 'org-b', NULL),
-    ('zolo-b1',   'Local B1',       'ZOLO', 'org-b', 'b1'),
-    ('zelo-b2',   'Local ed. B2',   'ZELO', 'org-b', 'b2'),
-    ('barrier-a', 'Barrier A',      'ZEWI', 'org-a', NULL),
-    ('barrier-b', 'Barrier B',      'ZEWI', 'org-b', NULL);`
+    ('zowi-a',  'Owner A',        'ZOWI', 'org-a', NULL),
+    ('zowi-a2', 'Second owner A', 'ZOWI', 'org-a', NULL),
+    ('zewi-a',  'Editor A',       'ZEWI', 'org-a', NULL),
+    ('zolo-a1', 'Local A1',       'ZOLO', 'org-a', 'a1'),
+    ('zelo-a2', 'Local ed. A2',   'ZELO', 'org-a', 'a2'),
+    ('zolo-a3', 'Local A3',       'ZOLO', 'org-a', 'a3'),
+    ('zowi-b',  'Owner B',        'ZOWI', 'org-b', NULL),
+    ('zewi-b',  'Editor B',       'ZEWI', 'org-b', NULL),
+    ('zolo-b1', 'Local B1',       'ZOLO', 'org-b', 'b1'),
+    ('zelo-b2', 'Local ed. B2',   'ZELO', 'org-b', 'b2');`
+
+// barriers are the fault tests' extra users: each only creates the barrier
+// template of its org that marks the end of a run.
+const barriers = `
+INSERT INTO users (id, name, user_type, org_id, location_id) VALUES
+    ('barrier-a', 'Barrier A', 'ZEWI', 'org-a', NULL),
+    ('barrier-b', 'Barrier B', 'ZEWI', 'org-b', NULL);`
 
 // Subscribers returns the users the fault tests connect: every kind, two
 // orgs.
@@ -69,7 +76,7 @@ func orgOf(creator string) byte { return creator[len("zolo-")] }
 
 // Seed inserts the world.
 func Seed(ctx context.Context, pool *pgxpool.Pool) error {
-	if _, err := pool.Exec(ctx, world); err != nil {
+	if _, err := pool.Exec(ctx, World+barriers); err != nil {
 		return fmt.Errorf("seed the fault-test world: %w", err)
 	}
 	return nil
