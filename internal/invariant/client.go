@@ -1,8 +1,6 @@
 package invariant
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +11,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgrelay/pgrelay/internal/sseframe"
 )
 
 // ErrRejected means a relay refused the client for good (400, 401 or 403):
@@ -162,55 +162,33 @@ func (c *Client) stream(ctx context.Context, client *http.Client, base string) (
 // "name: value" lines, an event dispatched at a blank line, the last id
 // remembered even across events without one).
 func (c *Client) read(ctx context.Context, body io.Reader) error {
-	br := bufio.NewReaderSize(body, 64<<10)
-	var id, event string
-	var data bytes.Buffer
-	hasID, hasData := false, false
+	r := sseframe.NewReader(body, 64<<10)
 	events := 0
 	if c.BeforeEvent != nil {
 		c.BeforeEvent(ctx)
 	}
 	for {
-		line, err := br.ReadBytes('\n')
+		f, err := r.Next()
 		if err != nil {
 			// EOF or a broken connection: the caller reconnects.
 			return err
 		}
-		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
-		if len(line) == 0 {
-			if hasID {
-				c.lastID.Store(id)
-			}
-			if hasData || event != "" {
-				c.dispatch(id, event, data.String())
-				events++
-				if c.EventsPerConnection > 0 && events >= c.EventsPerConnection {
-					return nil
-				}
-				if c.BeforeEvent != nil {
-					c.BeforeEvent(ctx)
-				}
-			}
-			event, hasID, hasData = "", false, false
-			data.Reset()
+		if f.IsComment() {
+			continue // heartbeat or a closing reason
+		}
+		if f.HasID {
+			c.lastID.Store(string(f.ID))
+		}
+		if !f.HasData && len(f.Event) == 0 {
 			continue
 		}
-		if line[0] == ':' {
-			continue // comment: heartbeat or a closing reason
+		c.dispatch(string(f.ID), string(f.Event), string(f.Data))
+		events++
+		if c.EventsPerConnection > 0 && events >= c.EventsPerConnection {
+			return nil
 		}
-		name, value, _ := bytes.Cut(line, []byte(":"))
-		value = bytes.TrimPrefix(value, []byte(" "))
-		switch string(name) {
-		case "id":
-			id, hasID = string(value), true
-		case "event":
-			event = string(value)
-		case "data":
-			if hasData {
-				data.WriteByte('\n')
-			}
-			data.Write(value)
-			hasData = true
+		if c.BeforeEvent != nil {
+			c.BeforeEvent(ctx)
 		}
 	}
 }

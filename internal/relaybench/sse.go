@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/pgrelay/pgrelay/internal/sseframe"
 )
 
 // SSE opens GET /events streams. It speaks HTTP/1.1 on a raw connection with
@@ -57,7 +59,7 @@ func (SSE) Open(ctx context.Context, dial DialFunc, base *url.URL, token string,
 		return nil, &RejectedError{Status: resp.StatusCode, Body: string(bytes.TrimSpace(body))}
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return &sseStream{conn: conn, r: bufio.NewReaderSize(resp.Body, sseBuffer)}, nil
+	return &sseStream{conn: conn, r: sseframe.NewReader(resp.Body, sseBuffer)}, nil
 }
 
 func joinPath(base, p string) string {
@@ -69,82 +71,32 @@ func joinPath(base, p string) string {
 
 type sseStream struct {
 	conn net.Conn
-	r    *bufio.Reader
-	// id, typ and data are reused from event to event.
-	id, typ, data []byte
+	r    *sseframe.Reader
 }
 
-var (
-	slowConsumerComment = []byte("slow consumer")
-	fieldID             = []byte("id")
-	fieldEvent          = []byte("event")
-	fieldData           = []byte("data")
-)
+var slowConsumerComment = []byte("slow consumer")
 
-// Next implements Stream: it parses one event per the SSE format (fields
-// until a blank line; comments and retry hints skipped).
+// Next implements Stream: one event (comments and frames without data are
+// skipped; the slow-consumer notice is an error).
 func (s *sseStream) Next() (Event, error) {
-	s.id, s.typ, s.data = s.id[:0], s.typ[:0], s.data[:0]
-	hasData := false
 	for {
-		line, err := s.readLine()
+		f, err := s.r.Next()
 		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
 			return Event{}, err
 		}
-		if len(line) == 0 {
-			if hasData {
-				return Event{ID: s.id, Type: s.typ, Data: s.data}, nil
+		if f.IsComment() {
+			if bytes.Contains(f.Comment, slowConsumerComment) {
+				return Event{}, fmt.Errorf("%w (%s)", ErrSlowConsumer, bytes.TrimSpace(f.Comment))
 			}
 			continue
 		}
-		if line[0] == ':' {
-			if bytes.Contains(line, slowConsumerComment) {
-				return Event{}, fmt.Errorf("%w (%s)", ErrSlowConsumer, bytes.TrimSpace(line[1:]))
-			}
-			continue
-		}
-		name, value, _ := bytes.Cut(line, []byte(":"))
-		if len(value) > 0 && value[0] == ' ' {
-			value = value[1:]
-		}
-		switch {
-		case bytes.Equal(name, fieldID):
-			s.id = append(s.id, value...)
-		case bytes.Equal(name, fieldEvent):
-			s.typ = append(s.typ, value...)
-		case bytes.Equal(name, fieldData):
-			if hasData {
-				s.data = append(s.data, '\n')
-			}
-			s.data = append(s.data, value...)
-			hasData = true
+		if f.HasData {
+			return Event{ID: f.ID, Type: f.Event, Data: f.Data}, nil
 		}
 	}
-}
-
-// readLine returns one line without its end of line, however long: rows of
-// any size are delivered whole.
-func (s *sseStream) readLine() ([]byte, error) {
-	line, err := s.r.ReadSlice('\n')
-	if err == bufio.ErrBufferFull {
-		long := append([]byte(nil), line...)
-		for err == bufio.ErrBufferFull {
-			line, err = s.r.ReadSlice('\n')
-			long = append(long, line...)
-		}
-		line = long
-	}
-	if err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("read event stream: %w", err)
-	}
-	line = line[:len(line)-1]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	}
-	return line, nil
 }
 
 func (s *sseStream) Close() error { return s.conn.Close() }

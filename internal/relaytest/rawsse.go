@@ -1,14 +1,14 @@
 package relaytest
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgrelay/pgrelay/internal/sseframe"
 )
 
 // RawSSE is a Server-Sent Events connection read line by line, for tests that
@@ -63,31 +63,19 @@ func OpenSSE(t testing.TB, rawURL string, header http.Header) *RawSSE {
 func (s *RawSSE) read(body io.ReadCloser) {
 	defer close(s.done)
 	defer body.Close()
-	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 64<<10), 8<<20)
-	var e Event
-	var data []string
-	for sc.Scan() {
-		line := sc.Text()
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
+	r := sseframe.NewReader(body, 64<<10)
+	for {
+		f, err := r.Next()
+		if err != nil {
+			return
+		}
 		switch {
-		case line == "":
-			if e.Event != "" || len(data) > 0 {
-				e.Data = strings.Join(data, "\n")
-				s.Events <- e
-			}
-			e, data = Event{}, nil
-		case field == "":
+		case f.IsComment():
 			s.mu.Lock()
-			s.comments = append(s.comments, value)
+			s.comments = append(s.comments, string(f.Comment))
 			s.mu.Unlock()
-		case field == "id":
-			e.ID = value
-		case field == "event":
-			e.Event = value
-		case field == "data":
-			data = append(data, value)
+		case len(f.Event) > 0 || f.HasData:
+			s.Events <- Event{ID: string(f.ID), Event: string(f.Event), Data: string(f.Data)}
 		}
 	}
 }
