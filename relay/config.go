@@ -58,7 +58,11 @@ type Config struct {
 	IdleAfter    time.Duration // sequencer goes idle after this long without events
 	IdlePoll     time.Duration // sequencer poll while idle
 	SafetyPoll   time.Duration // every relay reads the log at least this often
-	FilterResync time.Duration // full reload of connected subscribers' filters
+	// ElectionInterval is how often a relay that is not the sequencer tries
+	// to become it: it bounds how long the role stays empty after the
+	// sequencer's session ends.
+	ElectionInterval time.Duration
+	FilterResync     time.Duration // full reload of connected subscribers' filters
 
 	PoolSize int // maximum pool connections
 
@@ -93,6 +97,7 @@ func DefaultConfig() Config {
 		IdleAfter:             time.Second,
 		IdlePoll:              100 * time.Millisecond,
 		SafetyPoll:            time.Second,
+		ElectionInterval:      100 * time.Millisecond,
 		FilterResync:          30 * time.Second,
 		PoolSize:              10,
 		LogLevel:              "info",
@@ -134,6 +139,7 @@ func (c *Config) settings() []setting {
 		{"idle-after", "RELAY_IDLE_AFTER", "sequencer goes idle after this long without events", (*durationValue)(&c.IdleAfter)},
 		{"idle-poll", "RELAY_IDLE_POLL", "sequencer log poll interval while idle", (*durationValue)(&c.IdlePoll)},
 		{"safety-poll", "RELAY_SAFETY_POLL", "every relay reads the log at least this often", (*durationValue)(&c.SafetyPoll)},
+		{"election-interval", "RELAY_ELECTION_INTERVAL", "how often a relay tries to become the sequencer while the role is taken (bounds the failover time)", (*durationValue)(&c.ElectionInterval)},
 		{"filter-resync", "RELAY_FILTER_RESYNC", "full reload interval of connected subscribers' filters", (*durationValue)(&c.FilterResync)},
 		{"pool-size", "RELAY_POOL_SIZE", "maximum database connections in the pool", (*intValue)(&c.PoolSize)},
 		{"log-level", "RELAY_LOG_LEVEL", "debug, info, warn or error", (*stringValue)(&c.LogLevel)},
@@ -183,7 +189,7 @@ func (c *Config) Validate() error {
 	}{
 		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--idle-timeout", c.IdleTimeout}, {"--retention", c.Retention},
 		{"--shutdown-wait", c.ShutdownWait}, {"--retention-interval", c.RetentionInterval}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
-		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--filter-resync", c.FilterResync},
+		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--election-interval", c.ElectionInterval}, {"--filter-resync", c.FilterResync},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {

@@ -75,14 +75,21 @@ func (s *Sequencer) Run(ctx context.Context) error {
 		if err != nil {
 			s.log.Warn("sequencer connection failed; retrying", "err", err)
 		}
-		if err := sleep(ctx, s.cfg.Retry); err != nil {
+		// Retry is the pace of election attempts, kept short for a quick
+		// takeover; a failed connection waits longer, so an unreachable
+		// database is not asked ten times a second.
+		if err := sleep(ctx, max(s.cfg.Retry, reconnectDelay)); err != nil {
 			return err
 		}
 	}
 }
 
-// runOnce connects, waits to win the lock, then leads until the connection
-// fails or ctx is done.
+// reconnectDelay is the least wait before the sequencer's session is opened
+// again after it failed.
+const reconnectDelay = time.Second
+
+// runOnce connects, waits to win the election, then leads until the
+// connection fails or ctx is done.
 func (s *Sequencer) runOnce(ctx context.Context) error {
 	conn, err := s.connect(ctx)
 	if err != nil {
