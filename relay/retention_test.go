@@ -80,7 +80,10 @@ func TestTheSequencerPrunesTheLogOnSchedule(t *testing.T) {
 		c.RetentionMaxEvents = 3
 		c.RetentionInterval = 50 * time.Millisecond
 	}
-	relays := []*relaytest.Relay{relaytest.Start(t, db.URL, mutate), relaytest.Start(t, db.URL, mutate)}
+	// As the relay's role of docs/roles.sql: its grants must be enough to
+	// prune.
+	roles := pgtest.WithRoles(t, db)
+	relays := []*relaytest.Relay{relaytest.Start(t, roles.RelayURL, mutate), relaytest.Start(t, roles.RelayURL, mutate)}
 	for i := range 10 {
 		relaytest.InsertTemplate(t, db, fmt.Sprintf("t%d", i), "zowi-1", "loc-1")
 	}
