@@ -231,11 +231,17 @@ func TestTheAlgorithmMustFitTheKey(t *testing.T) {
 // withoutAlg removes the alg member from a JWK.
 func withoutAlg(t *testing.T, j json.RawMessage) json.RawMessage {
 	t.Helper()
+	return editJWK(t, j, func(m map[string]any) { delete(m, "alg") })
+}
+
+// editJWK returns j changed by edit.
+func editJWK(t *testing.T, j json.RawMessage, edit func(map[string]any)) json.RawMessage {
+	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(j, &m); err != nil {
 		t.Fatal(err)
 	}
-	delete(m, "alg")
+	edit(m)
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -360,10 +366,13 @@ func TestStartingFailsNamingAJWKSThatCannotBeFetched(t *testing.T) {
 func TestKeysAJWKSMustNotHoldAreSkipped(t *testing.T) {
 	t.Parallel()
 	good := authtest.NewKey(t, "ES256", "good")
+	enc, signOnly, private := authtest.NewKey(t, "ES256", "enc"), authtest.NewKey(t, "ES256", "sign-only"), authtest.NewKey(t, "ES256", "private")
 	p := authtest.NewProvider(t)
 	p.PublishJWKs(t,
 		json.RawMessage(`{"kty":"oct","kid":"hmac","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQ","alg":"HS256"}`),
-		json.RawMessage(`{"kty":"EC","kid":"enc","use":"enc","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}`),
+		editJWK(t, enc.JWK(t), func(m map[string]any) { m["use"] = "enc" }),
+		editJWK(t, signOnly.JWK(t), func(m map[string]any) { delete(m, "use"); m["key_ops"] = []string{"sign"} }),
+		private.PrivateJWK(t),
 		json.RawMessage(`{"kty":"future-kind","kid":"new"}`),
 		good.JWK(t),
 	)
@@ -372,6 +381,9 @@ func TestKeysAJWKSMustNotHoldAreSkipped(t *testing.T) {
 		t.Fatalf("the usable key among unusable ones: %v", err)
 	}
 	refused(t, v, sign(t, map[string]any{"alg": "HS256", "kid": "hmac"}, claims(issuer), []byte("secret-secret-secret")), "unsupported signing algorithm")
+	for _, k := range []*authtest.Key{enc, signOnly, private} {
+		refused(t, v, k.Sign(t, claims(issuer)), "no key with kid \""+k.ID+"\"")
+	}
 }
 
 func TestAnOutageServesTheLastGoodKeysAndIsLoggedOnce(t *testing.T) {

@@ -97,7 +97,19 @@ func (k *Key) SignAs(t testing.TB, alg, kid string, claims jwt.MapClaims) string
 // JWK returns the key's public half as a JWK, with kid, alg and use.
 func (k *Key) JWK(t testing.TB) json.RawMessage {
 	t.Helper()
-	j, err := jwk.Import(k.Public())
+	return k.jwk(t, k.Public())
+}
+
+// PrivateJWK returns the whole key, private half included, as a JWK: what
+// a provider must never publish.
+func (k *Key) PrivateJWK(t testing.TB) json.RawMessage {
+	t.Helper()
+	return k.jwk(t, k.private)
+}
+
+func (k *Key) jwk(t testing.TB, raw any) json.RawMessage {
+	t.Helper()
+	j, err := jwk.Import(raw)
 	if err != nil {
 		t.Fatalf("import %s key: %v", k.Alg, err)
 	}
