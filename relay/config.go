@@ -199,9 +199,9 @@ func (c *Config) Validate() error {
 	}
 	_, jwksErrs := c.jwksSources()
 	errs = append(errs, jwksErrs...)
-	if c.JWTIssuer != "" && len(c.JWKSURLs) > 0 && (c.JWTSecret != "" || len(c.JWTPublicKeyFiles) > 0) {
-		bad("--jwt-secret and --jwt-public-key-file verify tokens of issuers without a --jwks-url, and --jwt-issuer %q, the only issuer accepted, has one: "+
-			"they would verify no token; drop them, or give each --jwks-url as ISSUER=URL instead of setting --jwt-issuer", c.JWTIssuer)
+	if c.JWTIssuer != "" && len(c.JWKSURLs) > 0 && len(c.JWTPublicKeyFiles) > 0 {
+		bad("--jwt-public-key-file verifies tokens of issuers without a --jwks-url, and --jwt-issuer %q, the only issuer accepted, has one: "+
+			"its keys would verify no token; drop it, or give each --jwks-url as ISSUER=URL instead of setting --jwt-issuer", c.JWTIssuer)
 	}
 	if c.JWKSRefresh < time.Minute || c.JWKSRefresh > 24*time.Hour {
 		bad("--jwks-refresh must be between 1m and 24h, got %s", c.JWKSRefresh)

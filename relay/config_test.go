@@ -281,10 +281,10 @@ func TestAnyKeySourceLetsTheRelayStart(t *testing.T) {
 		}
 	}
 	cfg := DefaultConfig()
-	cfg.JWTIssuer, cfg.JWTSecret = "https://idp.example/", "0123456789abcdef"
+	cfg.JWTIssuer, cfg.JWTPublicKeyFiles = "https://idp.example/", []string{"/etc/pgrelay/keys.pem"}
 	cfg.JWKSURLs = []string{"https://idp.example/jwks"}
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "they would verify no token") {
-		t.Errorf("a secret beside a JWKS of the only accepted issuer: %v, want an error saying the secret is unused", err)
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "its keys would verify no token") {
+		t.Errorf("a public key file beside a JWKS of the only accepted issuer: %v, want an error saying the file is unused", err)
 	}
 }
 

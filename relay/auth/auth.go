@@ -78,11 +78,12 @@ type Options struct {
 type Keys struct {
 	// Secret verifies HS256 tokens.
 	Secret []byte
-	// JWKS are fetched at start and refreshed by Run. A token claiming the
-	// issuer of one of them is verified by its keys only.
+	// JWKS are fetched at start and refreshed by Run. An asymmetric token
+	// claiming the issuer of one of them is verified by its keys only.
 	JWKS []JWKS
-	// PublicKeyFiles hold PEM public keys. Like the secret, they verify
-	// tokens of any issuer that has no JWKS (Options.Issuer still applies).
+	// PublicKeyFiles hold PEM public keys. They verify tokens of any issuer
+	// that has no JWKS (Options.Issuer still applies); the secret verifies
+	// HS256 tokens of any issuer.
 	PublicKeyFiles []string
 	// Refresh is how often each JWKS is fetched again (default
 	// DefaultRefresh).
@@ -315,13 +316,14 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token) (any, error) {
 	if err != nil {
 		return nil, noKey("iss claim is not a string")
 	}
-	sets := v.setsFor(iss)
+	// The secret is the relay's own: whoever holds it may sign for any
+	// subscriber, whatever issuer the token names (a provider moving from a
+	// shared secret to a JWKS signs with both for a while). It is never
+	// tried for other algorithms, nor a public key for HS256.
 	if alg == jwt.SigningMethodHS256.Alg() {
-		if len(sets) > 0 {
-			return nil, noKey("tokens of issuer %q must be signed with a key of its JWKS, not HS256", truncate(iss))
-		}
 		return v.secret, nil
 	}
+	sets := v.setsFor(iss)
 	if len(sets) == 0 {
 		keys := v.staticKeys(alg)
 		if len(keys) == 0 {
