@@ -3,6 +3,9 @@ package auth_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -349,12 +352,19 @@ func TestStartingFailsNamingAJWKSThatCannotBeFetched(t *testing.T) {
 	encOnly.PublishJWKs(t, json.RawMessage(`{"kty":"oct","kid":"s","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQ"}`))
 	gone := httptest.NewServer(nil)
 	gone.Close()
+	small, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weak := authtest.NewProvider(t)
+	weak.PublishJWKs(t, json.RawMessage(`{"kty":"RSA","kid":"small","alg":"RS256","e":"AQAB","n":"`+base64.RawURLEncoding.EncodeToString(small.N.Bytes())+`"}`))
 	for _, c := range []struct {
 		name, url, want string
 	}{
 		{"503", down.URL, "503"},
 		{"no keys", empty.URL, "no usable signing key"},
 		{"only a symmetric key", encOnly.URL, "symmetric"},
+		{"only a 1024-bit RSA key", weak.URL, "no usable signing key"},
 		{"connection refused", gone.URL + "/jwks.json", "refused"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
