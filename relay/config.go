@@ -1,10 +1,12 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/url"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgrelay/pgrelay/relay/auth"
 )
 
 // Config is everything a relay can be told. Precedence: defaults, then
@@ -26,9 +30,18 @@ type Config struct {
 	// the port of Addr.
 	Name string
 
-	JWTSecret   string
-	JWTIssuer   string
-	JWTAudience string
+	JWTSecret string
+	// JWKSURLs are identity providers' JWK sets, each "URL" (for
+	// JWTIssuer) or "ISSUER=URL".
+	JWKSURLs []string
+	// JWTPublicKeyFiles hold PEM public keys of issuers without a JWKS.
+	JWTPublicKeyFiles []string
+	JWTIssuer         string
+	JWTAudience       string
+	// JWTSubjectClaim is the claim that holds the subscriber id.
+	JWTSubjectClaim string
+	// JWKSRefresh is how often each JWKS is fetched again.
+	JWKSRefresh time.Duration
 	InsecureDev bool
 	// WriteAPI serves POST /api/templates, the demo page's create form.
 	WriteAPI bool
@@ -77,12 +90,18 @@ type Config struct {
 	// foreignListAge is how long the relay's log reader trusts its list of
 	// other databases' transactions (0: the default). Tests lengthen it.
 	foreignListAge time.Duration
+	// jwksRefresh and jwksMinRefetch, when set, replace JWKSRefresh and the
+	// one-minute bound on refetches for unknown kids, below what Validate
+	// allows. Tests shorten them.
+	jwksRefresh, jwksMinRefetch time.Duration
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
 		Addr:                  ":8080",
+		JWTSubjectClaim:       "sub",
+		JWKSRefresh:           auth.DefaultRefresh,
 		MaxConnections:        10000,
 		MaxConnectionsPerUser: 100,
 		QueueSize:             1024,
@@ -118,9 +137,13 @@ func (c *Config) settings() []setting {
 		{"listen-database-url", "RELAY_LISTEN_DATABASE_URL", "URL for the LISTEN connection; must reach PostgreSQL directly or through a session-mode pooler (default: --database-url)", (*stringValue)(&c.ListenDatabaseURL)},
 		{"addr", "RELAY_ADDR", "HTTP listen address", (*stringValue)(&c.Addr)},
 		{"name", "RELAY_NAME", "this relay's name in logs and /readyz (default: hostname:port)", (*stringValue)(&c.Name)},
-		{"jwt-secret", "RELAY_JWT_SECRET", "HS256 secret that signs subscriber tokens (required unless --insecure-dev)", (*stringValue)(&c.JWTSecret)},
-		{"jwt-issuer", "RELAY_JWT_ISSUER", "if set, tokens must carry this iss", (*stringValue)(&c.JWTIssuer)},
-		{"jwt-audience", "RELAY_JWT_AUDIENCE", "if set, tokens must carry this aud", (*stringValue)(&c.JWTAudience)},
+		{"jwt-secret", "RELAY_JWT_SECRET", "HS256 secret that signs subscriber tokens (this, --jwks-url or --jwt-public-key-file is required unless --insecure-dev)", (*stringValue)(&c.JWTSecret)},
+		{"jwks-url", "RELAY_JWKS_URL", "JWK set of an identity provider whose RS/PS/ES/EdDSA tokens are accepted, as ISSUER=URL, or URL for the issuer of --jwt-issuer; https (http only to loopback); repeatable, comma-separated in the environment", &repeatedValue{list: &c.JWKSURLs}},
+		{"jwks-refresh", "RELAY_JWKS_REFRESH", "how often each --jwks-url is fetched again (1m to 24h); a token with an unknown kid also causes a fetch, at most once a minute", (*durationValue)(&c.JWKSRefresh)},
+		{"jwt-public-key-file", "RELAY_JWT_PUBLIC_KEY_FILE", "PEM file of public keys that sign subscriber tokens of issuers without a --jwks-url; repeatable, comma-separated in the environment", &repeatedValue{list: &c.JWTPublicKeyFiles}},
+		{"jwt-issuer", "RELAY_JWT_ISSUER", "if set, tokens must carry this iss, whichever key signed them", (*stringValue)(&c.JWTIssuer)},
+		{"jwt-audience", "RELAY_JWT_AUDIENCE", "if set, tokens must carry this aud, whichever key signed them", (*stringValue)(&c.JWTAudience)},
+		{"jwt-subject-claim", "RELAY_JWT_SUBJECT_CLAIM", "the token claim that holds the subscriber (user) id", (*stringValue)(&c.JWTSubjectClaim)},
 		{"insecure-dev", "RELAY_INSECURE_DEV", "development only: also accept ?user=ID without a token", (*boolValue)(&c.InsecureDev)},
 		{"write-api", "RELAY_WRITE_API", "serve POST /api/templates, so the demo page at / can create templates of the example app as the token's user (default: off, the page is read-only)", (*boolValue)(&c.WriteAPI)},
 		{"cors-origins", "RELAY_CORS_ORIGINS", "comma-separated origins allowed to connect from browsers on other origins (* for any)", (*listValue)(&c.CORSOrigins)},
@@ -174,11 +197,23 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if c.JWTSecret == "" && !c.InsecureDev {
-		bad("no JWT secret: set --jwt-secret or RELAY_JWT_SECRET (or --insecure-dev for local development only)")
+	if c.JWTSecret == "" && len(c.JWKSURLs) == 0 && len(c.JWTPublicKeyFiles) == 0 && !c.InsecureDev {
+		bad("no JWT key source: set --jwt-secret, --jwks-url or --jwt-public-key-file (or --insecure-dev for local development only)")
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < 16 {
 		bad("--jwt-secret is too short: use at least 16 characters")
+	}
+	_, jwksErrs := c.jwksSources()
+	errs = append(errs, jwksErrs...)
+	if c.JWTIssuer != "" && len(c.JWKSURLs) > 0 && len(c.JWTPublicKeyFiles) > 0 {
+		bad("--jwt-public-key-file verifies tokens of issuers without a --jwks-url, and --jwt-issuer %q, the only issuer accepted, has one: "+
+			"its keys would verify no token; drop it, or give each --jwks-url as ISSUER=URL instead of setting --jwt-issuer", c.JWTIssuer)
+	}
+	if c.JWKSRefresh < time.Minute || c.JWKSRefresh > 24*time.Hour {
+		bad("--jwks-refresh must be between 1m and 24h, got %s", c.JWKSRefresh)
+	}
+	if strings.TrimSpace(c.JWTSubjectClaim) == "" {
+		bad("--jwt-subject-claim must name a claim (default sub)")
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		bad("--addr %q: want host:port or :port (%v)", c.Addr, err)
@@ -255,6 +290,68 @@ func (c *Config) Validate() error {
 		bad("--log-format %q: want text or json", c.LogFormat)
 	}
 	return errors.Join(errs...)
+}
+
+// jwksSources returns the --jwks-url entries with the issuer each is for,
+// and an error for every bad one. Every JWKS is bound to exactly one issuer:
+// its keys verify tokens of that issuer only, so no provider's keys can
+// vouch for tokens that claim another's.
+func (c *Config) jwksSources() ([]auth.JWKS, []error) {
+	var (
+		sources []auth.JWKS
+		errs    []error
+	)
+	for _, entry := range c.JWKSURLs {
+		iss, raw := c.JWTIssuer, entry
+		// The issuer is usually a URL itself: split at the first "=" that
+		// a URL follows.
+		if i := strings.IndexByte(entry, '='); i > 0 && (strings.HasPrefix(entry[i+1:], "https://") || strings.HasPrefix(entry[i+1:], "http://")) {
+			iss, raw = entry[:i], entry[i+1:]
+			if c.JWTIssuer != "" && iss != c.JWTIssuer {
+				errs = append(errs, fmt.Errorf("--jwks-url %q is for issuer %q, but --jwt-issuer accepts only %q: its keys would verify no token", entry, iss, c.JWTIssuer))
+				continue
+			}
+		}
+		if iss == "" {
+			errs = append(errs, fmt.Errorf("--jwks-url %q: no issuer: give it as ISSUER=URL or set --jwt-issuer, so its keys verify only that issuer's tokens", entry))
+			continue
+		}
+		if err := checkJWKSURL(raw); err != nil {
+			errs = append(errs, fmt.Errorf("--jwks-url %q: %w", entry, err))
+			continue
+		}
+		sources = append(sources, auth.JWKS{Issuer: iss, URL: raw})
+	}
+	return sources, errs
+}
+
+// checkJWKSURL accepts https URLs, and http ones to this machine only: keys
+// fetched over plain HTTP could be replaced by anyone on the path.
+func checkJWKSURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil {
+		return errors.New("want an absolute URL such as https://idp.example/.well-known/jwks.json")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+			return nil
+		}
+		return errors.New("http is allowed only to localhost: use https")
+	}
+	return fmt.Errorf("scheme %q: want https", u.Scheme)
+}
+
+// authKeys returns where the verifier finds the keys of subscriber tokens.
+func (c *Config) authKeys(log *slog.Logger) auth.Keys {
+	sources, _ := c.jwksSources() // Validate reported any bad entry
+	return auth.Keys{
+		Secret: []byte(c.JWTSecret), JWKS: sources, PublicKeyFiles: c.JWTPublicKeyFiles,
+		Refresh: cmp.Or(c.jwksRefresh, c.JWKSRefresh), MinRefetch: c.jwksMinRefetch, Log: log,
+	}
 }
 
 // validOrigin reports whether o is "*" or a browser origin
@@ -364,6 +461,33 @@ func (v *durationValue) Set(s string) error {
 		return fmt.Errorf("want a duration such as 500ms, 15s or 24h")
 	}
 	*v = durationValue(d)
+	return nil
+}
+
+// repeatedValue is a list given comma-separated, in the environment or by a
+// flag that may repeat: the first flag replaces what the environment said,
+// later ones add to it.
+type repeatedValue struct {
+	list    *[]string
+	flagged bool
+}
+
+func (v *repeatedValue) String() string {
+	if v.list == nil {
+		return ""
+	}
+	return strings.Join(*v.list, ",")
+}
+
+func (v *repeatedValue) Set(s string) error {
+	if !v.flagged {
+		*v.list, v.flagged = nil, true
+	}
+	for _, part := range strings.Split(s, ",") {
+		if p := strings.TrimSpace(part); p != "" {
+			*v.list = append(*v.list, p)
+		}
+	}
 	return nil
 }
 

@@ -3,9 +3,12 @@ package relay
 import (
 	"flag"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgrelay/pgrelay/relay/auth"
 )
 
 // sampleValues returns an environment value and a different flag value that
@@ -25,6 +28,8 @@ func sampleValues(t *testing.T, s setting) (env, flagArg string) {
 		return "https://env.example", "https://flag.example"
 	case *byteSizeValue:
 		return "3MiB", "512KiB"
+	case *repeatedValue:
+		return "https://env.example/jwks", "https://flag.example/jwks"
 	}
 	t.Fatalf("setting --%s has a value type this test does not know: %T", s.flag, s.value)
 	return "", ""
@@ -153,8 +158,13 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		mutate func(*Config)
 		want   string
 	}{
-		{"no secret", func(c *Config) { c.JWTSecret = "" }, "no JWT secret"},
+		{"no secret", func(c *Config) { c.JWTSecret = "" }, "no JWT key source"},
 		{"short secret", func(c *Config) { c.JWTSecret = "short" }, "--jwt-secret is too short"},
+		{"jwks url without an issuer", func(c *Config) { c.JWKSURLs = []string{"https://idp.example/jwks"} }, `--jwks-url "https://idp.example/jwks": no issuer`},
+		{"jwks url over plain http", func(c *Config) { c.JWKSURLs = []string{"https://idp.example/=http://idp.example/jwks"} }, `--jwks-url "https://idp.example/=http://idp.example/jwks": http is allowed only to localhost`},
+		{"jwks url not a url", func(c *Config) { c.JWKSURLs = []string{"iss=https://"} }, `--jwks-url "iss=https://": want an absolute URL`},
+		{"jwks refresh", func(c *Config) { c.JWKSRefresh = time.Second }, "--jwks-refresh must be between 1m and 24h"},
+		{"subject claim", func(c *Config) { c.JWTSubjectClaim = "" }, "--jwt-subject-claim"},
 		{"addr", func(c *Config) { c.Addr = "8080" }, "--addr"},
 		{"name", func(c *Config) { c.Name = "relay one" }, "--name"},
 		{"database url", func(c *Config) { c.DatabaseURL = "postgres://h:notaport/db" }, "--database-url"},
@@ -202,12 +212,98 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		t.Fatal("a configuration with every value bad validated")
 	}
 	for _, c := range cases {
-		if c.name == "no secret" || c.name == "heartbeat zero" {
+		switch c.name {
+		case "no secret", "heartbeat zero", "jwks url without an issuer", "jwks url over plain http":
 			continue // replaced by other cases on the same field
 		}
 		if !strings.Contains(err.Error(), c.want) {
 			t.Errorf("combined error does not name %s:\n%v", c.want, err)
 		}
+	}
+}
+
+func TestAJWKSURLIsBoundToExactlyOneIssuer(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		issuer  string
+		entries []string
+		want    []auth.JWKS
+		err     string
+	}{
+		{"ISSUER=URL", "", []string{"https://a.example/=https://a.example/.well-known/jwks.json", "https://b.example=http://127.0.0.1:9/jwks?x=1"},
+			[]auth.JWKS{{Issuer: "https://a.example/", URL: "https://a.example/.well-known/jwks.json"}, {Issuer: "https://b.example", URL: "http://127.0.0.1:9/jwks?x=1"}}, ""},
+		{"a plain URL takes --jwt-issuer", "https://a.example/", []string{"https://a.example/jwks?tenant=a"},
+			[]auth.JWKS{{Issuer: "https://a.example/", URL: "https://a.example/jwks?tenant=a"}}, ""},
+		{"ISSUER=URL agreeing with --jwt-issuer", "https://a.example/", []string{"https://a.example/=https://a.example/jwks"},
+			[]auth.JWKS{{Issuer: "https://a.example/", URL: "https://a.example/jwks"}}, ""},
+		{"a plain URL without --jwt-issuer", "", []string{"https://a.example/jwks"}, nil, "no issuer"},
+		{"ISSUER=URL other than --jwt-issuer", "https://a.example/", []string{"https://b.example/=https://b.example/jwks"}, nil, `accepts only "https://a.example/"`},
+		{"plain http to another host", "https://a.example/", []string{"http://a.example/jwks"}, nil, "http is allowed only to localhost"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.JWTIssuer, cfg.JWKSURLs = c.issuer, c.entries
+			got, errs := cfg.jwksSources()
+			if c.err != "" {
+				if len(errs) != 1 || !strings.Contains(errs[0].Error(), c.err) {
+					t.Fatalf("got %v, %v; want one error saying %q", got, errs, c.err)
+				}
+				return
+			}
+			if len(errs) > 0 || !slices.Equal(got, c.want) {
+				t.Fatalf("got %v, %v; want %v", got, errs, c.want)
+			}
+		})
+	}
+}
+
+func TestAnyKeySourceLetsTheRelayStart(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{"secret", func(c *Config) { c.JWTSecret = "0123456789abcdef" }},
+		{"jwks url", func(c *Config) { c.JWKSURLs = []string{"https://idp.example/=https://idp.example/jwks"} }},
+		{"public key file", func(c *Config) { c.JWTPublicKeyFiles = []string{"/etc/pgrelay/keys.pem"} }},
+		{"all three", func(c *Config) {
+			c.JWTSecret, c.JWTPublicKeyFiles = "0123456789abcdef", []string{"/etc/pgrelay/keys.pem"}
+			c.JWKSURLs = []string{"https://idp.example/=https://idp.example/jwks"}
+		}},
+		{"insecure dev", func(c *Config) { c.InsecureDev = true }},
+	} {
+		cfg := DefaultConfig()
+		c.mutate(&cfg)
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.JWTIssuer, cfg.JWTPublicKeyFiles = "https://idp.example/", []string{"/etc/pgrelay/keys.pem"}
+	cfg.JWKSURLs = []string{"https://idp.example/jwks"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "its keys would verify no token") {
+		t.Errorf("a public key file beside a JWKS of the only accepted issuer: %v, want an error saying the file is unused", err)
+	}
+}
+
+func TestRepeatedJWKSURLFlagsAddUpAndReplaceTheEnvironment(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"RELAY_JWKS_URL": "https://a.example=https://a.example/jwks, https://b.example=https://b.example/jwks"}
+	cfg, err := ParseConfig("relay", nil, func(k string) string { return env[k] }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.JWKSURLs, " "); got != "https://a.example=https://a.example/jwks https://b.example=https://b.example/jwks" {
+		t.Errorf("from the environment: %s", got)
+	}
+	cfg, err = ParseConfig("relay", []string{"--jwks-url", "https://c.example=https://c.example/jwks", "--jwks-url=https://d.example=https://d.example/jwks"}, func(k string) string { return env[k] }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.JWKSURLs, " "); got != "https://c.example=https://c.example/jwks https://d.example=https://d.example/jwks" {
+		t.Errorf("from two flags over the environment: %s", got)
 	}
 }
 

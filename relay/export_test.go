@@ -9,3 +9,10 @@ import "time"
 func WithForeignListAge(d time.Duration) func(*Config) {
 	return func(c *Config) { c.foreignListAge = d }
 }
+
+// WithJWKSTiming makes a test relay fetch its JWKS every refresh, and again
+// for a token with an unknown kid at most every minRefetch, below the
+// bounds Validate sets.
+func WithJWKSTiming(refresh, minRefetch time.Duration) func(*Config) {
+	return func(c *Config) { c.jwksRefresh, c.jwksMinRefetch = refresh, minRefetch }
+}

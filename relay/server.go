@@ -53,6 +53,7 @@ type Server struct {
 	name string
 	pool *pgxpool.Pool
 
+	verifier  *auth.Verifier
 	hub       *hub.Hub
 	reader    *reader.Reader
 	listener  *listen.Listener
@@ -74,6 +75,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	name := cfg.InstanceName()
 	s := &Server{cfg: cfg, name: name, log: log.With("relay", name)}
+	verifier, err := auth.Open(ctx, cfg.authKeys(s.log), auth.Options{
+		Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, SubjectClaim: cfg.JWTSubjectClaim, InsecureDev: cfg.InsecureDev,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.verifier = verifier
 	pool, err := openPool(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -101,9 +109,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics = s.newMetrics()
 
 	gate := &stream.Gate{
-		Auth: auth.NewVerifier([]byte(cfg.JWTSecret), auth.Options{
-			Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, InsecureDev: cfg.InsecureDev,
-		}),
+		Auth: s.verifier,
 		Opener: &stream.Opener{
 			DB: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
 			Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
@@ -157,6 +163,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.reader.Run(gctx) })
 	g.Go(func() error { return s.sequencer.Run(gctx) })
 	g.Go(func() error { return s.refresher.Run(gctx) })
+	g.Go(func() error { return s.verifier.Run(gctx) })
 	g.Go(func() error { return s.sse.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })

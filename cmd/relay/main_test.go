@@ -55,7 +55,7 @@ func TestHelpListsEverySettingWithItsEnvironmentVariableAndDefault(t *testing.T)
 		}
 	})
 	// The contract's settings, spelled as users type them.
-	for _, want := range []string{"--database-url", "$DATABASE_URL", "--addr", "$RELAY_ADDR", "default :8080", "--jwt-secret", "$RELAY_JWT_SECRET", "--name", "$RELAY_NAME"} {
+	for _, want := range []string{"--database-url", "$DATABASE_URL", "--addr", "$RELAY_ADDR", "default :8080", "--jwt-secret", "$RELAY_JWT_SECRET", "--jwks-url", "$RELAY_JWKS_URL", "--jwt-public-key-file", "$RELAY_JWT_PUBLIC_KEY_FILE", "--name", "$RELAY_NAME"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("help lacks %q", want)
 		}
@@ -73,9 +73,9 @@ func TestRelayRefusesToStartWithBadSettingsNamingThem(t *testing.T) {
 	env := map[string]string{"RELAY_QUEUE_SIZE": "0"}
 	err := run(context.Background(), []string{"--heartbeat=1m"}, func(k string) string { return env[k] }, io.Discard, io.Discard)
 	if err == nil {
-		t.Fatal("relay started without a secret and with bad values")
+		t.Fatal("relay started without a key source and with bad values")
 	}
-	for _, want := range []string{"no JWT secret", "--queue-size", "--heartbeat"} {
+	for _, want := range []string{"no JWT key source", "--queue-size", "--heartbeat"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}
