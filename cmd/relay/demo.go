@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/examples/templates/demo"
+	"github.com/pgrelay/pgrelay/relay"
 )
 
 // runDemo parses `relay demo` flags and runs the demo.

@@ -43,7 +43,6 @@ type Listener struct {
 	minDelay time.Duration
 	maxDelay time.Duration
 
-
 	reconnects atomic.Uint64
 
 	mu        sync.Mutex

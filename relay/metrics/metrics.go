@@ -72,10 +72,10 @@ type Metrics struct {
 	reg *prometheus.Registry
 	log *slog.Logger
 
-	connected    *prometheus.GaugeVec
-	deliveries   *prometheus.CounterVec
-	latency      *prometheus.HistogramVec
-	pruned       prometheus.Counter
+	connected  *prometheus.GaugeVec
+	deliveries *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	pruned     prometheus.Counter
 }
 
 // LatencyBuckets are the commit→send latency histogram's upper bounds, in
@@ -244,7 +244,6 @@ func (e errorLog) Println(v ...any) {
 		e.log.Warn("collect metrics", "err", fmt.Sprint(v...))
 	}
 }
-
 
 // Pruned counts n events pruned from the log.
 func (m *Metrics) Pruned(n int64) { m.pruned.Add(float64(n)) }

@@ -13,8 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/examples/templates/demo"
+	"github.com/pgrelay/pgrelay/internal/relaytest"
 )
 
 // startDemo runs a demo on its own database (never pgrelay_demo, which a
