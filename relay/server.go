@@ -196,7 +196,7 @@ func (s *Server) routes() chi.Router {
 	wsMetrics := s.metrics.Transport("ws")
 	s.ws = &ws.Handler{
 		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
-		Log: s.log, WriteTimeout: s.cfg.WriteTimeout, OriginPatterns: s.cfg.CORSOrigins,
+		Log: s.log, WriteTimeout: s.cfg.WriteTimeout, Heartbeat: s.cfg.Heartbeat, OriginPatterns: s.cfg.CORSOrigins,
 	}
 	r.Method(http.MethodGet, "/ws", s.ws)
 	r.Mount("/api", &api.Handler{Auth: s.auth, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev, Write: s.cfg.WriteAPI})
@@ -228,6 +228,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.sequencerLoop(gctx) })
 	g.Go(func() error { return s.refresher.Run(gctx) })
 	g.Go(func() error { return s.sse.Run(gctx) })
+	g.Go(func() error { return s.ws.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
 	}
