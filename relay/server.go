@@ -124,7 +124,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.ws = &ws.Handler{
 		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
-		Log: s.log, WriteTimeout: cfg.WriteTimeout, OriginPatterns: cfg.CORSOrigins,
+		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, OriginPatterns: cfg.CORSOrigins,
 	}
 	s.router = s.routes(gate.Auth)
 	return s, nil
@@ -165,6 +165,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.refresher.Run(gctx) })
 	g.Go(func() error { return s.verifier.Run(gctx) })
 	g.Go(func() error { return s.sse.Run(gctx) })
+	g.Go(func() error { return s.ws.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
 	}

@@ -3,6 +3,7 @@ package sse
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/netpump"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
@@ -31,24 +33,22 @@ type pump struct {
 	log       *slog.Logger
 	heartbeat time.Duration
 	timeout   time.Duration
-	hangups   *hangups
+	hangups   *netpump.Poller
 
 	mu       sync.Mutex
 	work     *sync.Cond
 	ready    []*liveConn
-	streams  int // in the wheel
 	stopping bool
 	quit     bool
 	drained  chan struct{}
 
-	// wheel spreads heartbeats over the interval: stream i is pinged when
-	// the ticker reaches slot i mod len(wheel), once per interval.
-	wheel    []map[*liveConn]struct{}
-	nextSlot int
+	// wheel holds every stream in the pump and spreads their heartbeats
+	// over the interval.
+	wheel *netpump.Wheel[*liveConn]
 
 	workers sync.WaitGroup
 	blocked sync.WaitGroup
-	bufs    sync.Pool
+	bufs    netpump.WriterPool
 }
 
 // connState says who may touch a liveConn's connection and stream.
@@ -77,21 +77,15 @@ type liveConn struct {
 	slot   int
 }
 
-// wheelSlots is how many groups a heartbeat interval is divided into.
-const wheelSlots = 64
-
 func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) {
-	h, err := newHangups()
+	h, err := netpump.NewPoller()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("watch stream connections for hang-ups: %w", err)
 	}
 	p := &pump{
 		log: log, heartbeat: heartbeat, timeout: timeout, hangups: h,
 		drained: make(chan struct{}),
-		wheel:   make([]map[*liveConn]struct{}, wheelSlots),
-	}
-	for i := range p.wheel {
-		p.wheel[i] = map[*liveConn]struct{}{}
+		wheel:   netpump.NewWheel[*liveConn](),
 	}
 	p.work = sync.NewCond(&p.mu)
 	return p, nil
@@ -100,7 +94,7 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 // run serves until ctx is done, then ends every stream with a shutdown
 // notice and returns when all are closed.
 func (p *pump) run(ctx context.Context) {
-	go p.hangups.run()
+	go p.hangups.Run()
 	n := 2 * runtime.GOMAXPROCS(0)
 	p.workers.Add(n)
 	for range n {
@@ -109,16 +103,16 @@ func (p *pump) run(ctx context.Context) {
 	// Every stream gets a ping each interval, events or not, but a slot at a
 	// time: pinging every stream at once would put thousands of writes in
 	// front of the next event.
-	tick := time.NewTicker(p.heartbeat / wheelSlots)
+	tick := time.NewTicker(netpump.Tick(p.heartbeat))
 	defer tick.Stop()
-	for slot := 0; ; slot = (slot + 1) % wheelSlots {
+	for slot := 0; ; slot = (slot + 1) % netpump.WheelSlots {
 		select {
 		case <-ctx.Done():
 			p.stop()
 			return
 		case <-tick.C:
 			p.mu.Lock()
-			for c := range p.wheel[slot] {
+			for c := range p.wheel.Slot(slot) {
 				c.ping = true
 				p.wakeLocked(c)
 			}
@@ -131,8 +125,8 @@ func (p *pump) run(ctx context.Context) {
 func (p *pump) stop() {
 	p.mu.Lock()
 	p.stopping = true
-	for _, slot := range p.wheel {
-		for c := range slot {
+	for slot := range netpump.WheelSlots {
+		for c := range p.wheel.Slot(slot) {
 			p.wakeLocked(c)
 			if c.blockedOn {
 				// End the blocked write now; it then closes the stream.
@@ -140,7 +134,7 @@ func (p *pump) stop() {
 			}
 		}
 	}
-	empty := p.streams == 0
+	empty := p.wheel.Len() == 0
 	p.mu.Unlock()
 	if !empty {
 		<-p.drained
@@ -151,7 +145,7 @@ func (p *pump) stop() {
 	p.mu.Unlock()
 	p.workers.Wait()
 	p.blocked.Wait()
-	p.hangups.close()
+	p.hangups.Close()
 }
 
 // add takes over c, already past its replay. It returns false if the pump is
@@ -162,14 +156,11 @@ func (p *pump) add(c *liveConn) bool {
 		p.mu.Unlock()
 		return false
 	}
-	p.streams++
 	c.state = running // until the first notification below
-	c.slot = p.nextSlot
-	p.nextSlot = (p.nextSlot + 1) % wheelSlots
-	p.wheel[c.slot][c] = struct{}{}
+	c.slot = p.wheel.Add(c)
 	p.mu.Unlock()
 
-	unwatch, err := p.hangups.watch(c.nc, func() {
+	unwatch, err := p.hangups.Watch(c.nc, netpump.HangUp, func() {
 		p.mu.Lock()
 		c.hungUp = true
 		p.wakeLocked(c)
@@ -267,27 +258,27 @@ func (p *pump) serve(c *liveConn, t turn) {
 		p.close(c, err, true)
 		return
 	}
-	w := p.writer(c.raw)
-	err = c.adm.Deliver(frameSink[*liveWriter]{w})
+	w := p.bufs.Get(c.raw)
+	err = c.adm.Deliver(frameSink[liveWriter]{liveWriter{w}})
 	if err == nil && t.ping {
-		err = w.write(pingFrame)
+		err = w.Frame(pingFrame)
 	}
 	if err == nil {
-		err = w.flush()
+		err = w.Flush()
 	}
 	switch {
-	case w.err != nil:
-		p.release(w)
+	case w.Err() != nil:
+		p.bufs.Put(w)
 		p.close(c, stream.ErrClientGone, false)
 		return
 	case err != nil:
 		// The hub ended the stream during Deliver. Its notice can follow
 		// only whole frames, so not what a stalled socket cut short.
-		p.release(w)
-		p.close(c, err, !w.blocked)
+		p.bufs.Put(w)
+		p.close(c, err, !w.Blocked())
 		return
-	case !w.blocked:
-		p.release(w)
+	case !w.Blocked():
+		p.bufs.Put(w)
 		p.finished(c)
 		return
 	}
@@ -298,7 +289,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 	stopping := p.stopping
 	p.mu.Unlock()
 	if stopping {
-		p.release(w)
+		p.bufs.Put(w)
 		p.close(c, hub.ErrShutdown, false)
 		return
 	}
@@ -309,7 +300,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 // writeBlocked writes what the socket did not take at once, waiting for the
 // client up to the write timeout, or until the hub ends the stream: a client
 // cut off as too slow lets go of its frames at once, not at the timeout.
-func (p *pump) writeBlocked(c *liveConn, w *liveWriter) {
+func (p *pump) writeBlocked(c *liveConn, w *netpump.Writer) {
 	defer p.blocked.Done()
 	ended := c.adm.Done()
 	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
@@ -333,17 +324,12 @@ func (p *pump) writeBlocked(c *liveConn, w *liveWriter) {
 		_ = c.nc.SetWriteDeadline(time.Now())
 	default:
 	}
-	var err error
-	for _, b := range w.pending {
-		if _, err = c.nc.Write(b); err != nil {
-			break
-		}
-	}
+	err := w.WriteRest(c.nc)
 	close(stopWatch)
 	<-watchDone
-	p.release(w)
+	p.bufs.Put(w)
 	if err == nil {
-		// writeNow honours deadlines too: clear this one.
+		// WriteNow honours deadlines too: clear this one.
 		err = c.nc.SetWriteDeadline(time.Time{})
 	}
 	if err != nil {
@@ -369,7 +355,7 @@ func (p *pump) writeBlocked(c *liveConn, w *liveWriter) {
 // socket takes the notice at once. The caller owns c.
 func (p *pump) close(c *liveConn, err error, notify bool) {
 	if n := notice(stream.Ending(err)); notify && n != nil {
-		_, _ = writeNow(c.raw, n)
+		_, _ = netpump.WriteNow(c.raw, n)
 	}
 	if c.unwatch != nil {
 		c.unwatch()
@@ -394,11 +380,8 @@ func (p *pump) end(c *liveConn, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c.state = gone
-	if _, ok := p.wheel[c.slot][c]; ok {
-		delete(p.wheel[c.slot], c)
-		p.streams--
-	}
-	if p.stopping && p.streams == 0 {
+	p.wheel.Remove(c, c.slot)
+	if p.stopping && p.wheel.Len() == 0 {
 		select {
 		case <-p.drained:
 		default:
@@ -407,100 +390,9 @@ func (p *pump) end(c *liveConn, err error) {
 	}
 }
 
-// Frames up to gatherLimit are gathered into one write; larger ones are
-// written from the message itself, which every recipient shares, so a
-// stream's backlog is never copied whole. Buffers that grew past
-// maxPooledBuffer are dropped rather than pooled, so one burst does not keep
-// its memory in the pool.
-const (
-	gatherLimit     = 32 << 10
-	maxPooledBuffer = 64 << 10
-	maxPooledFrames = 1024
-)
+// liveWriter is the pump's writer as a frameWriter.
+type liveWriter struct{ w *netpump.Writer }
 
-// writer returns an empty liveWriter for raw from the pool.
-func (p *pump) writer(raw syscall.RawConn) *liveWriter {
-	w, ok := p.bufs.Get().(*liveWriter)
-	if !ok {
-		w = &liveWriter{buf: make([]byte, 0, 4096)}
-	}
-	w.raw = raw
-	return w
-}
+func (l liveWriter) write(b []byte) error { return l.w.Frame(b) }
 
-// release returns w to the pool, empty.
-func (p *pump) release(w *liveWriter) {
-	if cap(w.buf) > maxPooledBuffer {
-		w.buf = nil
-	}
-	clear(w.pending)
-	w.pending = w.pending[:0]
-	if cap(w.pending) > maxPooledFrames {
-		w.pending = nil
-	}
-	*w = liveWriter{buf: w.buf[:0], pending: w.pending}
-	p.bufs.Put(w)
-}
-
-// liveWriter writes a stream's frames to its socket as they come, never
-// waiting: small frames are gathered in a bounded buffer, large ones are
-// written as they are. Once the socket stops taking data it is blocked, and
-// the frames still to write are only listed (they are the messages' own
-// bytes, not copies) for writeBlocked to finish.
-type liveWriter struct {
-	raw     syscall.RawConn
-	buf     []byte
-	blocked bool
-	pending [][]byte // once blocked: what is left to write, in order
-	err     error    // the socket failed; nothing more is written
-}
-
-func (w *liveWriter) write(b []byte) error {
-	switch {
-	case w.err != nil:
-		return w.err
-	case w.blocked:
-		w.pending = append(w.pending, b)
-		return nil
-	case len(w.buf)+len(b) <= gatherLimit:
-		w.buf = append(w.buf, b...)
-		return nil
-	}
-	if err := w.flush(); err != nil {
-		return err
-	}
-	switch {
-	case w.blocked:
-		w.pending = append(w.pending, b)
-	case len(b) <= gatherLimit:
-		w.buf = append(w.buf, b...)
-	default:
-		w.send(b)
-	}
-	return w.err
-}
-
-// flush writes the gathered frames, unless the socket is blocked.
-func (w *liveWriter) flush() error {
-	if w.err != nil || w.blocked || len(w.buf) == 0 {
-		return w.err
-	}
-	w.send(w.buf)
-	if !w.blocked {
-		w.buf = w.buf[:0]
-	}
-	return w.err
-}
-
-// send writes b without waiting; what the socket does not take is pending.
-// Once b is pending it must not change: buf is not appended to again.
-func (w *liveWriter) send(b []byte) {
-	n, err := writeNow(w.raw, b)
-	switch {
-	case err != nil:
-		w.err = err
-	case n < len(b):
-		w.blocked = true
-		w.pending = append(w.pending, b[n:])
-	}
-}
+func (l liveWriter) flush() error { return l.w.Flush() }

@@ -8,45 +8,63 @@
 // topic) is answered as plain HTTP with a JSON body, exactly like SSE; after
 // the upgrade the relay only ends a stream with a close frame whose code says
 // why (see docs/transports.md).
+//
+// Past the handshake and the replay, a connection is served as SSE's are: by
+// a pump of a few worker goroutines (pump.go), told by one epoll set when a
+// client sent something, writing without blocking. An idle WebSocket stream
+// therefore holds no goroutine and no buffer. Frames are read and written
+// with github.com/gobwas/ws, which works on single frames of a connection
+// it does not own, where a connection-owning library would need a reader
+// goroutine per connection.
 package ws
 
 import (
+	"bufio"
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"os"
+	"net/url"
+	"path"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/stream"
 )
 
-// Close codes the relay sends. 1012 is the standard "service restart"; the
-// 4000-range codes are pgrelay's own (RFC 6455 §7.4.2 leaves them to
-// applications).
+// Close codes the relay sends (RFC 6455 §7.4). 1012 is the standard
+// "service restart"; the 4000-range codes are pgrelay's own (§7.4.2 leaves
+// them to applications). They are untyped so that they compare with any
+// client library's code type.
 const (
 	// CloseShutdown: the relay is shutting down; reconnect (to any relay)
 	// with last_event_id.
-	CloseShutdown = websocket.StatusServiceRestart
+	CloseShutdown = 1012
 	// CloseSlowConsumer: the client fell further behind than the relay's
 	// queue allows; reconnect with last_event_id to get what it missed.
-	CloseSlowConsumer websocket.StatusCode = 4000
+	CloseSlowConsumer = 4000
 	// CloseUnauthorized: the token the stream was opened with has expired;
 	// reconnect with a fresh token and last_event_id.
-	CloseUnauthorized websocket.StatusCode = 4401
+	CloseUnauthorized = 4401
 	// CloseSubscriberGone: the subscriber was deleted from the database; do
 	// not reconnect with the same token.
-	CloseSubscriberGone websocket.StatusCode = 4403
+	CloseSubscriberGone = 4403
+	// CloseInternalError: the relay failed; reconnect with last_event_id.
+	CloseInternalError = 1011
+	// CloseProtocolError: the client broke the WebSocket protocol.
+	CloseProtocolError = 1002
+	// CloseMessageTooBig: the client sent a message over 4 KiB.
+	CloseMessageTooBig = 1009
 )
 
 // Close reasons, sent with the codes above. They fit the 123 bytes a close
@@ -59,12 +77,30 @@ const (
 	reasonInternal       = "internal error"
 )
 
+// closes are the close frames that tell a client why its stream ended;
+// an end not listed is the relay's failure (1011), except the client's own
+// leaving and unanswered pings, which get no close frame.
+var closes = map[stream.End]struct {
+	code   uint16
+	reason string
+}{
+	stream.EndShutdown:       {CloseShutdown, ReasonShutdown},
+	stream.EndSlowConsumer:   {CloseSlowConsumer, ReasonSlowConsumer},
+	stream.EndSubscriberGone: {CloseSubscriberGone, ReasonSubscriberGone},
+	stream.EndTokenExpired:   {CloseUnauthorized, ReasonTokenExpired},
+	stream.EndError:          {CloseInternalError, reasonInternal},
+}
+
 // maxClientMessage bounds what a client may send: the relay expects no
 // messages, and reads only so that pings, pongs and close frames are handled.
 const maxClientMessage = 4 << 10
 
 // errNotWebSocket answers a plain GET on the WebSocket endpoint.
 var errNotWebSocket = errors.New("this endpoint speaks WebSocket: send an Upgrade: websocket request (use GET /events for Server-Sent Events)")
+
+// errNotServing answers handshakes while no pump runs (before Run, or once
+// it has stopped).
+var errNotServing = errors.New("not serving WebSocket streams now (shutting down?); retry shortly")
 
 // Handler serves GET /ws.
 type Handler struct {
@@ -77,8 +113,11 @@ type Handler struct {
 	// WriteTimeout bounds one write to a client, and the wait for the pong
 	// that answers a keep-alive ping.
 	WriteTimeout time.Duration
+	// Heartbeat is the interval of keep-alive pings.
+	Heartbeat time.Duration
 	// OriginPatterns are the browser origins allowed besides the relay's own:
-	// scheme://host[:port] as in --cors-origins ("*" allows any origin).
+	// scheme://host[:port] or host patterns as in --cors-origins ("*"
+	// allows any origin).
 	OriginPatterns []string
 
 	// active counts upgraded connections, so shutdown can wait for their
@@ -88,88 +127,245 @@ type Handler struct {
 	mu      sync.Mutex
 	active  int
 	drained chan struct{} // closed when active drops to zero, if someone waits
+	pump    *pump
+	writers sync.Pool // *bufio.Writer, for replays
 }
 
-// handshake refuses a request that is not a WebSocket handshake.
-func handshake(r *http.Request) error {
+// Run serves the live part of every stream from a few goroutines until ctx
+// is done, then closes every stream with 1012 and returns once their close
+// handshakes are over (or timed out). Streams are served only while Run
+// runs.
+func (h *Handler) Run(ctx context.Context) error {
+	heartbeat := h.Heartbeat
+	if heartbeat <= 0 {
+		heartbeat = 10 * time.Second
+	}
+	timeout := h.WriteTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	p, err := newPump(h.Log, heartbeat, timeout)
+	if err != nil {
+		return fmt.Errorf("start websocket pump: %w", err)
+	}
+	h.mu.Lock()
+	h.pump = p
+	h.mu.Unlock()
+	p.run(ctx, func() {
+		h.mu.Lock()
+		h.pump = nil
+		h.mu.Unlock()
+	})
+	return nil
+}
+
+func (h *Handler) livePump() *pump {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.pump
+}
+
+// check refuses a request that is not a WebSocket handshake, or that
+// arrives while no pump serves streams.
+func (h *Handler) check(r *http.Request) error {
 	if !headerHasToken(r.Header, "Upgrade", "websocket") {
 		return &stream.Refusal{Status: http.StatusUpgradeRequired, Header: http.Header{"Upgrade": {"websocket"}}, Err: errNotWebSocket}
+	}
+	if h.livePump() == nil {
+		return &stream.Refusal{Status: http.StatusServiceUnavailable, Err: errNotServing}
 	}
 	return nil
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t := h.Transport
-	t.Check = handshake
+	t.Check = h.check
 	// Opened before the upgrade so that every refusal is still an HTTP
 	// answer, and so live delivery starts from the moment of the handshake.
 	adm, ok := h.Gate.Admit(w, r, t)
 	if !ok {
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
-		OriginPatterns:     h.OriginPatterns,
-		InsecureSkipVerify: slices.Contains(h.OriginPatterns, "*"),
-	})
+	c, err := h.upgrade(w, r)
 	if err != nil {
-		// Accept has answered (403 for a foreign origin, 400 for a bad
-		// handshake).
+		// upgrade has answered (403 for a foreign origin, 400 or 426 for a
+		// bad handshake).
 		adm.Refuse("websocket handshake failed", err)
 		return
 	}
-	defer h.track()()
-	adm.End(h.serve(r.Context(), conn, adm))
+	c.adm = adm
+	c.untrack = h.track()
+	h.serve(r.Context(), c)
 }
 
-// closes are the close frames that tell a client why its stream ended.
-var closes = map[stream.End]struct {
-	code   websocket.StatusCode
-	reason string
-}{
-	stream.EndShutdown:       {CloseShutdown, ReasonShutdown},
-	stream.EndSlowConsumer:   {CloseSlowConsumer, ReasonSlowConsumer},
-	stream.EndSubscriberGone: {CloseSubscriberGone, ReasonSubscriberGone},
-	stream.EndTokenExpired:   {CloseUnauthorized, ReasonTokenExpired},
-}
-
-// serve runs an upgraded connection until the stream ends, closes it with
-// the code that says why, and returns the error the stream ended with.
-func (h *Handler) serve(ctx context.Context, conn *websocket.Conn, st *stream.Admitted) error {
-	conn.SetReadLimit(maxClientMessage)
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		cancel(discardMessages(ctx, conn))
-	}()
-	s := &sink{ctx: ctx, conn: conn, st: st.Stream, timeout: h.WriteTimeout, fail: cancel}
-	defer func() {
-		_ = conn.CloseNow()
-		<-readDone
-		s.pings.Wait()
-	}()
-
-	err := st.Run(ctx, s)
-	end := stream.Ending(err)
-	if c, ok := closes[end]; ok {
-		_ = conn.Close(c.code, c.reason)
-		return err
+// serve writes the replay on the request's goroutine, then hands the
+// connection to the pump, which also closes it if the replay ended the
+// stream.
+func (h *Handler) serve(ctx context.Context, c *conn) {
+	bw := h.writer(c.nc)
+	rs := &replaySink{conn: c.nc, bw: bw, timeout: h.WriteTimeout}
+	err := c.adm.Classify(c.adm.Replay(ctx, rs))
+	if err != nil && !rs.failed {
+		// A replay the hub ended stops between two frames: they go out,
+		// and the close frame after them.
+		_ = rs.flush()
 	}
+	h.putWriter(bw)
+	if rs.failed {
+		// The stream may stop inside a frame: a close frame after it
+		// would be garbage to the client, who sees the connection drop.
+		closeConn(c, err)
+		return
+	}
+	if p := h.livePump(); p != nil && p.add(c, err) {
+		return
+	}
+	// The pump stopped while the replay ran: tell the client, without
+	// waiting for its answer.
+	if err == nil {
+		err = hub.ErrShutdown
+	}
+	if cl, ok := closes[stream.Ending(err)]; ok {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.nc.Write(closeFrame(cl.code, cl.reason))
+	}
+	closeConn(c, err)
+}
+
+// closeConn ends a stream that the pump does not serve.
+func closeConn(c *conn, err error) {
+	_ = c.nc.Close()
+	c.adm.End(err)
+	c.untrack()
+}
+
+// upgrade checks the handshake as RFC 6455 §4.2 asks, and the origin, and
+// answers it: on success it takes the connection over from net/http and
+// returns it; otherwise it has answered with the reason.
+func (h *Handler) upgrade(w http.ResponseWriter, r *http.Request) (*conn, error) {
+	if status, err := checkHandshake(w, r); err != nil {
+		http.Error(w, err.Error(), status)
+		return nil, err
+	}
+	if !slices.Contains(h.OriginPatterns, "*") {
+		if err := checkOrigin(r, h.OriginPatterns); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return nil, err
+		}
+	}
+	header := w.Header().Clone() // what middleware set, e.g. Vary
+	nc, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		// HTTP/2 cannot be taken over; RFC 8441 WebSockets are not served.
+		http.Error(w, http.StatusText(http.StatusNotImplemented), http.StatusNotImplemented)
+		return nil, fmt.Errorf("take over the connection: %w", err)
+	}
+	// The server's deadlines were for reading the request.
+	_ = nc.SetDeadline(time.Time{})
+	c := &conn{nc: nc}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	// A client may send frames right behind its handshake; net/http may
+	// have read them already.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		c.early = append([]byte(nil), b...)
+	}
+	header.Set("Upgrade", "websocket")
+	header.Set("Connection", "Upgrade")
+	header.Set("Sec-WebSocket-Accept", acceptKey(r.Header.Get("Sec-WebSocket-Key")))
+	_ = nc.SetWriteDeadline(time.Now().Add(h.writeTimeout()))
+	bw := brw.Writer
+	_, _ = bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	_ = header.Write(bw)
+	_, _ = bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("write handshake response: %w", err)
+	}
+	_ = nc.SetWriteDeadline(time.Time{})
+	return c, nil
+}
+
+func (h *Handler) writeTimeout() time.Duration {
+	if h.WriteTimeout > 0 {
+		return h.WriteTimeout
+	}
+	return 10 * time.Second
+}
+
+// checkHandshake returns the status and reason to refuse a request that is
+// not a valid WebSocket handshake with.
+func checkHandshake(w http.ResponseWriter, r *http.Request) (int, error) {
+	if !r.ProtoAtLeast(1, 1) {
+		return http.StatusUpgradeRequired, fmt.Errorf("WebSocket protocol violation: handshake request must be at least HTTP/1.1: %q", r.Proto)
+	}
+	if !headerHasToken(r.Header, "Connection", "Upgrade") {
+		w.Header().Set("Connection", "Upgrade")
+		w.Header().Set("Upgrade", "websocket")
+		return http.StatusUpgradeRequired, fmt.Errorf("WebSocket protocol violation: Connection header %q does not contain Upgrade", r.Header.Get("Connection"))
+	}
+	if r.Method != http.MethodGet {
+		return http.StatusMethodNotAllowed, fmt.Errorf("WebSocket protocol violation: handshake request method is not GET but %q", r.Method)
+	}
+	if r.Header.Get("Sec-WebSocket-Version") != "13" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		return http.StatusBadRequest, fmt.Errorf("unsupported WebSocket protocol version (only 13 is supported): %q", r.Header.Get("Sec-WebSocket-Version"))
+	}
+	keys := r.Header.Values("Sec-WebSocket-Key")
 	switch {
-	case errors.Is(context.Cause(ctx), stream.ErrUnresponsive):
-		return stream.ErrUnresponsive
-	case ctx.Err() != nil:
-		// The client closed (the library has answered its close frame) or
-		// the connection broke.
-		return stream.ErrClientGone
-	case err != nil:
-		// A failed write has already closed the connection; anything else
-		// is the relay's fault.
-		_ = conn.Close(websocket.StatusInternalError, reasonInternal)
+	case len(keys) == 0:
+		return http.StatusBadRequest, errors.New("WebSocket protocol violation: missing Sec-WebSocket-Key")
+	case len(keys) > 1:
+		return http.StatusBadRequest, errors.New("WebSocket protocol violation: multiple Sec-WebSocket-Key headers")
 	}
-	return err
+	if v, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(v) != 16 {
+		return http.StatusBadRequest, fmt.Errorf("WebSocket protocol violation: invalid Sec-WebSocket-Key %q, must be a 16 byte base64 encoded string", keys[0])
+	}
+	return 0, nil
+}
+
+// checkOrigin accepts a handshake without Origin (not a browser), from the
+// relay's own host, or from an origin matching one of patterns: a host
+// pattern, or with "://" a scheme://host pattern (path.Match syntax, case
+// ignored). Browsers do not apply CORS to WebSocket, so this is what keeps
+// a foreign page from opening streams in its visitors' names.
+func checkOrigin(r *http.Request, patterns []string) error {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return nil
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return fmt.Errorf("failed to parse Origin header %q: %w", origin, err)
+	}
+	if strings.EqualFold(r.Host, u.Host) {
+		return nil
+	}
+	for _, pattern := range patterns {
+		target := u.Host
+		if strings.Contains(pattern, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		ok, err := path.Match(strings.ToLower(pattern), strings.ToLower(target))
+		if err != nil {
+			return fmt.Errorf("failed to parse origin pattern %q: %w", pattern, err)
+		}
+		if ok {
+			return nil
+		}
+	}
+	if u.Host == "" {
+		return fmt.Errorf("request Origin %q is not a valid URL with a host", origin)
+	}
+	return fmt.Errorf("request Origin %q is not authorized for Host %q", u.Host, r.Host)
+}
+
+// acceptKey is the Sec-WebSocket-Accept answer to key (RFC 6455 §4.2.2).
+func acceptKey(key string) string {
+	s := sha1.Sum([]byte(strings.TrimSpace(key) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return base64.StdEncoding.EncodeToString(s[:])
 }
 
 // track counts one upgraded connection until the returned func is called.
@@ -209,110 +405,81 @@ func (h *Handler) Wait(ctx context.Context) error {
 	}
 }
 
-// discardMessages reads until the connection ends, dropping whatever the
-// client sends: reading is what makes the library answer pings, deliver
-// pongs and complete close handshakes. A message over maxClientMessage makes
-// the library close with 1009 (message too big).
-func discardMessages(ctx context.Context, conn *websocket.Conn) error {
-	for {
-		_, r, err := conn.Reader(ctx)
-		if err != nil {
-			return fmt.Errorf("read from client: %w", err)
-		}
-		if _, err := io.Copy(io.Discard, r); err != nil {
-			return fmt.Errorf("read from client: %w", err)
-		}
+func (h *Handler) writer(w io.Writer) *bufio.Writer {
+	if bw, ok := h.writers.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
 	}
+	return bufio.NewWriterSize(w, 16<<10)
 }
 
-// sink writes a stream as WebSocket text messages, one per event. Messages
-// go to the socket as they are (the library copies nothing larger than its
-// 4 KiB write buffer), so a stream holds no buffer of its own.
-type sink struct {
-	ctx     context.Context
-	conn    *websocket.Conn
-	st      *stream.Stream
+func (h *Handler) putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	h.writers.Put(bw)
+}
+
+// resetMessage is {"type":"reset","id":"<at>","data":{"reason":"…"}}. It
+// has no "topic" key, so it cannot be mistaken for an event of any topic;
+// its id is where the client's stream now continues.
+func resetMessage(at eventlog.ID) []byte {
+	return []byte(`{"type":"reset","id":"` + at.String() +
+		`","data":{"reason":"events after your last id are no longer retained; reload"}}`)
+}
+
+// replaySink writes a replay to the taken-over connection, buffered, each
+// write bounded by the write timeout.
+type replaySink struct {
+	conn    net.Conn
+	bw      *bufio.Writer
 	timeout time.Duration
-	fail    context.CancelCauseFunc
-
-	pinging atomic.Bool
-	pings   sync.WaitGroup
+	// failed is set once a write has failed: what reached the client may
+	// end inside a frame.
+	failed bool
 }
 
-// largeWrite is the size from which a write stops as soon as the hub cuts
-// its stream off as a slow consumer.
-const largeWrite = 64 << 10
-
-func (s *sink) write(b []byte) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
-	defer cancel()
-	if len(b) >= largeWrite {
-		// A large message to a stalled client would otherwise stay pinned,
-		// with the batch it came in, until the write timeout, long after
-		// the hub gave up on the client. Small ones are not worth a
-		// goroutine: they pin little.
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			select {
-			case <-s.st.Done():
-				if errors.Is(s.st.Err(), hub.ErrSlowConsumer) {
-					cancel()
-				}
-			case <-stop:
-			}
-		}()
+func (s *replaySink) write(b []byte) error {
+	if s.timeout > 0 {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
 	}
-	// On timeout the library closes the connection: a client that stops
-	// reading cannot hold a write for longer than this.
-	if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
-		if ended := s.st.Err(); ended != nil {
-			return ended // why it was cut short
-		}
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			// The write's own deadline passed first (the stream's context
-			// has none): the client stopped reading, the same condition as
-			// a full queue, which the stream classifies by this error.
-			return fmt.Errorf("write to client: %w (%w)", os.ErrDeadlineExceeded, err)
-		}
-		return fmt.Errorf("write to client: %w", err)
+	var hdr [maxDataHeader]byte
+	_, err := s.bw.Write(textHeader(hdr[:0], len(b)))
+	if err == nil {
+		_, err = s.bw.Write(b)
+	}
+	if err != nil {
+		s.failed = true
+		return writeFailed(err)
 	}
 	return nil
 }
 
-func (s *sink) Event(m *hub.Message) error { return s.write(m.WS()) }
-
-// Reset sends {"type":"reset","id":"<at>","data":{"reason":"…"}}. It has no
-// "topic" key, so it cannot be mistaken for an event of any topic; its id is
-// where the client's stream now continues.
-func (s *sink) Reset(at eventlog.ID) error {
-	return s.write([]byte(`{"type":"reset","id":"` + at.String() +
-		`","data":{"reason":"events after your last id are no longer retained; reload"}}`))
+// writeFailed describes a failed write to the client: it went away, unless
+// the write timed out, which Classify makes a slow consumer.
+func writeFailed(err error) error {
+	return fmt.Errorf("write to client: %w (%w)", stream.ErrClientGone, err)
 }
 
-// Heartbeat sends a ping without waiting for its pong: the wait happens in
-// the background so events keep flowing meanwhile. A ping still unanswered
-// at the next heartbeat is not doubled; one unanswered within the write
-// timeout ends the stream.
-func (s *sink) Heartbeat() error {
-	if !s.pinging.CompareAndSwap(false, true) {
-		return nil
+func (s *replaySink) flush() error {
+	err := s.bw.Flush()
+	if err == nil && s.timeout > 0 {
+		// The pump writes without waiting, and would see a stale deadline.
+		err = s.conn.SetWriteDeadline(time.Time{})
 	}
-	s.pings.Add(1)
-	go func() {
-		defer s.pings.Done()
-		defer s.pinging.Store(false)
-		ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
-		defer cancel()
-		if err := s.conn.Ping(ctx); err != nil && s.ctx.Err() == nil {
-			s.fail(fmt.Errorf("%w: %w", stream.ErrUnresponsive, err))
-		}
-	}()
+	if err != nil {
+		s.failed = true
+		return writeFailed(err)
+	}
 	return nil
 }
 
-// Flush is a no-op: every message is written to the socket whole.
-func (s *sink) Flush() error { return nil }
+func (s *replaySink) Event(m *hub.Message) error { return s.write(m.WS()) }
+
+func (s *replaySink) Reset(at eventlog.ID) error { return s.write(resetMessage(at)) }
+
+// Heartbeat is not called during a replay; the pump pings.
+func (s *replaySink) Heartbeat() error { return nil }
+
+func (s *replaySink) Flush() error { return s.flush() }
 
 // headerHasToken reports whether the comma-separated header key contains
 // token, case-insensitively.
