@@ -295,71 +295,64 @@ func (h *Handler) writeTimeout() time.Duration {
 	return 10 * time.Second
 }
 
-// checkHandshake returns the status and reason to refuse a request that is
-// not a valid WebSocket handshake with.
+// checkHandshake says what keeps r from being a WebSocket opening handshake
+// (RFC 6455 §4.2.1), and the status to answer it with.
 func checkHandshake(w http.ResponseWriter, r *http.Request) (int, error) {
-	if !r.ProtoAtLeast(1, 1) {
-		return http.StatusUpgradeRequired, fmt.Errorf("WebSocket protocol violation: handshake request must be at least HTTP/1.1: %q", r.Proto)
-	}
-	if !headerHasToken(r.Header, "Connection", "Upgrade") {
+	switch {
+	case r.Method != http.MethodGet:
+		return http.StatusMethodNotAllowed, fmt.Errorf("a WebSocket handshake is a GET request, not %s", r.Method)
+	case !r.ProtoAtLeast(1, 1):
+		return http.StatusUpgradeRequired, fmt.Errorf("a WebSocket handshake needs HTTP/1.1 or later, not %s", r.Proto)
+	case !headerHasToken(r.Header, "Connection", "Upgrade"):
 		w.Header().Set("Connection", "Upgrade")
 		w.Header().Set("Upgrade", "websocket")
-		return http.StatusUpgradeRequired, fmt.Errorf("WebSocket protocol violation: Connection header %q does not contain Upgrade", r.Header.Get("Connection"))
-	}
-	if r.Method != http.MethodGet {
-		return http.StatusMethodNotAllowed, fmt.Errorf("WebSocket protocol violation: handshake request method is not GET but %q", r.Method)
-	}
-	if r.Header.Get("Sec-WebSocket-Version") != "13" {
+		return http.StatusUpgradeRequired, errors.New("the Connection header of a WebSocket handshake must name Upgrade")
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
 		w.Header().Set("Sec-WebSocket-Version", "13")
-		return http.StatusBadRequest, fmt.Errorf("unsupported WebSocket protocol version (only 13 is supported): %q", r.Header.Get("Sec-WebSocket-Version"))
+		return http.StatusBadRequest, errors.New("this relay speaks WebSocket version 13 only (Sec-WebSocket-Version)")
 	}
 	keys := r.Header.Values("Sec-WebSocket-Key")
-	switch {
-	case len(keys) == 0:
-		return http.StatusBadRequest, errors.New("WebSocket protocol violation: missing Sec-WebSocket-Key")
-	case len(keys) > 1:
-		return http.StatusBadRequest, errors.New("WebSocket protocol violation: multiple Sec-WebSocket-Key headers")
+	if len(keys) != 1 {
+		return http.StatusBadRequest, fmt.Errorf("a WebSocket handshake carries one Sec-WebSocket-Key header, not %d", len(keys))
 	}
-	if v, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(v) != 16 {
-		return http.StatusBadRequest, fmt.Errorf("WebSocket protocol violation: invalid Sec-WebSocket-Key %q, must be a 16 byte base64 encoded string", keys[0])
+	if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(keys[0])); err != nil || len(raw) != 16 {
+		return http.StatusBadRequest, errors.New("Sec-WebSocket-Key must be 16 bytes in base64")
 	}
 	return 0, nil
 }
 
-// checkOrigin accepts a handshake without Origin (not a browser), from the
-// relay's own host, or from an origin matching one of patterns: a host
-// pattern, or with "://" a scheme://host pattern (path.Match syntax, case
-// ignored). Browsers do not apply CORS to WebSocket, so this is what keeps
-// a foreign page from opening streams in its visitors' names.
+// checkOrigin refuses a handshake from a foreign page: browsers apply no
+// CORS to WebSocket, so this is what keeps a page elsewhere from opening
+// streams in its visitors' names. A handshake without Origin (not from a
+// browser) and one from the relay's own host pass, and so does an origin
+// that one of patterns matches: a host pattern, or a scheme://host one when
+// it contains "://" (path.Match syntax, in any case).
 func checkOrigin(r *http.Request, patterns []string) error {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return nil
 	}
 	u, err := url.Parse(origin)
-	if err != nil {
-		return fmt.Errorf("failed to parse Origin header %q: %w", origin, err)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("the Origin header %q is not a URL with a host", origin)
 	}
-	if strings.EqualFold(r.Host, u.Host) {
+	if strings.EqualFold(u.Host, r.Host) {
 		return nil
 	}
 	for _, pattern := range patterns {
-		target := u.Host
+		subject := u.Host
 		if strings.Contains(pattern, "://") {
-			target = u.Scheme + "://" + u.Host
+			subject = u.Scheme + "://" + u.Host
 		}
-		ok, err := path.Match(strings.ToLower(pattern), strings.ToLower(target))
+		ok, err := path.Match(strings.ToLower(pattern), strings.ToLower(subject))
 		if err != nil {
-			return fmt.Errorf("failed to parse origin pattern %q: %w", pattern, err)
+			return fmt.Errorf("origin pattern %q in --cors-origins: %w", pattern, err)
 		}
 		if ok {
 			return nil
 		}
 	}
-	if u.Host == "" {
-		return fmt.Errorf("request Origin %q is not a valid URL with a host", origin)
-	}
-	return fmt.Errorf("request Origin %q is not authorized for Host %q", u.Host, r.Host)
+	return fmt.Errorf("pages from %s may not open streams on this relay (see --cors-origins)", u.Host)
 }
 
 // acceptKey is the Sec-WebSocket-Accept answer to key (RFC 6455 §4.2.2).
