@@ -2,40 +2,23 @@ package invariant
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
-	"strings"
 
 	"github.com/coder/websocket"
+
+	"github.com/pgrelay/pgrelay/internal/wsmessage"
 )
 
 // wsMessage is what GET /ws sends: an event ({"id","topic","data"}) or a
 // reset ({"type":"reset","id",...}).
-type wsMessage struct {
-	Type  string          `json:"type"`
-	ID    string          `json:"id"`
-	Topic string          `json:"topic"`
-	Data  json.RawMessage `json:"data"`
-}
 
 // streamWS opens one WebSocket stream on base, resuming after the last id
 // with last_event_id, and reads it until it ends. opened says whether the
 // upgrade succeeded.
 func (c *Client) streamWS(ctx context.Context, base string) (opened bool, err error) {
-	q := url.Values{}
-	for _, t := range c.Topics {
-		q.Add("topic", t)
-	}
-	if id := c.LastID(); id != "" {
-		q.Set("last_event_id", id)
-	}
-	u := "ws" + strings.TrimPrefix(base, "http") + "/ws"
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
+	u := wsmessage.URL(base, c.Topics, c.LastID(), nil)
 	conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{
 		HTTPHeader: http.Header{"Authorization": {"Bearer " + c.Token}},
 	})
@@ -62,9 +45,9 @@ func (c *Client) streamWS(ctx context.Context, base string) (opened bool, err er
 			// connection: the caller reconnects.
 			return true, err
 		}
-		var m wsMessage
-		if err := json.Unmarshal(data, &m); err != nil {
-			return true, errors.Join(ErrRejected, fmt.Errorf("message is not JSON: %w", err))
+		m, err := wsmessage.Decode(data)
+		if err != nil {
+			return true, errors.Join(ErrRejected, err)
 		}
 		if m.Type == "reset" {
 			c.lastID.Store(m.ID)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/pgrelay/pgrelay/internal/wsmessage"
 )
 
 // WebSocket opens GET /ws streams: one text message per event,
@@ -74,11 +74,6 @@ type wsStream struct {
 	r    *bufio.Reader
 	// buf holds the current message; reused from message to message.
 	buf []byte
-	msg struct {
-		ID    string          `json:"id"`
-		Topic string          `json:"topic"`
-		Data  json.RawMessage `json:"data"`
-	}
 }
 
 // Next implements Stream. Pings are answered; a close frame ends the
@@ -133,11 +128,14 @@ func (s *wsStream) event() (Event, error) {
 			}
 		}
 	}
-	s.msg.ID, s.msg.Topic, s.msg.Data = "", "", nil
-	if err := json.Unmarshal(b, &s.msg); err != nil {
-		return Event{}, fmt.Errorf("decode websocket message: %w", err)
+	m, err := wsmessage.Decode(b)
+	if err != nil {
+		return Event{}, err
 	}
-	return Event{ID: []byte(s.msg.ID), Type: []byte(s.msg.Topic), Data: s.msg.Data}, nil
+	if m.Type != "" {
+		return Event{ID: []byte(m.ID), Type: []byte(m.Type), Data: m.Data}, nil
+	}
+	return Event{ID: []byte(m.ID), Type: []byte(m.Topic), Data: m.Data}, nil
 }
 
 // writeControl sends a control frame, masked as a client must.

@@ -2,31 +2,18 @@ package relaytest
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/pgrelay/pgrelay/internal/wsmessage"
 )
 
 // WSURL returns the ws:// URL of GET /ws on baseURL with opts as query
 // parameters.
 func WSURL(baseURL string, opts SSEOptions) string {
-	q := url.Values{}
-	for _, topic := range opts.Topics {
-		q.Add("topic", topic)
-	}
-	if opts.LastEventID != "" {
-		q.Set("last_event_id", opts.LastEventID)
-	}
-	u := "ws" + strings.TrimPrefix(baseURL, "http") + "/ws"
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	return u
+	return wsmessage.URL(baseURL, opts.Topics, opts.LastEventID, nil)
 }
 
 // DialWS opens GET /ws on baseURL as token's subscriber without reading
@@ -86,13 +73,8 @@ func ReadWS(t testing.TB, conn *websocket.Conn) *WS {
 				return
 			}
 			w.Raw <- b
-			var msg struct {
-				ID    string          `json:"id"`
-				Topic string          `json:"topic"`
-				Type  string          `json:"type"`
-				Data  json.RawMessage `json:"data"`
-			}
-			if err := json.Unmarshal(b, &msg); err != nil {
+			msg, err := wsmessage.Decode(b)
+			if err != nil {
 				w.Events <- Event{Event: "invalid", Data: string(b)}
 				continue
 			}
