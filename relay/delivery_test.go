@@ -19,31 +19,39 @@ import (
 
 func TestResumeOnAnotherRelayDeliversExactlyTheMissedEventsThenLive(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	a := relaytest.Start(t, db.URL)
-	b := relaytest.Start(t, db.URL)
-	token := relaytest.Token(t, "zewi-1")
+	for _, tr := range relaytest.Transports {
+		t.Run(tr.Name, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.New(t)
+			relaytest.Seed(t, db)
+			a := relaytest.Start(t, db.URL)
+			b := relaytest.Start(t, db.URL)
+			token := relaytest.Token(t, "zewi-1")
 
-	first := relaytest.Subscribe(t, a.URL, token, relaytest.SSEOptions{})
-	relaytest.InsertTemplate(t, db, "before", "zolo-1", "loc-1")
-	seen := first.Next(t, 10*time.Second)
-	first.Close()
+			first := tr.Subscribe(t, a.URL, token, relaytest.SSEOptions{})
+			relaytest.InsertTemplate(t, db, "before", "zolo-1", "loc-1")
+			seen := first.Collect(t, 1, 10*time.Second)[0]
+			first.Close()
 
-	relaytest.InsertTemplate(t, db, "missed-1", "zolo-1", "loc-1")
-	relaytest.InsertTemplate(t, db, "not for zewi", "zolo-9", "loc-9")
-	relaytest.InsertTemplate(t, db, "missed-2", "zelo-1", "loc-2")
+			relaytest.InsertTemplate(t, db, "missed-1", "zolo-1", "loc-1")
+			relaytest.InsertTemplate(t, db, "not for zewi", "zolo-9", "loc-9")
+			relaytest.InsertTemplate(t, db, "missed-2", "zelo-1", "loc-2")
 
-	second := relaytest.Subscribe(t, b.URL, token, relaytest.SSEOptions{LastEventID: seen.ID})
-	got := names(t, second.Collect(t, 2, 10*time.Second))
-	if want := []string{"missed-1", "missed-2"}; !slices.Equal(got, want) {
-		t.Fatalf("after resume got %q, want %q", got, want)
+			second := tr.Subscribe(t, b.URL, token, relaytest.SSEOptions{LastEventID: seen.ID})
+			replayed := second.Collect(t, 2, 10*time.Second)
+			if got, want := names(t, replayed), []string{"missed-1", "missed-2"}; !slices.Equal(got, want) {
+				t.Fatalf("after resume got %q, want %q", got, want)
+			}
+			relaytest.InsertTemplate(t, db, "live", "zolo-1", "loc-3")
+			if got := names(t, second.Collect(t, 1, 10*time.Second)); got[0] != "live" {
+				t.Fatalf("live event after replay: got %q, want live", got)
+			}
+			second.Quiet(t, 200*time.Millisecond)
+			if ids := []string{seen.ID, replayed[0].ID, replayed[1].ID}; !slices.IsSorted(ids) {
+				t.Errorf("event ids not increasing: %q", ids)
+			}
+		})
 	}
-	relaytest.InsertTemplate(t, db, "live", "zolo-1", "loc-3")
-	if got := names(t, second.Collect(t, 1, 10*time.Second)); got[0] != "live" {
-		t.Fatalf("live event after replay: got %q, want live", got)
-	}
-	second.Quiet(t, 200*time.Millisecond)
 }
 
 func TestResumeWithQueryParameterAndTopicFilter(t *testing.T) {

@@ -31,32 +31,6 @@ func names(t *testing.T, events []relaytest.Event) []string {
 	return relaytest.TemplateNames(t, events)
 }
 
-func TestWebSocketSeedScenarioAcrossFourRelays(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	relays := make([]*relaytest.Relay, 4)
-	for i := range relays {
-		relays[i] = relaytest.Start(t, db.URL)
-	}
-	users := relaytest.SeedUsers
-	clients := map[string]*relaytest.WS{}
-	for i, u := range users {
-		clients[u] = relaytest.SubscribeWS(t, relays[i%4].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
-	}
-
-	want := relaytest.InsertSeedTemplates(t, db)
-	for _, u := range users {
-		got := names(t, clients[u].Collect(t, len(want[u]), wait))
-		if !slices.Equal(got, want[u]) {
-			t.Errorf("%s received %q, want %q", u, got, want[u])
-		}
-	}
-	for _, u := range users {
-		clients[u].Quiet(t, 100*time.Millisecond)
-	}
-}
-
 func TestWebSocketMessageIsExactlyIDTopicAndTheRow(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -97,42 +71,6 @@ func TestWebSocketMessageIsExactlyIDTopicAndTheRow(t *testing.T) {
 	}
 	if row.ID != id || row.Name != "Q3 menu" || row.CreatedBy != "zowi-1" || !slices.Equal(row.ShareLocationIDs, []string{"loc-2"}) || row.CreatedAt == "" {
 		t.Errorf("row %+v, want the inserted template %s", row, id)
-	}
-}
-
-func TestWebSocketResumeOnAnotherRelayDeliversExactlyTheMissedEventsThenLive(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	first := relaytest.Start(t, db.URL)
-	second := relaytest.Start(t, db.URL)
-	token := relaytest.Token(t, "zelo-1") // ZELO at loc-2
-
-	c := relaytest.SubscribeWS(t, first.URL, token, relaytest.SSEOptions{})
-	relaytest.InsertTemplate(t, db, "before", "zowi-1", "loc-2")
-	got := c.Collect(t, 1, wait)
-	lastID := got[0].ID
-	if err := c.Conn.Close(websocket.StatusNormalClosure, "bye"); err != nil {
-		t.Fatalf("close: %v", err)
-	}
-
-	relaytest.InsertTemplate(t, db, "missed 1", "zowi-1", "loc-2")
-	relaytest.InsertTemplate(t, db, "not for elsa", "zowi-1", "loc-1")
-	relaytest.InsertTemplate(t, db, "missed 2", "zolo-1", "loc-3", "loc-2")
-
-	c = relaytest.SubscribeWS(t, second.URL, token, relaytest.SSEOptions{LastEventID: lastID})
-	replayed := c.Collect(t, 2, wait)
-	if got, want := names(t, replayed), []string{"missed 1", "missed 2"}; !slices.Equal(got, want) {
-		t.Fatalf("replay after %s: got %q, want %q", lastID, got, want)
-	}
-	relaytest.InsertTemplate(t, db, "live", "zewi-1", "loc-2")
-	if got, want := names(t, c.Collect(t, 1, wait)), []string{"live"}; !slices.Equal(got, want) {
-		t.Fatalf("live after replay: got %q, want %q", got, want)
-	}
-	c.Quiet(t, 200*time.Millisecond)
-	ids := []string{lastID, replayed[0].ID, replayed[1].ID}
-	if !slices.IsSorted(ids) {
-		t.Errorf("event ids not increasing: %q", ids)
 	}
 }
 
