@@ -197,7 +197,12 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 			if err := setIdle(ctx, conn, true); err != nil {
 				return err
 			}
-			idle = true
+			idle, woken = true, false
+			// Once more at once: a producer that read the flag just before
+			// it changed did not notify, and its event may have committed
+			// since the last poll. Only one still running now waits for
+			// the idle poll.
+			continue
 		}
 		wait := s.cfg.Poll
 		if idle {
