@@ -67,27 +67,58 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
-# run CONFIG CLIENTS prints the tx/s of one pgbench run.
+# cpu_ticks PID... prints "pid ticks" (user + system CPU time in clock
+# ticks) for each process that is still running.
+cpu_ticks() {
+    local p
+    for p in "$@"; do
+        awk -v p="$p" '{ print p, $14 + $15 }' "/proc/$p/stat" 2>/dev/null || true
+    done
+}
+# cpu_delta BEFORE AFTER sums the ticks spent between two cpu_ticks samples
+# by the processes present in both (a session that ended or began in
+# between is left out rather than counted as negative time).
+cpu_delta() {
+    awk 'NR == FNR { before[$1] = $2; next } ($1 in before) { sum += $2 - before[$1] } END { print sum + 0 }' <(echo "$1") <(echo "$2")
+}
+hz=$(getconf CLK_TCK)
+
+# run CONFIG CLIENTS prints the tx/s of one pgbench run and the CPU time
+# spent per insert by everything that works for it: pgbench, the database's
+# backends (pgbench's sessions and the relay's) and the relay. CPU time per
+# insert is what decides throughput when the cores are the limit, and it
+# is barely moved by other work on a shared machine, which tx/s is not.
+# It is measured from 1 s after the start to 1 s before the end, so
+# connecting and stopping are left out.
 run() {
-    local config=$1 clients=$2 script=bench/insert_templates.sql
+    local config=$1 clients=$2 script=bench/insert_templates.sql table=public.templates
     psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -f bench/reset.sql
     case $config in
-    plain) script=bench/insert_plain.sql ;;
-    fk) script=bench/insert_fk.sql ;;
+    plain) script=bench/insert_plain.sql table=bench.plain ;;
+    fk) script=bench/insert_fk.sql table=bench.fk ;;
     app) sql "ALTER TABLE public.templates DISABLE TRIGGER pgrelay_templates" ;;
     esac
+    pgbench -n -M prepared -c "$clients" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" >"$out/pgbench.out" 2>"$out/pgbench.err" &
+    local bench=$! pids c0 c1 n0 n1
+    sleep 1
+    pids=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    c0=$(cpu_ticks $pids "$bench" "$relay_pid")
+    n0=$(sql "SELECT count(*) FROM $table")
+    sleep $((SECONDS_PER_RUN - 2))
+    c1=$(cpu_ticks $pids "$bench" "$relay_pid")
+    n1=$(sql "SELECT count(*) FROM $table")
+    wait "$bench" || true
     local tps
-    tps=$(pgbench -n -M prepared -c "$clients" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" 2>"$out/pgbench.err" |
-        awk '/^tps = .*without initial connection time/ { print $3 }')
+    tps=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$out/pgbench.out")
     case $config in
     app) sql "ALTER TABLE public.templates ENABLE TRIGGER pgrelay_templates" ;;
     esac
-    if [[ -z "$tps" ]]; then
+    if [[ -z "$tps" || $n1 -le $n0 ]]; then
         echo "pgbench failed in configuration $config:" >&2
         cat "$out/pgbench.err" >&2
         exit 1
     fi
-    echo "$tps"
+    echo "$tps $(( $(cpu_delta "$c0" "$c1") * 1000000 / hz / (n1 - n0) ))"
 }
 
 read -ra configs <<<"$CONFIGS"
@@ -98,29 +129,30 @@ echo "producer cost: clients $CLIENTS, $ROUNDS rounds x $SECONDS_PER_RUN s per c
 for round in $(seq 1 "$ROUNDS"); do
     for clients in "${client_counts[@]}"; do
         for config in "${configs[@]}"; do
-            tps=$(run "$config" "$clients")
-            printf '%s\t%s\t%s\t%s\n' "$round" "$clients" "$config" "$tps" >>"$results"
-            printf 'round %s  %3s clients  %-8s %8.0f tx/s  (load %s)\n' "$round" "$clients" "$config" "$tps" "$(cut -d' ' -f1-3 /proc/loadavg)"
+            read -r tps cpu < <(run "$config" "$clients")
+            printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$clients" "$config" "$tps" "$cpu" >>"$results"
+            printf 'round %s  %3s clients  %-8s %8.0f tx/s  %4s µs CPU/insert  (load %s)\n' "$round" "$clients" "$config" "$tps" "$cpu" "$(cut -d' ' -f1-3 /proc/loadavg)"
         done
     done
 done
 
 echo
-echo "summary: mean tx/s of the rounds; ratio to plain and to app, per round"
+echo "summary: mean of the rounds; tx/s ratios to plain and to app per round; CPU per insert (µs) and its"
+echo "inverse ratio (plain CPU / this CPU, the throughput ratio where the cores are the limit)"
 awk -F'\t' -v configs="${configs[*]}" -v clients="${client_counts[*]}" '
-    { tps[$1, $2, $3] = $4; if ($1 > rounds) rounds = $1 }
+    { tps[$1, $2, $3] = $4; cpu[$1, $2, $3] = $5; if ($1 > rounds) rounds = $1 }
     END {
         n = split(configs, c, " "); m = split(clients, k, " ")
         for (j = 1; j <= m; j++) {
             printf "%s clients\n", k[j]
             for (i = 1; i <= n; i++) {
-                sum = 0; rp = ""; ra = ""
+                sum = 0; csum = 0; rp = ""; ra = ""; cp = ""; ca = ""
                 for (r = 1; r <= rounds; r++) {
-                    t = tps[r, k[j], c[i]]; sum += t
-                    if (tps[r, k[j], "plain"] > 0) rp = rp sprintf(" %.2f", t / tps[r, k[j], "plain"])
-                    if (tps[r, k[j], "app"] > 0) ra = ra sprintf(" %.2f", t / tps[r, k[j], "app"])
+                    t = tps[r, k[j], c[i]]; sum += t; u = cpu[r, k[j], c[i]]; csum += u
+                    if (tps[r, k[j], "plain"] > 0) { rp = rp sprintf(" %.2f", t / tps[r, k[j], "plain"]); cp = cp sprintf(" %.2f", cpu[r, k[j], "plain"] / u) }
+                    if (tps[r, k[j], "app"] > 0) { ra = ra sprintf(" %.2f", t / tps[r, k[j], "app"]); ca = ca sprintf(" %.2f", cpu[r, k[j], "app"] / u) }
                 }
-                printf "  %-8s %8.0f tx/s  /plain:%s  /app:%s\n", c[i], sum / rounds, rp, ra
+                printf "  %-8s %8.0f tx/s  /plain:%s  /app:%s   %4.0f µs CPU/insert  /plain:%s  /app:%s\n", c[i], sum / rounds, rp, ra, csum / rounds, cp, ca
             }
         }
     }' "$results"
