@@ -84,8 +84,8 @@ cpu_delta() {
 hz=$(getconf CLK_TCK)
 
 # run CONFIG CLIENTS prints the tx/s of one pgbench run and the CPU time
-# spent per insert by everything that works for it: pgbench, the database's
-# backends (pgbench's sessions and the relay's) and the relay. CPU time per
+# spent per insert by everything that works for it: the producers (pgbench
+# and its backends), the relay's backends and the relay process. CPU time per
 # insert is what decides throughput when the cores are the limit, and it
 # is barely moved by other work on a shared machine, which tx/s is not.
 # It is measured from 1 s after the start to 1 s before the end, so
@@ -99,13 +99,18 @@ run() {
     app) sql "ALTER TABLE public.templates DISABLE TRIGGER pgrelay_templates" ;;
     esac
     pgbench -n -M prepared -c "$clients" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" >"$out/pgbench.out" 2>"$out/pgbench.err" &
-    local bench=$! pids c0 c1 n0 n1
-    sleep 1
-    pids=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    c0=$(cpu_ticks $pids "$bench" "$relay_pid")
+    local bench=$! start=$SECONDS producers relays p0 p1 r0 r1 x0 x1 n0 n1
+    # Measure once every client is connected (64 take a while on a busy
+    # machine), up to 1 s before the end.
+    until [[ $(sql "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'") -ge $clients ]] ||
+        ((SECONDS - start > SECONDS_PER_RUN / 2)); do sleep 0.2; done
+    sleep 0.5
+    producers=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'")
+    relays=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pgrelay%'")
+    p0=$(cpu_ticks $producers "$bench"); r0=$(cpu_ticks $relays); x0=$(cpu_ticks "$relay_pid")
     n0=$(sql "SELECT count(*) FROM $table")
-    sleep $((SECONDS_PER_RUN - 2))
-    c1=$(cpu_ticks $pids "$bench" "$relay_pid")
+    sleep $((SECONDS_PER_RUN - (SECONDS - start) - 1))
+    p1=$(cpu_ticks $producers "$bench"); r1=$(cpu_ticks $relays); x1=$(cpu_ticks "$relay_pid")
     n1=$(sql "SELECT count(*) FROM $table")
     wait "$bench" || true
     local tps
@@ -118,7 +123,9 @@ run() {
         cat "$out/pgbench.err" >&2
         exit 1
     fi
-    echo "$tps $(( $(cpu_delta "$c0" "$c1") * 1000000 / hz / (n1 - n0) ))"
+    local per=$((1000000 / hz)) n=$((n1 - n0)) p r x
+    p=$(( $(cpu_delta "$p0" "$p1") * per / n )); r=$(( $(cpu_delta "$r0" "$r1") * per / n )); x=$(( $(cpu_delta "$x0" "$x1") * per / n ))
+    echo "$tps $((p + r + x)) $p $r $x"
 }
 
 read -ra configs <<<"$CONFIGS"
@@ -129,9 +136,10 @@ echo "producer cost: clients $CLIENTS, $ROUNDS rounds x $SECONDS_PER_RUN s per c
 for round in $(seq 1 "$ROUNDS"); do
     for clients in "${client_counts[@]}"; do
         for config in "${configs[@]}"; do
-            read -r tps cpu < <(run "$config" "$clients")
+            read -r tps cpu cpu_producers cpu_relay_db cpu_relay < <(run "$config" "$clients")
             printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$clients" "$config" "$tps" "$cpu" >>"$results"
-            printf 'round %s  %3s clients  %-8s %8.0f tx/s  %4s µs CPU/insert  (load %s)\n' "$round" "$clients" "$config" "$tps" "$cpu" "$(cut -d' ' -f1-3 /proc/loadavg)"
+            printf 'round %s  %3s clients  %-8s %8.0f tx/s  %4s µs CPU/insert (producers %s, relay backends %s, relay %s)  (load %s)\n' \
+                "$round" "$clients" "$config" "$tps" "$cpu" "$cpu_producers" "$cpu_relay_db" "$cpu_relay" "$(cut -d' ' -f1-3 /proc/loadavg)"
         done
     done
 done
