@@ -17,14 +17,14 @@
 #                  schema is created and dropped again. Unset: a database
 #                  pgrelay_bench is created (and dropped at the end) on the
 #                  libpq default server, host 127.0.0.1 if PGHOST is unset.
-#   ROUNDS=3 SECONDS_PER_RUN=15 CLIENTS="4 16 64"   the shape of the run
+#   ROUNDS=3 SECONDS_PER_RUN=20 CLIENTS="4 16 64"   the shape of the run
 #   CONFIGS="plain fk app pgrelay"                  what to measure
 #   RELAY_ADDR=127.0.0.1:18099                      where the relay listens
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-SECONDS_PER_RUN=${SECONDS_PER_RUN:-15}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
 CLIENTS=${CLIENTS:-4 16 64}
 THREADS=${THREADS:-2}
 CONFIGS=${CONFIGS:-plain fk app pgrelay}
@@ -109,7 +109,8 @@ run() {
     relays=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pgrelay%'")
     p0=$(cpu_ticks $producers "$bench"); r0=$(cpu_ticks $relays); x0=$(cpu_ticks "$relay_pid")
     n0=$(sql "SELECT count(*) FROM $table")
-    sleep $((SECONDS_PER_RUN - (SECONDS - start) - 1))
+    local left=$((SECONDS_PER_RUN - (SECONDS - start) - 1))
+    sleep $((left > 1 ? left : 1))
     p1=$(cpu_ticks $producers "$bench"); r1=$(cpu_ticks $relays); x1=$(cpu_ticks "$relay_pid")
     n1=$(sql "SELECT count(*) FROM $table")
     wait "$bench" || true
