@@ -82,7 +82,7 @@ func DefaultConfig() Config {
 		RetentionInterval: time.Minute,
 		ShutdownWait:      10 * time.Second,
 		PollInterval:      2 * time.Millisecond,
-		IdleAfter:         20 * time.Millisecond,
+		IdleAfter:         50 * time.Millisecond,
 		IdlePoll:          100 * time.Millisecond,
 		SafetyPoll:        time.Second,
 		FilterResync:      30 * time.Second,

@@ -170,7 +170,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	idle, woken := false, false
-	lastNews := time.Now()
+	lastNews, emptyPolls := time.Now(), 0
 	log := eventlog.NewReader(foreignRefresh)
 	for {
 		found, err := s.poll(ctx, conn, pid, log, &cursor)
@@ -178,7 +178,9 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 			return err
 		}
 		if found || woken {
-			lastNews = time.Now()
+			lastNews, emptyPolls = time.Now(), 0
+		} else {
+			emptyPolls++
 		}
 		switch {
 		case idle && (found || woken):
@@ -190,7 +192,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 				return err
 			}
 			idle = false
-		case !idle && time.Since(lastNews) > s.cfg.IdleAfter:
+		case !idle && emptyPolls >= idleAfterPolls && time.Since(lastNews) > s.cfg.IdleAfter:
 			if err := s.rearmWake(ctx, conn); err != nil {
 				return err
 			}
@@ -276,6 +278,13 @@ func (s *Sequencer) rearmWake(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("rewind the wake-up tickets: %w", err)
 	}
 }
+
+// idleAfterPolls is how many polls in a row must find nothing, beside
+// IdleAfter having passed, before the sequencer goes idle. Time alone is
+// not enough on a server short of CPU: one wait that oversleeps by tens of
+// milliseconds would send it to sleep in the middle of a burst, and every
+// such nap costs the producers another round of wake-ups.
+const idleAfterPolls = 10
 
 // waitForWake waits up to d for a wake-up notification.
 func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
