@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
 # Producer cost: what pgrelay's write path costs an application that inserts
-# templates. Single-row INSERTs from 16 pgbench clients, one configuration at
-# a time, rounds interleaved so drift (autovacuum, checkpoints, a noisy
-# neighbour) hits every configuration alike.
+# templates. Single-row INSERTs from pgbench, one configuration at a time,
+# rounds interleaved so drift (autovacuum, checkpoints, a noisy neighbour)
+# hits every configuration alike. A real relay (cmd/relay, its sequencer
+# and reader) runs against the database for the whole benchmark, so every
+# configuration pays for it alike and pgrelay is measured as it is deployed.
 #
-#   a  plain      a table with the columns of public.templates and no trigger
-#   b  app        public.templates with the app's own triggers (location
-#                 check, foreign key) but pgrelay's capture trigger disabled
-#   c  busy       fully installed, sequencer busy (no NOTIFY), and a poller
-#                 reading the log every 2 ms in another process
-#   d  idle       fully installed, sequencer idle: every insert sends the
-#                 wake NOTIFY
+#   plain    a table with the columns of public.templates and no trigger
+#   fk       the same table with the foreign key of created_by to users
+#   app      public.templates with the app's own checks (share-list check,
+#            foreign key) but pgrelay's capture trigger disabled
+#   pgrelay  fully installed: capture trigger on, the relay announcing
 #
 # Usage: bash bench/producer-cost.sh
 #   DATABASE_URL   database to use; pgrelay is migrated into it and a `bench`
 #                  schema is created and dropped again. Unset: a database
 #                  pgrelay_bench is created (and dropped at the end) on the
 #                  libpq default server, host 127.0.0.1 if PGHOST is unset.
-#   ROUNDS=3 SECONDS_PER_RUN=20 CLIENTS=16   the shape of the run
+#   ROUNDS=3 SECONDS_PER_RUN=20 CLIENTS="4 16 64"   the shape of the run
+#   CONFIGS="plain fk app pgrelay"                  what to measure
+#   RELAY_ADDR=127.0.0.1:18099                      where the relay listens
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
-CLIENTS=${CLIENTS:-16}
+CLIENTS=${CLIENTS:-4 16 64}
 THREADS=${THREADS:-2}
+CONFIGS=${CONFIGS:-plain fk app pgrelay}
+RELAY_ADDR=${RELAY_ADDR:-127.0.0.1:18099}
 out=bench/out
 # Fixture scripts are re-runnable; their "does not exist, skipping" notices are noise.
 export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
@@ -39,9 +43,9 @@ if [[ -z "${DATABASE_URL:-}" ]]; then
 fi
 export DATABASE_URL
 
-poller_pid=""
+relay_pid=""
 cleanup() {
-    if [[ -n "$poller_pid" ]]; then kill "$poller_pid" 2>/dev/null || true; fi
+    if [[ -n "$relay_pid" ]]; then kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
     psql -qX "$DATABASE_URL" -f bench/teardown.sql >/dev/null 2>&1 || true
     if [[ -n "$created_db" ]]; then
         psql -qX -d postgres -c "DROP DATABASE IF EXISTS $created_db WITH (FORCE)" || true
@@ -50,75 +54,116 @@ cleanup() {
 trap cleanup EXIT
 
 go build -o "$out/migrate" ./cmd/migrate
-go build -o "$out/poller" ./bench/cmd/poller
+go build -o "$out/relay" ./cmd/relay
 "$out/migrate" up >/dev/null
 psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -f bench/setup.sql
 
 sql() { psql -qXAt -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$1"; }
 
-# run CONFIG prints the tx/s of one pgbench run in that configuration.
+"$out/relay" --addr "$RELAY_ADDR" --jwt-secret bench-secret-0123456789abcdef >"$out/relay.log" 2>&1 &
+relay_pid=$!
+for _ in $(seq 1 100); do
+    [[ "$(sql 'SELECT holder_pid IS NOT NULL FROM relay.sequencer')" == t ]] && break
+    sleep 0.1
+done
+
+# cpu_ticks PID... prints "pid ticks" (user + system CPU time in clock
+# ticks) for each process that is still running.
+cpu_ticks() {
+    local p
+    for p in "$@"; do
+        awk -v p="$p" '{ print p, $14 + $15 }' "/proc/$p/stat" 2>/dev/null || true
+    done
+}
+# cpu_delta BEFORE AFTER sums the ticks spent between two cpu_ticks samples
+# by the processes present in both (a session that ended or began in
+# between is left out rather than counted as negative time).
+cpu_delta() {
+    awk 'NR == FNR { before[$1] = $2; next } ($1 in before) { sum += $2 - before[$1] } END { print sum + 0 }' <(echo "$1") <(echo "$2")
+}
+hz=$(getconf CLK_TCK)
+
+# run CONFIG CLIENTS prints the tx/s of one pgbench run and the CPU time
+# spent per insert by everything that works for it: the producers (pgbench
+# and its backends), the relay's backends and the relay process. CPU time per
+# insert is what decides throughput when the cores are the limit, and it
+# is barely moved by other work on a shared machine, which tx/s is not.
+# It is measured from 1 s after the start to 1 s before the end, so
+# connecting and stopping are left out.
 run() {
-    local config=$1 script=bench/insert_templates.sql
+    local config=$1 clients=$2 script=bench/insert_templates.sql table=public.templates
     psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -f bench/reset.sql
     case $config in
-    plain) script=bench/insert_plain.sql ;;
+    plain) script=bench/insert_plain.sql table=bench.plain ;;
+    fk) script=bench/insert_fk.sql table=bench.fk ;;
     app) sql "ALTER TABLE public.templates DISABLE TRIGGER pgrelay_templates" ;;
-    busy)
-        sql "UPDATE relay.sequencer SET idle = false, changed_at = now()"
-        "$out/poller" --interval 2ms >"$out/poller.log" 2>&1 &
-        poller_pid=$!
-        ;;
-    idle) sql "UPDATE relay.sequencer SET idle = true, changed_at = now()" ;;
     esac
+    pgbench -n -M prepared -c "$clients" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" >"$out/pgbench.out" 2>"$out/pgbench.err" &
+    local bench=$! start=$SECONDS producers relays p0 p1 r0 r1 x0 x1 n0 n1
+    # Measure once every client is connected (64 take a while on a busy
+    # machine), up to 1 s before the end.
+    until [[ $(sql "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'") -ge $clients ]] ||
+        ((SECONDS - start > SECONDS_PER_RUN / 2)); do sleep 0.2; done
+    sleep 0.5
+    producers=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'")
+    relays=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pgrelay%'")
+    p0=$(cpu_ticks $producers "$bench"); r0=$(cpu_ticks $relays); x0=$(cpu_ticks "$relay_pid")
+    n0=$(sql "SELECT count(*) FROM $table")
+    local left=$((SECONDS_PER_RUN - (SECONDS - start) - 1))
+    sleep $((left > 1 ? left : 1))
+    p1=$(cpu_ticks $producers "$bench"); r1=$(cpu_ticks $relays); x1=$(cpu_ticks "$relay_pid")
+    n1=$(sql "SELECT count(*) FROM $table")
+    wait "$bench" || true
     local tps
-    tps=$(pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" 2>"$out/pgbench.err" |
-        awk '/^tps = .*without initial connection time/ { print $3 }')
+    tps=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$out/pgbench.out")
     case $config in
     app) sql "ALTER TABLE public.templates ENABLE TRIGGER pgrelay_templates" ;;
-    busy)
-        kill -TERM "$poller_pid"
-        wait "$poller_pid" || true
-        poller_pid=""
-        sql "UPDATE relay.sequencer SET idle = true, changed_at = now()"
-        echo "  $(cat "$out/poller.log")" >&2
-        ;;
     esac
-    if [[ -z "$tps" ]]; then
+    if [[ -z "$tps" || $n1 -le $n0 ]]; then
         echo "pgbench failed in configuration $config:" >&2
         cat "$out/pgbench.err" >&2
         exit 1
     fi
-    echo "$tps"
+    local per=$((1000000 / hz)) n=$((n1 - n0)) p r x
+    p=$(( $(cpu_delta "$p0" "$p1") * per / n )); r=$(( $(cpu_delta "$r0" "$r1") * per / n )); x=$(( $(cpu_delta "$x0" "$x1") * per / n ))
+    echo "$tps $((p + r + x)) $p $r $x"
 }
 
-configs=(plain app busy idle)
+read -ra configs <<<"$CONFIGS"
+read -ra client_counts <<<"$CLIENTS"
 results="$out/results.tsv"
 : >"$results"
-echo "producer cost: $CLIENTS clients, $ROUNDS rounds x $SECONDS_PER_RUN s per configuration"
+echo "producer cost: clients $CLIENTS, $ROUNDS rounds x $SECONDS_PER_RUN s per configuration, a relay running"
 for round in $(seq 1 "$ROUNDS"); do
-    for config in "${configs[@]}"; do
-        tps=$(run "$config")
-        printf '%s\t%s\t%s\n' "$round" "$config" "$tps" >>"$results"
-        printf 'round %s  %-6s %10.0f tx/s\n' "$round" "$config" "$tps"
+    for clients in "${client_counts[@]}"; do
+        for config in "${configs[@]}"; do
+            read -r tps cpu cpu_producers cpu_relay_db cpu_relay < <(run "$config" "$clients")
+            printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$clients" "$config" "$tps" "$cpu" >>"$results"
+            printf 'round %s  %3s clients  %-8s %8.0f tx/s  %4s µs CPU/insert (producers %s, relay backends %s, relay %s)  (load %s)\n' \
+                "$round" "$clients" "$config" "$tps" "$cpu" "$cpu_producers" "$cpu_relay_db" "$cpu_relay" "$(cut -d' ' -f1-3 /proc/loadavg)"
+        done
     done
 done
 
 echo
-echo "summary (ratio to plain, per round and mean of the rounds):"
-awk -F'\t' -v configs="${configs[*]}" '
-    { tps[$1, $2] = $3; if ($1 > rounds) rounds = $1 }
+echo "summary: mean of the rounds; tx/s ratios to plain and to app per round; CPU per insert (µs) and its"
+echo "inverse ratio (plain CPU / this CPU, the throughput ratio where the cores are the limit)"
+awk -F'\t' -v configs="${configs[*]}" -v clients="${client_counts[*]}" '
+    { tps[$1, $2, $3] = $4; cpu[$1, $2, $3] = $5; if ($1 > rounds) rounds = $1 }
     END {
-        n = split(configs, c, " ")
-        for (i = 1; i <= n; i++) {
-            sum = 0; ratios = ""
-            for (r = 1; r <= rounds; r++) {
-                sum += tps[r, c[i]]
-                ratios = ratios sprintf(" %.2f", tps[r, c[i]] / tps[r, "plain"])
+        n = split(configs, c, " "); m = split(clients, k, " ")
+        for (j = 1; j <= m; j++) {
+            printf "%s clients\n", k[j]
+            for (i = 1; i <= n; i++) {
+                sum = 0; csum = 0; rp = ""; ra = ""; cp = ""; ca = ""
+                for (r = 1; r <= rounds; r++) {
+                    t = tps[r, k[j], c[i]]; sum += t; u = cpu[r, k[j], c[i]]; csum += u
+                    if (tps[r, k[j], "plain"] > 0) { rp = rp sprintf(" %.2f", t / tps[r, k[j], "plain"]); cp = cp sprintf(" %.2f", cpu[r, k[j], "plain"] / u) }
+                    if (tps[r, k[j], "app"] > 0) { ra = ra sprintf(" %.2f", t / tps[r, k[j], "app"]); ca = ca sprintf(" %.2f", cpu[r, k[j], "app"] / u) }
+                }
+                printf "  %-8s %8.0f tx/s  /plain:%s  /app:%s   %4.0f µs CPU/insert  /plain:%s  /app:%s\n", c[i], sum / rounds, rp, ra, csum / rounds, cp, ca
             }
-            mean = sum / rounds
-            if (i == 1) base = mean
-            printf "  %-6s mean %8.0f tx/s  ratio %.2fx  (rounds:%s)\n", c[i], mean, mean / base, ratios
         }
     }' "$results"
 echo
-echo "machine: $(nproc) cores, $(free -h | awk '/^Mem:/ { print $2 }') memory, $(sql 'SHOW server_version'), synchronous_commit=$(sql 'SHOW synchronous_commit'), $(date -u +%Y-%m-%d)"
+echo "machine: $(nproc) cores, $(free -h | awk '/^Mem:/ { print $2 }') memory, $(sql 'SHOW server_version'), synchronous_commit=$(sql 'SHOW synchronous_commit'), $(date -u '+%Y-%m-%d %H:%M UTC'), load at the end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -7,6 +7,12 @@ CREATE SCHEMA IF NOT EXISTS bench;
 DROP TABLE IF EXISTS bench.plain;
 CREATE TABLE bench.plain (LIKE public.templates INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 
+-- (fk) the baseline of the app's own check: the plain table plus the
+-- foreign key of created_by, the one check PostgreSQL gives for free.
+DROP TABLE IF EXISTS bench.fk;
+CREATE TABLE bench.fk (LIKE public.templates INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+ALTER TABLE bench.fk ADD FOREIGN KEY (created_by) REFERENCES public.users;
+
 -- One org with a few locations and a creator, so every insert passes the
 -- app's checks and has a non-empty audience.
 INSERT INTO public.orgs (id, name) VALUES ('bench-org', 'Bench org')

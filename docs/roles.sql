@@ -20,6 +20,8 @@ GRANT SELECT ON relay.events, relay.topics, relay.subscriber_source,
                 relay.retention, relay.sequencer, relay.announcement_key
    TO pgrelay_relay;
 GRANT UPDATE ON relay.sequencer, relay.retention TO pgrelay_relay;
+-- The sequencer rewinds the wake-up tickets when it goes idle.
+GRANT UPDATE ON SEQUENCE relay.wake_tickets TO pgrelay_relay;
 GRANT DELETE ON relay.events TO pgrelay_relay;
 GRANT EXECUTE ON FUNCTION relay.filters(text[]), relay.horizon(bigint[]),
                           relay.horizon(), relay.foreign_xids()

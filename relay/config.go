@@ -113,7 +113,7 @@ func DefaultConfig() Config {
 		RetentionInterval:     time.Minute,
 		ShutdownWait:          10 * time.Second,
 		PollInterval:          2 * time.Millisecond,
-		IdleAfter:             time.Second,
+		IdleAfter:             50 * time.Millisecond,
 		IdlePoll:              100 * time.Millisecond,
 		SafetyPoll:            time.Second,
 		ElectionInterval:      100 * time.Millisecond,

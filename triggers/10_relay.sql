@@ -1,6 +1,39 @@
 -- pgrelay core functions. Repeatable: re-applied by `migrate up` whenever this
 -- file changes, so every statement must be safe to run again.
 
+-- Wake-up tickets. Every NOTIFY serialises its transaction's commit with
+-- every other notifying commit, so producers must not notify once per row
+-- while the sequencer takes a moment to wake up. A capture trigger that
+-- finds the sequencer idle draws a ticket and notifies only with one of
+-- the first four; the sequencer rewinds the sequence (setval) each time it
+-- goes idle. nextval is not transactional and takes no lock that lasts, so
+-- drawing costs producers nothing they wait on. A ticket drawn by a
+-- transaction that then rolls back or stays open wakes nobody: the
+-- sequencer's idle poll (--idle-poll) bounds that delay.
+--
+-- A sequence, not a column: it holds nothing worth keeping, and it lives
+-- here beside the capture functions that use it so that no rollback of a
+-- versioned migration can leave them referring to a dropped object. The
+-- sequencer's role rewinds it, so every role that may update
+-- relay.sequencer may update it (docs/roles.sql grants the same).
+CREATE SEQUENCE IF NOT EXISTS relay.wake_tickets AS bigint;
+REVOKE ALL ON SEQUENCE relay.wake_tickets FROM PUBLIC;
+DO $grant$
+DECLARE
+    writer text;
+BEGIN
+    FOR writer IN
+        SELECT DISTINCT a.grantee::regrole::text
+          FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+         WHERE c.oid = 'relay.sequencer'::regclass
+           AND a.privilege_type = 'UPDATE'
+           AND a.grantee NOT IN (0, c.relowner)
+    LOOP
+        EXECUTE format('GRANT UPDATE ON SEQUENCE relay.wake_tickets TO %s', writer);
+    END LOOP;
+END
+$grant$;
+
 -- relay.create_topic turns inserts into a table into events of a topic.
 --   topic            name clients subscribe to ([a-z][a-z0-9_]*)
 --   source           the table
@@ -55,10 +88,15 @@ BEGIN
         BEGIN
             INSERT INTO relay.events (topic, payload, audience, actor)
             VALUES (%L, to_jsonb(NEW), coalesce(%s(NEW), '{}'), %s);
-            -- Wake the sequencer only when it has gone idle: a busy system
-            -- pays no NOTIFY per row.
-            IF (SELECT idle FROM relay.sequencer) THEN
-                PERFORM pg_notify('pgrelay_wake', '');
+            -- Wake the sequencer only when it has gone idle, so a busy
+            -- system pays no NOTIFY per row; and only with the first few
+            -- tickets drawn since it went idle, so a burst that starts
+            -- while it sleeps pays a handful of NOTIFYs, not one per row
+            -- until it is back (see relay.wake_tickets below).
+            IF (SELECT s.idle FROM relay.sequencer s) THEN
+                IF pg_catalog.nextval('relay.wake_tickets') <= 4 THEN
+                    PERFORM pg_catalog.pg_notify('pgrelay_wake', '');
+                END IF;
             END IF;
             RETURN NULL;
         END

@@ -1,10 +1,12 @@
 // Package sequencer announces new events. Exactly one relay per database is
 // the sequencer at a time: the one whose session relay.sequencer names while
 // that session is alive. While events flow it polls the log every few
-// milliseconds and sends one sealed notification per batch; when nothing has
-// happened for a while it marks itself idle, and the capture triggers then
-// wake it with a notification. So a busy system pays no NOTIFY per inserted
-// row, and an idle one costs a slow poll.
+// milliseconds and sends one sealed notification per batch; as soon as a few
+// polls have found nothing it marks itself idle, and the first few inserts
+// after that wake it with a notification. So a busy system pays no NOTIFY
+// per inserted row, a burst after a quiet period pays a handful, and a
+// quiet or slow one (a few inserts a second) costs a slow poll instead of
+// hundreds of empty ones a second.
 //
 // The election is a row only the relay's role may write, not an advisory
 // lock: any login can take an advisory lock, and a session squatting on it
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/seal"
@@ -36,7 +39,10 @@ var ErrLostElection = errors.New("another session is the sequencer now")
 type Config struct {
 	// Poll is the interval between log polls while events flow.
 	Poll time.Duration
-	// IdleAfter is how long without new events before going idle.
+	// IdleAfter is how long without new events before going idle. Short
+	// (a few polls): every empty poll costs PostgreSQL a query that the
+	// producers' cores pay for, while going idle costs the next insert one
+	// NOTIFY, which is nothing at the rates where polls would be empty.
 	IdleAfter time.Duration
 	// IdlePoll is the interval between polls while idle: it bounds the delay
 	// of an event whose wake-up raced with going idle.
@@ -57,6 +63,8 @@ type Sequencer struct {
 	key     *seal.Key
 	cfg     Config
 	log     *slog.Logger
+
+	warnedRearm bool // the missing privilege to rewind wake-up tickets was logged
 }
 
 // New returns a Sequencer using connections from connect (which must log in
@@ -161,50 +169,122 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	if err := s.announce(ctx, conn, pid, eventlog.EncodePosition(cursor)); err != nil {
 		return err
 	}
-	idle := false
-	lastNews := time.Now()
+	idle, woken := false, false
+	lastNews, emptyPolls := time.Now(), 0
 	log := eventlog.NewReader(eventlog.ForeignListAge)
 	for {
-		newest, found, err := log.Newest(ctx, conn, cursor)
-		switch {
-		case err != nil:
+		found, err := s.poll(ctx, conn, pid, log, &cursor)
+		if err != nil {
 			return err
-		case found:
-			if err := s.announceEvents(ctx, conn, pid, cursor, newest); err != nil {
+		}
+		if found || woken {
+			lastNews, emptyPolls = time.Now(), 0
+		} else {
+			emptyPolls++
+		}
+		switch {
+		case idle && (found || woken):
+			// Announced first, flag cleared after: the events that woke
+			// the sequencer are not kept waiting for this write. Until it
+			// commits, producers that find it idle draw tickets that are
+			// already spent.
+			if err := setIdle(ctx, conn, false); err != nil {
 				return err
 			}
-			cursor = newest
-			lastNews = time.Now()
-			if idle {
-				if err := setIdle(ctx, conn, false); err != nil {
-					return err
-				}
-				idle = false
+			idle = false
+		case !idle && emptyPolls >= idleAfterPolls && time.Since(lastNews) > s.cfg.IdleAfter:
+			if err := s.rearmWake(ctx, conn); err != nil {
+				return err
 			}
-		}
-		if !idle && time.Since(lastNews) > s.cfg.IdleAfter {
 			if err := setIdle(ctx, conn, true); err != nil {
 				return err
 			}
-			idle = true
+			idle, woken = true, false
+			// Once more at once: a producer that read the flag just before
+			// it changed did not notify, and its event may have committed
+			// since the last poll. Only one still running now waits for
+			// the idle poll.
+			continue
 		}
 		wait := s.cfg.Poll
 		if idle {
 			wait = s.cfg.IdlePoll
 		}
-		woken, err := waitForWake(ctx, conn, wait)
+		woken, err = waitForWake(ctx, conn, wait)
 		if err != nil {
 			return err
 		}
-		if woken && idle {
-			if err := setIdle(ctx, conn, false); err != nil {
-				return err
-			}
-			idle = false
-			lastNews = time.Now()
-		}
 	}
 }
+
+// poll announces the events settled after *cursor, if any, and moves
+// *cursor past them. One query while events trickle in: the events
+// themselves, which are the news and the announcement at once; a burst
+// larger than announceLimit costs a second one, for the newest position.
+func (s *Sequencer) poll(ctx context.Context, conn *pgx.Conn, pid uint32, log *eventlog.Reader, cursor *eventlog.ID) (bool, error) {
+	events, err := log.ReadAfter(ctx, conn, *cursor, announceLimit+1)
+	if err != nil {
+		return false, fmt.Errorf("poll the log after %s: %w", *cursor, err)
+	}
+	if len(events) == 0 {
+		return false, nil
+	}
+	if len(events) > announceLimit {
+		newest, ok, err := log.Newest(ctx, conn, *cursor)
+		if err != nil {
+			return false, err
+		}
+		if !ok { // pruned meanwhile: what was read is still settled
+			newest = events[len(events)-1].ID
+		}
+		if err := s.announce(ctx, conn, pid, eventlog.EncodePosition(newest)); err != nil {
+			return false, err
+		}
+		*cursor = newest
+		return true, nil
+	}
+	newest := events[len(events)-1].ID
+	payloads, err := eventlog.EncodeAnnouncements(*cursor, events, newest)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range payloads {
+		if err := s.announce(ctx, conn, pid, p); err != nil {
+			return false, err
+		}
+	}
+	*cursor = newest
+	return true, nil
+}
+
+// rearmWake rewinds the wake-up tickets (relay.wake_tickets), so that the
+// first few inserts after this sequencer goes idle wake it. Without the
+// privilege (a relay role set up before the tickets existed, see
+// docs/roles.sql) it goes idle anyway: inserts then wake nobody and wait
+// for the idle poll, which is slower but loses nothing.
+func (s *Sequencer) rearmWake(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, "SELECT pg_catalog.setval('relay.wake_tickets', 1, false)")
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "42P01"):
+		if !s.warnedRearm {
+			s.log.Warn("cannot rewind the wake-up tickets: inserts after an idle period wait for --idle-poll; grant UPDATE ON SEQUENCE relay.wake_tickets to the relay's role (docs/roles.sql)", "err", err)
+			s.warnedRearm = true
+		}
+		return nil
+	default:
+		return fmt.Errorf("rewind the wake-up tickets: %w", err)
+	}
+}
+
+// idleAfterPolls is how many polls in a row must find nothing, beside
+// IdleAfter having passed, before the sequencer goes idle. Time alone is
+// not enough on a server short of CPU: one wait that oversleeps by tens of
+// milliseconds would send it to sleep in the middle of a burst, and every
+// such nap costs the producers another round of wake-ups.
+const idleAfterPolls = 10
 
 // waitForWake waits up to d for a wake-up notification.
 func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
@@ -273,29 +353,6 @@ func setIdle(ctx context.Context, conn *pgx.Conn, idle bool) error {
 // announceLimit is how many new events one poll announces with their rows;
 // beyond that (a burst) relays are told the position and read the log.
 const announceLimit = 64
-
-// announceEvents tells every relay about the events in (cursor, newest]:
-// with their rows when they fit in notifications, so relays need not read
-// them from the log, else by position.
-func (s *Sequencer) announceEvents(ctx context.Context, conn *pgx.Conn, pid uint32, cursor, newest eventlog.ID) error {
-	events, err := eventlog.ReadBetween(ctx, conn, cursor, newest, announceLimit+1)
-	if err != nil {
-		return err
-	}
-	if len(events) > announceLimit {
-		return s.announce(ctx, conn, pid, eventlog.EncodePosition(newest))
-	}
-	payloads, err := eventlog.EncodeAnnouncements(cursor, events, newest)
-	if err != nil {
-		return err
-	}
-	for _, p := range payloads {
-		if err := s.announce(ctx, conn, pid, p); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // announce sends one announcement, sealed for this session.
 func (s *Sequencer) announce(ctx context.Context, conn *pgx.Conn, pid uint32, plain string) error {

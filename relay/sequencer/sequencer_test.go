@@ -3,6 +3,7 @@ package sequencer_test
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -146,6 +147,11 @@ func TestAnnouncementsAreSealedForTheSequencersSession(t *testing.T) {
 	}
 	a := run(t, db.URL, key)
 	eventually(t, "a leads", a.leading.Load)
+	// The announcement on taking over names the tail the sequencer starts
+	// from; an insert before it would be behind that tail.
+	if _, err := listener.WaitForNotification(ctx); err != nil {
+		t.Fatalf("no announcement on taking over: %v", err)
+	}
 	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('secret plan', '{l}', 'u')`)
 	var newest eventlog.ID
 	if err := db.Pool.QueryRow(ctx, "SELECT xid, id FROM relay.events").Scan(&newest.Xid, &newest.Seq); err != nil {
@@ -201,4 +207,83 @@ func randomKey(t *testing.T) *seal.Key {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// announced waits for an announcement carrying an event of topic, and fails
+// the test if none comes within d.
+func announced(t *testing.T, listener *pgx.Conn, key *seal.Key, topic string, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for {
+		n, err := listener.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("no announcement of a %s event within %v: %v", topic, d, err)
+		}
+		plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
+		if err != nil {
+			continue
+		}
+		ann, err := eventlog.DecodeAnnouncement(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ann.Events {
+			if string(e.Topic) == topic {
+				return
+			}
+		}
+	}
+}
+
+func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAgain(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	roles := pgtest.WithRoles(t, db)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listener, err := pgx.Connect(context.Background(), db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(context.Background(), "LISTEN "+eventlog.AnnounceChannel); err != nil {
+		t.Fatal(err)
+	}
+	// An idle poll of a minute: only a wake-up can announce within seconds.
+	sleepy := sequencer.Config{Poll: 2 * time.Millisecond, IdleAfter: 20 * time.Millisecond, IdlePoll: time.Minute, Retry: 20 * time.Millisecond}
+	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, roles.RelayURL) }
+	s := sequencer.New(connect, key, sleepy, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	rewound := func() bool {
+		var idle, called bool
+		var last int64
+		if err := db.Pool.QueryRow(context.Background(),
+			"SELECT s.idle, t.last_value, t.is_called FROM relay.sequencer s, relay.wake_tickets t").Scan(&idle, &last, &called); err != nil {
+			t.Fatal(err)
+		}
+		return idle && last == 1 && !called
+	}
+	// A fresh database starts idle with its tickets rewound: wait for the
+	// announcement of taking over, so the first insert comes after the
+	// sequencer read the end of the log, then for it to go idle again.
+	waitCtx, waitCancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if _, err := listener.WaitForNotification(waitCtx); err != nil {
+		t.Fatalf("no announcement of taking over: %v", err)
+	}
+	waitCancel()
+	eventually(t, "the sequencer goes idle", func() bool { return holder(t, db) != 0 && rewound() })
+	for round := range 3 {
+		db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('t', '{l}', 'u')`)
+		announced(t, listener, key, "templates", 10*time.Second)
+		eventually(t, fmt.Sprintf("the sequencer sleeps again with its tickets rewound (round %d)", round), rewound)
+	}
 }
