@@ -92,6 +92,12 @@ func (s *Sequencer) Run(ctx context.Context) error {
 	}
 }
 
+// awaitWake is how long the sequencer stays busy after a wake-up whose event
+// it has not found yet: longer than readers remember the list of other
+// databases' transactions (eventlog.ForeignListAge), after which the event
+// is either visible or behind a transaction that is really running.
+const awaitWake = 4 * eventlog.ForeignListAge
+
 // reconnectDelay is the least wait before the sequencer's session is opened
 // again after it failed.
 const reconnectDelay = time.Second
@@ -171,17 +177,29 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	}
 	idle, woken := false, false
 	lastNews, emptyPolls := time.Now(), 0
+	// awaited is when a wake-up came that no poll has answered yet: its
+	// event may still sit behind the horizon (a transaction of another
+	// database this session's list does not know yet). Its ticket is spent,
+	// so going idle before finding it would leave it for the idle poll.
+	var awaited time.Time
 	log := eventlog.NewReader(eventlog.ForeignListAge)
 	for {
 		found, err := s.poll(ctx, conn, pid, log, &cursor)
 		if err != nil {
 			return err
 		}
+		switch {
+		case found:
+			awaited = time.Time{}
+		case woken && awaited.IsZero():
+			awaited = time.Now()
+		}
 		if found || woken {
 			lastNews, emptyPolls = time.Now(), 0
 		} else {
 			emptyPolls++
 		}
+		waiting := !awaited.IsZero() && time.Since(awaited) < awaitWake
 		switch {
 		case idle && (found || woken):
 			// Announced first, flag cleared after: the events that woke
@@ -192,7 +210,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 				return err
 			}
 			idle = false
-		case !idle && emptyPolls >= idleAfterPolls && time.Since(lastNews) > s.cfg.IdleAfter:
+		case !idle && !waiting && emptyPolls >= idleAfterPolls && time.Since(lastNews) > s.cfg.IdleAfter:
 			if err := s.rearmWake(ctx, conn); err != nil {
 				return err
 			}
