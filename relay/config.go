@@ -66,6 +66,12 @@ type Config struct {
 	// RetentionInterval is how often the sequencer prunes the log.
 	RetentionInterval time.Duration
 	ShutdownWait      time.Duration // how long shutdown waits for streams to close
+	// GraphQLInitTimeout is how long a GraphQL client may take to send
+	// connection_init after its WebSocket handshake (close 4408 after).
+	GraphQLInitTimeout time.Duration
+	// GraphQLMaxSubscriptions bounds the subscriptions of one GraphQL
+	// connection.
+	GraphQLMaxSubscriptions int
 
 	PollInterval time.Duration // sequencer poll while events flow
 	IdleAfter    time.Duration // sequencer goes idle after this long without events
@@ -99,28 +105,30 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Addr:                  ":8080",
-		JWTSubjectClaim:       "sub",
-		JWKSRefresh:           auth.DefaultRefresh,
-		MaxConnections:        10000,
-		MaxConnectionsPerUser: 100,
-		QueueSize:             1024,
-		QueueBytes:            8 << 20,
-		Heartbeat:             10 * time.Second,
-		WriteTimeout:          10 * time.Second,
-		IdleTimeout:           90 * time.Second,
-		Retention:             24 * time.Hour,
-		RetentionInterval:     time.Minute,
-		ShutdownWait:          10 * time.Second,
-		PollInterval:          2 * time.Millisecond,
-		IdleAfter:             50 * time.Millisecond,
-		IdlePoll:              100 * time.Millisecond,
-		SafetyPoll:            time.Second,
-		ElectionInterval:      100 * time.Millisecond,
-		FilterResync:          30 * time.Second,
-		PoolSize:              10,
-		LogLevel:              "info",
-		LogFormat:             "text",
+		Addr:                    ":8080",
+		JWTSubjectClaim:         "sub",
+		JWKSRefresh:             auth.DefaultRefresh,
+		MaxConnections:          10000,
+		MaxConnectionsPerUser:   100,
+		QueueSize:               1024,
+		QueueBytes:              8 << 20,
+		Heartbeat:               10 * time.Second,
+		WriteTimeout:            10 * time.Second,
+		IdleTimeout:             90 * time.Second,
+		Retention:               24 * time.Hour,
+		RetentionInterval:       time.Minute,
+		ShutdownWait:            10 * time.Second,
+		GraphQLInitTimeout:      10 * time.Second,
+		GraphQLMaxSubscriptions: 64,
+		PollInterval:            2 * time.Millisecond,
+		IdleAfter:               50 * time.Millisecond,
+		IdlePoll:                100 * time.Millisecond,
+		SafetyPoll:              time.Second,
+		ElectionInterval:        100 * time.Millisecond,
+		FilterResync:            30 * time.Second,
+		PoolSize:                10,
+		LogLevel:                "info",
+		LogFormat:               "text",
 	}
 }
 
@@ -158,6 +166,8 @@ func (c *Config) settings() []setting {
 		{"retention-max-events", "RELAY_RETENTION_MAX_EVENTS", "keep at most this many events in the log, pruning the oldest (0: unlimited)", (*intValue)(&c.RetentionMaxEvents)},
 		{"retention-interval", "RELAY_RETENTION_INTERVAL", "how often the log is pruned (by one relay at a time: the sequencer)", (*durationValue)(&c.RetentionInterval)},
 		{"shutdown-wait", "RELAY_SHUTDOWN_WAIT", "how long shutdown waits for streams to close", (*durationValue)(&c.ShutdownWait)},
+		{"graphql-init-timeout", "RELAY_GRAPHQL_INIT_TIMEOUT", "how long a GraphQL client may take to send connection_init after connecting to /graphql (then it is closed with 4408)", (*durationValue)(&c.GraphQLInitTimeout)},
+		{"graphql-max-subscriptions", "RELAY_GRAPHQL_MAX_SUBSCRIPTIONS", "maximum subscriptions on one /graphql connection (each is also a stream under --max-connections-per-user)", (*intValue)(&c.GraphQLMaxSubscriptions)},
 		{"poll-interval", "RELAY_POLL_INTERVAL", "sequencer log poll interval while events flow", (*durationValue)(&c.PollInterval)},
 		{"idle-after", "RELAY_IDLE_AFTER", "sequencer goes idle after this long without events", (*durationValue)(&c.IdleAfter)},
 		{"idle-poll", "RELAY_IDLE_POLL", "sequencer log poll interval while idle", (*durationValue)(&c.IdlePoll)},
@@ -225,6 +235,7 @@ func (c *Config) Validate() error {
 		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--idle-timeout", c.IdleTimeout}, {"--retention", c.Retention},
 		{"--shutdown-wait", c.ShutdownWait}, {"--retention-interval", c.RetentionInterval}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
 		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--election-interval", c.ElectionInterval}, {"--filter-resync", c.FilterResync},
+		{"--graphql-init-timeout", c.GraphQLInitTimeout},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -239,6 +250,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueueBytes < minQueueBytes || c.QueueBytes > maxQueueBytes {
 		bad("--queue-bytes must be between %s and %s, got %s", byteSize(minQueueBytes), byteSize(maxQueueBytes), byteSize(c.QueueBytes))
+	}
+	if c.GraphQLMaxSubscriptions < 1 || c.GraphQLMaxSubscriptions > 10000 {
+		bad("--graphql-max-subscriptions must be between 1 and 10000, got %d", c.GraphQLMaxSubscriptions)
 	}
 	if c.MaxConnections < 0 {
 		bad("--max-connections must be 0 (unlimited) or positive, got %d", c.MaxConnections)

@@ -35,6 +35,7 @@ func (s *Server) routes(verifier *auth.Verifier) chi.Router {
 	}
 	r.Method(http.MethodGet, "/events", s.sse)
 	r.Method(http.MethodGet, "/ws", s.ws)
+	r.Method(http.MethodGet, "/graphql", s.graphql)
 	r.Mount("/api", &api.Handler{Auth: verifier, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev, Write: s.cfg.WriteAPI})
 	r.Handle("/*", web.Handler())
 	return r

@@ -25,6 +25,8 @@ import (
 	"github.com/pgrelay/pgrelay/relay/auth"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
+	"github.com/pgrelay/pgrelay/relay/graphql"
+	"github.com/pgrelay/pgrelay/relay/graphql/schema"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
@@ -42,6 +44,10 @@ const (
 	ListenerApplicationName = "pgrelay-listener"
 	ApplicationName         = "pgrelay"
 )
+
+// schemaMaxAge is how long the GraphQL schema is served before the topics'
+// columns are read again: topics added in SQL appear within it.
+const schemaMaxAge = 5 * time.Second
 
 // readBatch is how many events one log read returns.
 const readBatch = 1000
@@ -62,6 +68,7 @@ type Server struct {
 	metrics   *metrics.Metrics
 	sse       *sse.Handler
 	ws        *ws.Handler
+	graphql   *graphql.Handler
 	router    chi.Router
 
 	isLeader atomic.Bool
@@ -126,6 +133,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
 		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, OriginPatterns: cfg.CORSOrigins,
 	}
+	graphqlMetrics := s.metrics.Transport("graphql")
+	s.graphql = &graphql.Handler{
+		Gate: gate, Transport: stream.Transport{Name: "graphql", Observer: graphqlMetrics, Connected: graphqlMetrics.Connected},
+		Schema: schema.NewCache(pool, schemaMaxAge, func(reason string) { s.log.Warn("left out of the graphql schema", "why", reason) }),
+		Log:    s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, InitTimeout: cfg.GraphQLInitTimeout,
+		MaxOperations: cfg.GraphQLMaxSubscriptions, OriginPatterns: cfg.CORSOrigins,
+	}
 	s.router = s.routes(gate.Auth)
 	return s, nil
 }
@@ -166,6 +180,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.verifier.Run(gctx) })
 	g.Go(func() error { return s.sse.Run(gctx) })
 	g.Go(func() error { return s.ws.Run(gctx) })
+	g.Go(func() error { return s.graphql.Run(gctx) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
 	}
@@ -191,6 +206,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		// Shutdown does not wait for hijacked (WebSocket) connections.
 		if err := s.ws.Wait(drainCtx); err != nil {
 			s.log.Warn("shutdown deadline passed with websocket streams still closing", "err", err)
+		}
+		if err := s.graphql.Wait(drainCtx); err != nil {
+			s.log.Warn("shutdown deadline passed with graphql connections still closing", "err", err)
 		}
 		return nil
 	})

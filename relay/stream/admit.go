@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -70,23 +71,59 @@ func (g *Gate) Admit(w http.ResponseWriter, r *http.Request, t Transport) (*Admi
 			return nil, false
 		}
 	}
+	adm, err := g.open(r.Context(), id, req, t)
+	if err != nil {
+		g.refuse(w, t, id.Subject, err)
+		return nil, false
+	}
+	return adm, true
+}
+
+// AdmitAs opens the stream req asks for as id, for a transport that learns
+// who its client is only after its own handshake (GraphQL's
+// connection_init): the same limits, opening and log lines as Admit. A
+// refusal is logged here and returned; the transport tells its client in its
+// own terms, which Status and LogReason classify. The stream's context is
+// ctx.
+func (g *Gate) AdmitAs(ctx context.Context, id auth.Identity, req Request, t Transport) (*Admitted, error) {
+	adm, err := g.open(ctx, id, req, t)
+	if err != nil {
+		g.Refused(t, id.Subject, err)
+	}
+	return adm, err
+}
+
+// Authorize checks that id, obtained after a transport's own handshake,
+// names a subscriber (ErrUnknownSubscriber if not), so that a connection
+// that will open streams later is refused at once; a refusal is logged and
+// returned as AdmitAs does.
+func (g *Gate) Authorize(ctx context.Context, id auth.Identity, t Transport) error {
+	f, _, err := g.Opener.loadFilter(ctx, id.Subject)
+	if err == nil && !f.Exists {
+		err = fmt.Errorf("%w: %q", ErrUnknownSubscriber, id.Subject)
+	}
+	if err != nil {
+		g.Refused(t, id.Subject, err)
+	}
+	return err
+}
+
+func (g *Gate) open(ctx context.Context, id auth.Identity, req Request, t Transport) (*Admitted, error) {
 	req.Subscriber, req.Expires, req.Observer = id.Subject, id.Expires, t.Observer
 	release, err := g.Limiter.Acquire(req.Subscriber)
 	if err != nil {
-		g.refuse(w, t, req.Subscriber, err)
-		return nil, false
+		return nil, err
 	}
-	st, err := g.Opener.Open(r.Context(), req)
+	st, err := g.Opener.Open(ctx, req)
 	if err != nil {
 		release()
-		g.refuse(w, t, req.Subscriber, err)
-		return nil, false
+		return nil, err
 	}
 	if t.Connected != nil {
 		t.Connected(1)
 	}
 	g.Log.Info("stream opened", "transport", t.Name, "user", req.Subscriber, "topics", req.Topics, "resume", req.After != nil)
-	return &Admitted{Stream: st, Request: req, transport: t, log: g.Log, opened: time.Now(), release: release}, true
+	return &Admitted{Stream: st, Request: req, transport: t, log: g.Log, opened: time.Now(), release: release}, nil
 }
 
 // retryAfter is what clients refused for a passing reason (a full relay,
@@ -96,27 +133,32 @@ const retryAfter = 2 * time.Second
 // refuse answers a request that gets no stream, and logs why: never the
 // token or what the client sent, only the kind of problem.
 func (g *Gate) refuse(w http.ResponseWriter, t Transport, user string, err error) {
-	status := Status(err)
+	status := g.Refused(t, user, err)
 	var r *Refusal
 	if errors.As(err, &r) {
 		for k, v := range r.Header {
 			w.Header()[k] = v
 		}
 	}
-	switch {
-	case status == http.StatusInternalServerError:
-		// Almost always the database being unreachable: tell the client
-		// to come back rather than that it did something wrong.
-		g.Log.Error("open event stream", "transport", t.Name, "user", user, "err", err)
-		status = http.StatusServiceUnavailable
+	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", strconv.Itoa(int(retryAfter/time.Second)))
-	case status == http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", strconv.Itoa(int(retryAfter/time.Second)))
-		g.Log.Info("stream refused", "transport", t.Name, "user", user, "status", status, "reason", LogReason(err))
-	default:
-		g.Log.Info("stream refused", "transport", t.Name, "user", user, "status", status, "reason", LogReason(err))
 	}
 	WriteError(w, status, err)
+}
+
+// Refused logs a refusal, decided here or by a transport after its own
+// handshake (a bad token in a GraphQL connection_init), and returns the HTTP
+// status that answers it: a relay failure (almost always the database being
+// unreachable) is 503, so clients come back rather than think they did
+// something wrong.
+func (g *Gate) Refused(t Transport, user string, err error) int {
+	status := Status(err)
+	if status == http.StatusInternalServerError {
+		g.Log.Error("open event stream", "transport", t.Name, "user", user, "err", err)
+		return http.StatusServiceUnavailable
+	}
+	g.Log.Info("stream refused", "transport", t.Name, "user", user, "status", status, "reason", LogReason(err))
+	return status
 }
 
 // Refuse ends a stream that was admitted but cannot be served after all

@@ -243,14 +243,34 @@ func closeConn(c *conn, err error) {
 // answers it: on success it takes the connection over from net/http and
 // returns it; otherwise it has answered with the reason.
 func (h *Handler) upgrade(w http.ResponseWriter, r *http.Request) (*conn, error) {
-	if status, err := checkHandshake(w, r); err != nil {
-		http.Error(w, err.Error(), status)
+	nc, early, err := Upgrade(w, r, h.OriginPatterns, h.writeTimeout())
+	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(h.OriginPatterns, "*") {
-		if err := checkOrigin(r, h.OriginPatterns); err != nil {
+	c := &conn{nc: nc, early: early}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	return c, nil
+}
+
+// Upgrade answers r's WebSocket opening handshake for a transport that
+// speaks its own protocol over WebSocket frames (GraphQL), with the checks
+// GET /ws makes: the handshake as RFC 6455 §4.2 asks, and the origin
+// against origins (as in --cors-origins). Headers already set on w (a
+// Sec-WebSocket-Protocol) go out with the 101 answer. On success it takes
+// the connection over from net/http and returns it, with what the client
+// sent behind its handshake that net/http had already read; otherwise it
+// has answered r with the reason.
+func Upgrade(w http.ResponseWriter, r *http.Request, origins []string, writeTimeout time.Duration) (net.Conn, []byte, error) {
+	if status, err := checkHandshake(w, r); err != nil {
+		http.Error(w, err.Error(), status)
+		return nil, nil, err
+	}
+	if !slices.Contains(origins, "*") {
+		if err := checkOrigin(r, origins); err != nil {
 			http.Error(w, err.Error(), http.StatusForbidden)
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	header := w.Header().Clone() // what middleware set, e.g. Vary
@@ -258,34 +278,31 @@ func (h *Handler) upgrade(w http.ResponseWriter, r *http.Request) (*conn, error)
 	if err != nil {
 		// HTTP/2 cannot be taken over; RFC 8441 WebSockets are not served.
 		http.Error(w, http.StatusText(http.StatusNotImplemented), http.StatusNotImplemented)
-		return nil, fmt.Errorf("take over the connection: %w", err)
+		return nil, nil, fmt.Errorf("take over the connection: %w", err)
 	}
 	// The server's deadlines were for reading the request.
 	_ = nc.SetDeadline(time.Time{})
-	c := &conn{nc: nc}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-	}
 	// A client may send frames right behind its handshake; net/http may
 	// have read them already.
+	var early []byte
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		c.early = append([]byte(nil), b...)
+		early = append([]byte(nil), b...)
 	}
 	header.Set("Upgrade", "websocket")
 	header.Set("Connection", "Upgrade")
 	header.Set("Sec-WebSocket-Accept", acceptKey(r.Header.Get("Sec-WebSocket-Key")))
-	_ = nc.SetWriteDeadline(time.Now().Add(h.writeTimeout()))
+	_ = nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	bw := brw.Writer
 	_, _ = bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
 	_ = header.Write(bw)
 	_, _ = bw.WriteString("\r\n")
 	if err := bw.Flush(); err != nil {
 		_ = nc.Close()
-		return nil, fmt.Errorf("write handshake response: %w", err)
+		return nil, nil, fmt.Errorf("write handshake response: %w", err)
 	}
 	_ = nc.SetWriteDeadline(time.Time{})
-	return c, nil
+	return nc, early, nil
 }
 
 func (h *Handler) writeTimeout() time.Duration {

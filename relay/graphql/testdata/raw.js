@@ -1,0 +1,47 @@
+// A WebSocket client on Node's "ws" package that speaks the GraphQL
+// protocols message by message, for the Go tests to send what the libraries
+// never would (a second connection_init, a duplicate id, garbage).
+// argv[2] is a JSON object {"url": "ws://…/graphql", "protocol": "graphql-transport-ws",
+// "headers": {…}}; stdin lines are JSON commands: {"send": <value sent as JSON text>},
+// {"text": "<sent as is>"}, {"binary": true}. Reported on stdout, one JSON
+// object per line: {"open": true, "protocol": …}, {"message": <parsed>},
+// {"closed": code, "reason": "…"}, {"unexpected": status}.
+'use strict';
+const WebSocket = require('ws');
+const readline = require('readline');
+
+const cfg = JSON.parse(process.argv[2]);
+const report = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+const protocols = cfg.protocol === undefined ? [] : [cfg.protocol];
+const ws = new WebSocket(cfg.url, protocols, { headers: cfg.headers || {} });
+
+ws.on('open', () => report({ open: true, protocol: ws.protocol }));
+ws.on('message', (data) => {
+  try {
+    report({ message: JSON.parse(data.toString()) });
+  } catch (e) {
+    report({ message: data.toString() });
+  }
+});
+ws.on('close', (code, reason) => {
+  report({ closed: code, reason: reason.toString() });
+  process.exit(0);
+});
+ws.on('unexpected-response', (req, res) => {
+  let body = '';
+  res.on('data', (d) => { body += d; });
+  res.on('end', () => {
+    report({ unexpected: res.statusCode, body });
+    process.exit(0);
+  });
+});
+ws.on('error', (err) => report({ wsError: err.message }));
+
+const rl = readline.createInterface({ input: process.stdin });
+rl.on('line', (line) => {
+  const cmd = JSON.parse(line);
+  if ('send' in cmd) ws.send(JSON.stringify(cmd.send));
+  else if ('text' in cmd) ws.send(cmd.text);
+  else if (cmd.binary) ws.send(Buffer.from([1, 2, 3]), { binary: true });
+});
+rl.on('close', () => process.exit(0));

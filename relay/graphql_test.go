@@ -1,0 +1,204 @@
+package relay_test
+
+import (
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay"
+)
+
+// seedSubscription is the seed app's subscription, verbatim.
+const seedSubscription = `subscription { templateAdded { id name shareLocationIds } }`
+
+// graphqlLibraries are the client libraries the tests drive, by the
+// protocol they speak.
+var graphqlLibraries = []struct {
+	name, library string
+	// typename: the library adds __typename to every selection set
+	// (Apollo's cache does).
+	typename bool
+}{
+	{"graphql-transport-ws/graphql-ws", "graphql-ws", false},
+	{"graphql-transport-ws/apollo-client", "apollo", true},
+	{"graphql-ws/subscriptions-transport-ws", "legacy", false},
+}
+
+// subscriptionsOpen waits until the relays hold n subscriptions between
+// them.
+func subscriptionsOpen(t *testing.T, relays []*relaytest.Relay, n int) {
+	t.Helper()
+	relaytest.Eventually(t, graphqlWait, "the subscriptions to open", func() bool {
+		total := 0
+		for _, r := range relays {
+			total += r.Server.Hub().Stats().Subscriptions
+		}
+		return total == n
+	})
+}
+
+func TestGraphQLSeedScenarioAcrossFourRelaysDeliversExactlyTheSelectedFieldsOfWhatTheRulesSelect(t *testing.T) {
+	t.Parallel()
+	for _, lib := range graphqlLibraries {
+		t.Run(lib.name, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.New(t)
+			relaytest.Seed(t, db)
+			relays := make([]*relaytest.Relay, 4)
+			for i := range relays {
+				relays[i] = relaytest.Start(t, db.URL)
+			}
+			node := startGraphQLNode(t, "client.js", map[string]any{"library": lib.library})
+			clients := map[string]*gqlClient{}
+			for i, u := range relaytest.SeedUsers {
+				c := node.connect(u, map[string]any{"url": graphqlURL(relays[i%4].URL), "token": relaytest.Token(t, u), "tokenIn": "payload"})
+				c.subscribe("seed", seedSubscription, nil)
+				clients[u] = c
+			}
+			subscriptionsOpen(t, relays, len(relaytest.SeedUsers))
+
+			want := relaytest.InsertSeedTemplates(t, db)
+			wantFields := []string{"id", "name", "shareLocationIds"}
+			if lib.typename {
+				wantFields = append(wantFields, "__typename")
+				sort.Strings(wantFields)
+			}
+			for _, u := range relaytest.SeedUsers {
+				var got []string
+				lastID := ""
+				for _, r := range clients[u].results("seed", len(want[u])) {
+					res := decodeResult(t, r)
+					row := res.Data["templateAdded"]
+					got = append(got, row["name"].(string))
+					if fields := slices.Sorted(maps.Keys(row)); !slices.Equal(fields, wantFields) {
+						t.Errorf("%s received fields %v, want only the selected %v", u, fields, wantFields)
+					}
+					if lib.typename && row["__typename"] != "Template" {
+						t.Errorf("%s: __typename %v, want Template", u, row["__typename"])
+					}
+					id, _ := res.Extensions["id"].(string)
+					if id == "" || id <= lastID {
+						t.Errorf("%s: extensions.id %q after %q, want increasing event ids", u, id, lastID)
+					}
+					lastID = id
+				}
+				if !slices.Equal(got, want[u]) {
+					t.Errorf("%s received %q, want %q", u, got, want[u])
+				}
+			}
+			for _, u := range relaytest.SeedUsers {
+				clients[u].quiet("seed", 100*time.Millisecond)
+			}
+		})
+	}
+}
+
+func TestGraphQLResumeWithAfterOnAnotherRelayLosesAndRepeatsNothing(t *testing.T) {
+	t.Parallel()
+	for _, lib := range graphqlLibraries {
+		t.Run(lib.name, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.New(t)
+			relaytest.Seed(t, db)
+			a, b := relaytest.Start(t, db.URL), relaytest.Start(t, db.URL)
+			token := relaytest.Token(t, "zowi-2")
+			node := startGraphQLNode(t, "client.js", map[string]any{"library": lib.library})
+			first := node.connect("first", map[string]any{"url": graphqlURL(a.URL), "token": token, "tokenIn": "header"})
+			first.subscribe("live", `subscription { templateAdded { name } }`, nil)
+			subscriptionsOpen(t, []*relaytest.Relay{a}, 1)
+			want := relaytest.InsertSeedTemplates(t, db)["zowi-2"] // four templates
+			got := first.results("live", len(want))
+			after := decodeResult(t, got[1]).Extensions["id"].(string)
+
+			// The client went away after the second; it resumes on the
+			// other relay, while more is inserted.
+			second := node.connect("second", map[string]any{"url": graphqlURL(b.URL), "token": token, "tokenIn": "query"})
+			second.subscribe("resumed", `subscription Resume($after: String) { t: templateAdded(after: $after) { name } }`, map[string]any{"after": after})
+			subscriptionsOpen(t, []*relaytest.Relay{b}, 1)
+			relaytest.InsertTemplate(t, db, "t7 after the resume", "zolo-1", "loc-1")
+			var names []string
+			for _, r := range second.results("resumed", 3) {
+				names = append(names, decodeResult(t, r).Data["t"]["name"].(string))
+			}
+			if wantNames := append(slices.Clone(want[2:]), "t7 after the resume"); !slices.Equal(names, wantNames) {
+				t.Errorf("resumed after the second template: got %q, want %q", names, wantNames)
+			}
+			second.quiet("resumed", 100*time.Millisecond)
+		})
+	}
+}
+
+func TestGraphQLIntrospectionGivesAClientSchemaWithTheTopicsSubscriptionAndColumns(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	for _, lib := range []string{"graphql-ws", "legacy"} {
+		t.Run(lib, func(t *testing.T) {
+			c := graphqlClient(t, lib, map[string]any{"url": graphqlURL(r.URL), "token": relaytest.Token(t, "zewi-1"), "tokenIn": "payload"})
+			c.send(map[string]any{"introspect": "i"})
+			got := c.await("the introspected schema", func(r report) bool { return r.str("op") == "i" })
+			sdl := got.str("schema")
+			if sdl == "" {
+				t.Fatalf("graphql-js could not build a schema from the introspection result: %v", got)
+			}
+			for _, want := range []string{
+				"templateAdded(after: String): Template!",
+				"type Template {", "id: String!", "name: String!", "shareLocationIds: [String]!", "createdBy: String!", "createdAt: String!",
+				"scalar JSON", "topics: [String!]!",
+			} {
+				if !strings.Contains(sdl, want) {
+					t.Errorf("schema lacks %q:\n%s", want, sdl)
+				}
+			}
+			c.await("the introspection to complete", func(r report) bool { return r.str("op") == "i" && r.has("complete") })
+		})
+	}
+}
+
+func TestGraphQLInvalidQueryGetsErrorsWithLocationsAndTheConnectionStaysOpen(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	for _, lib := range []string{"graphql-ws", "legacy"} {
+		t.Run(lib, func(t *testing.T) {
+			c := graphqlClient(t, lib, map[string]any{"url": graphqlURL(r.URL), "token": relaytest.Token(t, "zowi-1"), "tokenIn": "payload"})
+			c.subscribe("bad", "subscription {\n  templateAdded { id colour }\n}", nil)
+			got := c.await("the validation error", func(r report) bool { return r.str("op") == "bad" && (r.has("error") || r.has("next")) })
+			errs := got["error"]
+			if got.has("next") { // the legacy protocol delivers errors as a result
+				errs = got["next"]
+			}
+			e, _ := errs.(map[string]any)["errors"].([]any)
+			if len(e) != 1 {
+				t.Fatalf("got %v, want one GraphQL error", got)
+			}
+			first := e[0].(map[string]any)
+			if msg, _ := first["message"].(string); !strings.Contains(msg, "colour") {
+				t.Errorf("error %q does not name the unknown field", msg)
+			}
+			locs, _ := first["locations"].([]any)
+			if len(locs) != 1 || locs[0].(map[string]any)["line"] != float64(2) || locs[0].(map[string]any)["column"] != float64(22) {
+				t.Errorf("locations %v, want line 2 column 22", first["locations"])
+			}
+			// The same connection serves a valid subscription after it.
+			c.subscribe("good", `subscription { templateAdded { name } }`, nil)
+			relaytest.Eventually(t, graphqlWait, "the subscription to open", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
+			relaytest.InsertTemplate(t, db, "after the error", "zolo-1", "loc-1")
+			if name := decodeResult(t, c.results("good", 1)[0]).Data["templateAdded"]["name"]; name != "after the error" {
+				t.Errorf("got %v after the error", name)
+			}
+			c.send(map[string]any{"unsubscribe": "good"})
+			relaytest.Eventually(t, graphqlWait, "the subscription to end", func() bool { return r.Server.Hub().Stats().Subscriptions == 0 })
+		})
+	}
+}
+
+// unused keeps the relay import for tests that configure relays.
+var _ = relay.DefaultConfig
