@@ -15,7 +15,12 @@ const report = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 const protocols = cfg.protocol === undefined ? [] : [cfg.protocol];
 const ws = new WebSocket(cfg.url, protocols, { headers: cfg.headers || {} });
 
-ws.on('open', () => report({ open: true, protocol: ws.protocol }));
+// Commands that arrive before the handshake is done wait for it.
+const queued = [];
+ws.on('open', () => {
+  report({ open: true, protocol: ws.protocol });
+  queued.splice(0).forEach(run);
+});
 ws.on('message', (data) => {
   try {
     report({ message: JSON.parse(data.toString()) });
@@ -38,10 +43,14 @@ ws.on('unexpected-response', (req, res) => {
 ws.on('error', (err) => report({ wsError: err.message }));
 
 const rl = readline.createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  const cmd = JSON.parse(line);
+function run(cmd) {
   if ('send' in cmd) ws.send(JSON.stringify(cmd.send));
   else if ('text' in cmd) ws.send(cmd.text);
   else if (cmd.binary) ws.send(Buffer.from([1, 2, 3]), { binary: true });
+}
+rl.on('line', (line) => {
+  const cmd = JSON.parse(line);
+  if (ws.readyState === WebSocket.CONNECTING) queued.push(cmd);
+  else run(cmd);
 });
 rl.on('close', () => process.exit(0));
