@@ -183,11 +183,14 @@ func CamelCase(column string) string {
 	return lead + words[0] + pascal(words[1:])
 }
 
-// row is one column of one topic, as the catalog describes it.
-type row struct {
-	topic, source, column string
-	notNull, array        bool
-	typname, typtype      string
+// CatalogColumn is one column of one topic's table, as the catalog
+// describes it.
+type CatalogColumn struct {
+	Topic, Source, Column string
+	NotNull, Array        bool
+	// Type is the base type's name (the element type of an array, the
+	// base of a domain); TypeType its pg_type.typtype.
+	Type, TypeType string
 }
 
 // catalogSQL lists the columns of every topic's source table. Domains are
@@ -215,10 +218,10 @@ func Load(ctx context.Context, q Querier) (*Schema, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read topic columns for the GraphQL schema: %w", err)
 	}
-	var cols []row
+	var cols []CatalogColumn
 	for rows.Next() {
-		var r row
-		if err := rows.Scan(&r.topic, &r.source, &r.column, &r.notNull, &r.array, &r.typname, &r.typtype); err != nil {
+		var r CatalogColumn
+		if err := rows.Scan(&r.Topic, &r.Source, &r.Column, &r.NotNull, &r.Array, &r.Type, &r.TypeType); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read topic columns for the GraphQL schema: %w", err)
 		}
@@ -227,18 +230,18 @@ func Load(ctx context.Context, q Querier) (*Schema, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read topic columns for the GraphQL schema: %w", err)
 	}
-	return build(cols)
+	return Build(cols)
 }
 
-// build makes the schema of the given columns (ordered by topic, then
-// column position).
-func build(cols []row) (*Schema, error) {
+// Build makes the schema of the given columns, ordered by topic, then
+// column position.
+func Build(cols []CatalogColumn) (*Schema, error) {
 	s := &Schema{Topics: map[string]*Topic{}}
 	var topics []*Topic
 	typeTaken := map[string]bool{}
 	for i := 0; i < len(cols); {
 		j := i
-		for j < len(cols) && cols[j].topic == cols[i].topic {
+		for j < len(cols) && cols[j].Topic == cols[i].Topic {
 			j++
 		}
 		if t := s.topic(cols[i:j], typeTaken); t != nil {
@@ -261,8 +264,8 @@ func build(cols []row) (*Schema, error) {
 // topic names one topic's type and fields, or leaves it out (nil) with the
 // reason in s.Skipped. Topics come in name order, so which of two colliding
 // topics keeps the singular name does not depend on anything else.
-func (s *Schema) topic(cols []row, typeTaken map[string]bool) *Topic {
-	name := cols[0].topic
+func (s *Schema) topic(cols []CatalogColumn, typeTaken map[string]bool) *Topic {
+	name := cols[0].Topic
 	typeName := Singular(name)
 	if reserved[typeName] {
 		typeName += "Row"
@@ -279,24 +282,24 @@ func (s *Schema) topic(cols []row, typeTaken map[string]bool) *Topic {
 		return nil
 	}
 	t := &Topic{
-		Name: name, Source: cols[0].source, TypeName: typeName,
+		Name: name, Source: cols[0].Source, TypeName: typeName,
 		Field: strings.ToLower(typeName[:1]) + typeName[1:] + "Added", byField: map[string]*Column{},
 	}
 	for _, c := range cols {
-		field := CamelCase(c.column)
+		field := CamelCase(c.Column)
 		switch {
 		case !graphqlName.MatchString(field) || strings.HasPrefix(field, "__"):
-			s.Skipped = append(s.Skipped, fmt.Sprintf("topic %s: column %q is not a GraphQL name", name, c.column))
+			s.Skipped = append(s.Skipped, fmt.Sprintf("topic %s: column %q is not a GraphQL name", name, c.Column))
 			continue
 		case t.byField[field] != nil:
-			s.Skipped = append(s.Skipped, fmt.Sprintf("topic %s: column %q has the same field name as %q", name, c.column, t.byField[field].Name))
+			s.Skipped = append(s.Skipped, fmt.Sprintf("topic %s: column %q has the same field name as %q", name, c.Column, t.byField[field].Name))
 			continue
 		}
-		pgType := c.typname
-		if c.array {
+		pgType := c.Type
+		if c.Array {
 			pgType += "[]"
 		}
-		t.Columns = append(t.Columns, Column{Name: c.column, Field: field, Kind: kindOf(c.typname, c.typtype), List: c.array, NotNull: c.notNull, PGType: pgType})
+		t.Columns = append(t.Columns, Column{Name: c.Column, Field: field, Kind: kindOf(c.Type, c.TypeType), List: c.Array, NotNull: c.NotNull, PGType: pgType})
 		t.byField[field] = &t.Columns[len(t.Columns)-1]
 	}
 	if len(t.Columns) == 0 {
