@@ -18,7 +18,7 @@ import (
 // by graphql/testdata/client.js, and through Node's ws package for what
 // those libraries never send (graphql/testdata/raw.js).
 
-const graphqlNPMInstall = `npm install --prefix "$HOME/.cache/pgrelay-npm" ws@8 graphql graphql-ws subscriptions-transport-ws @apollo/client`
+const graphqlNPMInstall = `npm install --prefix "$HOME/.cache/pgrelay-npm" ws@8 graphql@16 graphql-ws@6 subscriptions-transport-ws@0.11 @apollo/client@4`
 
 // graphqlNodeModules returns the node_modules directory holding the GraphQL
 // client libraries: $PGRELAY_NODE_MODULES, else where README's install

@@ -1,7 +1,9 @@
 package relay_test
 
 import (
+	"context"
 	"maps"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -10,7 +12,6 @@ import (
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
-	"github.com/pgrelay/pgrelay/relay"
 )
 
 // seedSubscription is the seed app's subscription, verbatim.
@@ -200,5 +201,44 @@ func TestGraphQLInvalidQueryGetsErrorsWithLocationsAndTheConnectionStaysOpen(t *
 	}
 }
 
-// unused keeps the relay import for tests that configure relays.
-var _ = relay.DefaultConfig
+func TestGraphQLServesATopicOfYourOwnFromItsTableUnderTheRelaysRole(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewCore(t)
+	roles := pgtest.WithRoles(t, db)
+	example, err := os.ReadFile("../testdata/topic_messages.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, string(example))
+	db.Exec(t, "GRANT SELECT, INSERT ON public.accounts, public.channels, public.channel_members, public.messages TO "+roles.Producer)
+	producer := session(t, roles.ProducerURL)
+	for _, sql := range []string{
+		"INSERT INTO accounts VALUES ('ann', 'Ann'), ('bob', 'Bob')",
+		"INSERT INTO channels VALUES ('kitchen')",
+		"INSERT INTO channel_members VALUES ('kitchen', 'ann'), ('kitchen', 'bob')",
+	} {
+		if _, err := producer.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	r := relaytest.Start(t, roles.RelayURL)
+	node := startGraphQLNode(t, "client.js", map[string]any{"library": "graphql-ws"})
+	const query = `subscription { messageAdded { id channelId authorId body postedAt } }`
+	ann := node.connect("ann", map[string]any{"url": graphqlURL(r.URL), "token": relaytest.Token(t, "ann"), "tokenIn": "payload"})
+	bob := node.connect("bob", map[string]any{"url": graphqlURL(r.URL), "token": relaytest.Token(t, "bob"), "tokenIn": "payload"})
+	ann.subscribe("m", query, nil)
+	bob.subscribe("m", query, nil)
+	subscriptionsOpen(t, []*relaytest.Relay{r}, 2)
+	if _, err := producer.Exec(context.Background(), "INSERT INTO messages (channel_id, author_id, body) VALUES ('kitchen', 'ann', 'out of basil')"); err != nil {
+		t.Fatal(err)
+	}
+	msg := decodeResult(t, bob.results("m", 1)[0]).Data["messageAdded"]
+	// id is a bigint: a string, so that JavaScript loses no digit.
+	if msg["body"] != "out of basil" || msg["authorId"] != "ann" || msg["channelId"] != "kitchen" || msg["id"] != "1" {
+		t.Errorf("bob received %v, want ann's message with id \"1\"", msg)
+	}
+	if at, _ := msg["postedAt"].(string); !strings.HasPrefix(at, "20") {
+		t.Errorf("postedAt %v, want a timestamp string", msg["postedAt"])
+	}
+	ann.quiet("m", 200*time.Millisecond) // the author
+}
