@@ -26,6 +26,10 @@ import (
 	"github.com/pgrelay/pgrelay/relay/ws"
 )
 
+// readBuffer is each connection's read buffer: enough for any frame header
+// and small messages in one read.
+const readBuffer = 1 << 10
+
 // closeWait bounds a close handshake: how long the relay waits for the
 // client's close frame after sending its own.
 const closeWait = 5 * time.Second
@@ -59,20 +63,23 @@ type conn struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// wmu serialises whole frames from the goroutines that write.
+	// wmu serialises whole frames from the goroutines that write. bw is
+	// taken from the handler's pool by the first write after a flush and
+	// given back by the flush, so an idle connection holds no write buffer.
 	wmu     sync.Mutex
 	bw      *bufio.Writer
 	sent    bool // a close frame went out
 	broken  bool // a write failed: the stream may stop inside a frame
 	closing atomic.Bool
 
-	mu     sync.Mutex
-	inited bool // connection_init received
-	acked  bool
-	id     auth.Identity
-	ops    map[string]*op
-	endErr error
-	timers []*time.Timer
+	mu       sync.Mutex
+	inited   bool // connection_init received
+	acked    bool
+	id       auth.Identity
+	ops      map[string]*op
+	endErr   error
+	timers   map[*time.Timer]struct{}
+	finished bool
 
 	expired sync.Once
 }
@@ -88,8 +95,8 @@ func newConn(h *Handler, r *http.Request, nc net.Conn, early []byte, legacy bool
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	return &conn{
 		h: h, r: r, nc: nc, legacy: legacy, ctx: ctx, cancel: cancel,
-		br: bufio.NewReaderSize(in, 4<<10), bw: bufio.NewWriterSize(nc, 16<<10),
-		ops: map[string]*op{},
+		br:  bufio.NewReaderSize(in, readBuffer),
+		ops: map[string]*op{}, timers: map[*time.Timer]struct{}{},
 	}
 }
 
@@ -104,8 +111,7 @@ func (c *conn) serve() {
 			c.end(closeFor(CloseInitTimeout, "Connection initialisation timeout"), stream.ErrClientGone)
 		}
 	})
-	c.wg.Add(1)
-	go c.keepAlive()
+	c.after(c.h.heartbeat(), c.keepAlive)
 	err := c.read()
 	if err != nil {
 		c.mu.Lock()
@@ -122,50 +128,66 @@ func (c *conn) finish() {
 	c.cancel()
 	_ = c.nc.Close()
 	c.mu.Lock()
-	for _, t := range c.timers {
+	c.finished = true
+	for t := range c.timers {
 		t.Stop()
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.wmu.Lock()
+	if c.bw != nil {
+		c.bw.Reset(nil)
+		c.bw = nil // not given back: it may hold part of a frame
+	}
+	c.wmu.Unlock()
 }
 
-// after runs fn after d, unless the connection has ended.
+// after runs fn after d, unless the connection has ended by then.
 func (c *conn) after(d time.Duration, fn func()) {
-	t := time.AfterFunc(d, fn)
 	c.mu.Lock()
-	c.timers = append(c.timers, t)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if c.finished {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		c.mu.Lock()
+		delete(c.timers, t)
+		c.mu.Unlock()
+		fn()
+	})
+	c.timers[t] = struct{}{}
 }
 
 // keepAlive pings the client every heartbeat (its pong, like anything it
 // sends, renews the read deadline) and, in the legacy protocol once
-// acknowledged, sends ka messages, which its clients watch for.
+// acknowledged, sends ka messages, which its clients watch for. It runs on
+// a timer, so that an idle connection holds no goroutine for it.
 func (c *conn) keepAlive() {
-	defer c.wg.Done()
-	t := time.NewTicker(c.h.heartbeat())
-	defer t.Stop()
-	ping := gws.MustCompileFrame(gws.NewPingFrame(nil))
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := c.writeRaw(ping, true); err != nil {
+	if c.ctx.Err() != nil {
+		return
+	}
+	if err := c.writeRaw(pingFrame, true); err != nil {
+		if !errors.Is(err, errClosing) {
 			c.writeFailed(err)
-			return
 		}
-		c.mu.Lock()
-		ka := c.legacy && c.acked
-		c.mu.Unlock()
-		if ka {
-			if err := c.send([]byte(`{"type":"ka"}`)); err != nil {
+		return
+	}
+	c.mu.Lock()
+	ka := c.legacy && c.acked
+	c.mu.Unlock()
+	if ka {
+		if err := c.send([]byte(`{"type":"ka"}`)); err != nil {
+			if !errors.Is(err, errClosing) {
 				c.writeFailed(err)
-				return
 			}
+			return
 		}
 	}
+	c.after(c.h.heartbeat(), c.keepAlive)
 }
+
+var pingFrame = gws.MustCompileFrame(gws.NewPingFrame(nil))
 
 // end tells the client why the connection ends, once, and stops its
 // subscriptions; the reader then waits up to closeWait for the client's
@@ -188,9 +210,9 @@ func (c *conn) end(cl closing, err error) {
 		c.sent = true
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.h.writeTimeout()))
 		frame := gws.MustCompileFrame(gws.NewCloseFrame(gws.NewCloseFrameBody(gws.StatusCode(cl.code), cl.reason)))
-		_, werr := c.bw.Write(frame)
+		_, werr := c.writerLocked().Write(frame)
 		if werr == nil {
-			werr = c.bw.Flush()
+			werr = c.flushLocked()
 		}
 		if werr != nil {
 			c.broken = true
@@ -250,6 +272,29 @@ func (c *conn) writeFailed(err error) {
 	c.endFor(fmt.Errorf("%w: write: %w", stream.ErrClientGone, err))
 }
 
+// writerLocked returns the connection's write buffer, taking one from the
+// pool if it has none. Call with wmu held.
+func (c *conn) writerLocked() *bufio.Writer {
+	if c.bw == nil {
+		c.bw = c.h.writer(c.nc)
+	}
+	return c.bw
+}
+
+// flushLocked flushes the write buffer and gives it back to the pool.
+// Call with wmu held.
+func (c *conn) flushLocked() error {
+	if c.bw == nil {
+		return nil
+	}
+	err := c.bw.Flush()
+	if err == nil {
+		c.h.putWriter(c.bw)
+		c.bw = nil
+	}
+	return err
+}
+
 // errClosing refuses writes once the close frame is out.
 var errClosing = errors.New("connection closing")
 
@@ -261,9 +306,9 @@ func (c *conn) writeRaw(frames []byte, flush bool) error {
 		return errClosing
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.h.writeTimeout()))
-	_, err := c.bw.Write(frames)
+	_, err := c.writerLocked().Write(frames)
 	if err == nil && flush {
-		err = c.bw.Flush()
+		err = c.flushLocked()
 	}
 	if err != nil {
 		c.broken = true
@@ -279,9 +324,10 @@ func (c *conn) write(msg []byte) error {
 		return errClosing
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.h.writeTimeout()))
-	err := gws.WriteHeader(c.bw, gws.Header{Fin: true, OpCode: gws.OpText, Length: int64(len(msg))})
+	bw := c.writerLocked()
+	err := gws.WriteHeader(bw, gws.Header{Fin: true, OpCode: gws.OpText, Length: int64(len(msg))})
 	if err == nil {
-		_, err = c.bw.Write(msg)
+		_, err = bw.Write(msg)
 	}
 	if err != nil {
 		c.broken = true
@@ -296,7 +342,7 @@ func (c *conn) flush() error {
 		return errClosing
 	}
 	_ = c.nc.SetWriteDeadline(time.Now().Add(c.h.writeTimeout()))
-	err := c.bw.Flush()
+	err := c.flushLocked()
 	if err != nil {
 		c.broken = true
 	}
@@ -334,6 +380,10 @@ func (c *conn) read() error {
 	for {
 		if !c.closing.Load() {
 			_ = c.nc.SetReadDeadline(time.Now().Add(idle))
+			if c.closing.Load() {
+				// end set the close handshake's deadline meanwhile.
+				_ = c.nc.SetReadDeadline(time.Now().Add(closeWait))
+			}
 		}
 		hdr, err := gws.ReadHeader(c.br)
 		if err != nil {

@@ -20,9 +20,11 @@
 package graphql
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -84,6 +86,8 @@ type Handler struct {
 	// OriginPatterns are the browser origins allowed besides the relay's
 	// own, as for GET /ws.
 	OriginPatterns []string
+
+	writers sync.Pool // *bufio.Writer
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -234,6 +238,19 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
+}
+
+func (h *Handler) writer(w io.Writer) *bufio.Writer {
+	if bw, ok := h.writers.Get().(*bufio.Writer); ok {
+		bw.Reset(w)
+		return bw
+	}
+	return bufio.NewWriterSize(w, 16<<10)
+}
+
+func (h *Handler) putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	h.writers.Put(bw)
 }
 
 func (h *Handler) writeTimeout() time.Duration {
