@@ -728,7 +728,7 @@ func (c *conn) subscribe(m message) {
 	c.ops[id] = running2
 	c.mu.Unlock()
 	c.wg.Add(1)
-	go c.run(ctx, id, running2, adm, o)
+	go c.run(ctx, id, running2, adm, &sink{c: c, id: id, op: o, shape: c.h.shapes.acquire(o)})
 }
 
 // admitFailed tells the client why a subscription was not opened: the
@@ -750,9 +750,10 @@ func (c *conn) admitFailed(id string, err error) {
 }
 
 // run serves one subscription's stream until it ends.
-func (c *conn) run(ctx context.Context, id string, o *op, adm *stream.Admitted, compiled *operation) {
+func (c *conn) run(ctx context.Context, id string, o *op, adm *stream.Admitted, s *sink) {
 	defer c.wg.Done()
-	err := adm.Run(ctx, &sink{c: c, id: id, op: compiled})
+	defer c.h.shapes.release(s.shape)
+	err := adm.Run(ctx, s)
 	c.mu.Lock()
 	if c.ops[id] == o {
 		delete(c.ops, id)
@@ -852,6 +853,7 @@ type sink struct {
 	c       *conn
 	id      string
 	op      *operation
+	shape   *shape
 	scratch []byte
 }
 
@@ -882,7 +884,7 @@ func writeErr(err error) error {
 }
 
 func (s *sink) Event(m *hub.Message) error {
-	return s.message(func(b []byte) ([]byte, error) { return s.op.result(b, m) })
+	return s.message(func(b []byte) ([]byte, error) { return s.op.encode(b, m, s.shape, &s.c.h.shapes) })
 }
 
 func (s *sink) Reset(at eventlog.ID) error {

@@ -88,6 +88,7 @@ type Handler struct {
 	OriginPatterns []string
 
 	writers sync.Pool // *bufio.Writer
+	shapes  shapes
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}

@@ -192,3 +192,44 @@ func TestPayloadTokenIsReadFromTheShapesClientsSend(t *testing.T) {
 		}
 	}
 }
+
+func TestOperationsWithTheSameSelectionEncodeAnEventOnce(t *testing.T) {
+	s := testSchema(t)
+	compileOp := func(q string) *operation {
+		op, errs := compile(s, request{Query: q})
+		if errs != nil {
+			t.Fatal(errs)
+		}
+		return op
+	}
+	var all shapes
+	a, b := compileOp(seedQuery), compileOp("subscription {\n templateAdded { id, name, shareLocationIds } }")
+	other := compileOp(`subscription { templateAdded { id name } }`)
+	sa, sb, so := all.acquire(a), all.acquire(b), all.acquire(other)
+	if sa != sb || sa == so {
+		t.Fatalf("shapes %p %p %p: the same selection must share one, another must not", sa, sb, so)
+	}
+	m := event(t, "0000000000000001-0000000000000002", templateRow)
+	first, err := a.encode(nil, m, sa, &all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sa.body == nil || string(sa.body) != string(first) {
+		t.Fatalf("a shared shape kept %q, want the result", sa.body)
+	}
+	// The second operation gets the kept copy, even of another Message of
+	// the same event (a replay).
+	again, _ := b.encode([]byte("prefix:"), event(t, "0000000000000001-0000000000000002", `{"id": "changed"}`), sb, &all)
+	if string(again) != "prefix:"+string(first) {
+		t.Errorf("got %s, want the kept result", again)
+	}
+	if _, err := other.encode(nil, m, so, &all); err != nil || so.body != nil {
+		t.Errorf("a selection used once kept %q", so.body)
+	}
+	all.release(sa)
+	all.release(sb)
+	all.release(so)
+	if len(all.m) != 0 {
+		t.Errorf("%d shapes left after every operation ended", len(all.m))
+	}
+}
