@@ -2,6 +2,7 @@ package graphql
 
 import (
 	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 
@@ -19,7 +20,18 @@ type executor struct {
 	s         *schema.Schema
 	vars      map[string]any
 	fragments ast.FragmentDefinitionList
+	// over is set once the result has passed maxQueryResult: a query can
+	// repeat the whole schema under many aliases, and what it asks for is
+	// built in memory.
+	over bool
 }
+
+// maxQueryResult bounds the result of one query. The whole schema of a
+// relay with a few dozen topics is a few tens of KiB.
+const maxQueryResult = 1 << 20
+
+// errQueryTooLarge refuses a query whose result would pass maxQueryResult.
+var errQueryTooLarge = fmt.Errorf("the result of this query would exceed %d bytes", maxQueryResult)
 
 // object is an introspection value with fields.
 type object interface {
@@ -28,13 +40,22 @@ type object interface {
 }
 
 // query executes a query's selection set and returns {"data":{…}}.
-func (e *executor) query(sel ast.SelectionSet) []byte {
+func (e *executor) query(sel ast.SelectionSet) ([]byte, error) {
 	dst := []byte(`{"data":`)
 	dst = e.object(dst, queryRoot{}, sel)
-	return append(dst, '}')
+	if e.over {
+		return nil, errQueryTooLarge
+	}
+	return append(dst, '}'), nil
 }
 
 func (e *executor) object(dst []byte, obj object, sel ast.SelectionSet) []byte {
+	if len(dst) > maxQueryResult {
+		e.over = true
+	}
+	if e.over {
+		return dst
+	}
 	dst = append(dst, '{')
 	for i, g := range collect(sel, obj.typeName(), e.vars, e.fragments) {
 		if i > 0 {

@@ -70,7 +70,11 @@ func compile(s *schema.Schema, req request) (*operation, gqlerror.List) {
 	switch op.Operation {
 	case ast.Query:
 		ex := &executor{s: s, vars: vars, fragments: doc.Fragments}
-		return &operation{Result: ex.query(op.SelectionSet)}, nil
+		result, err := ex.query(op.SelectionSet)
+		if err != nil {
+			return nil, gqlerror.List{gqlerror.ErrorPosf(op.Position, "%v", err)}
+		}
+		return &operation{Result: result}, nil
 	case ast.Subscription:
 		return compileSubscription(s, op, vars, doc.Fragments)
 	default:

@@ -2,6 +2,7 @@ package graphql
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -231,5 +232,19 @@ func TestOperationsWithTheSameSelectionEncodeAnEventOnce(t *testing.T) {
 	all.release(so)
 	if len(all.m) != 0 {
 		t.Errorf("%d shapes left after every operation ended", len(all.m))
+	}
+}
+
+func TestAQueryWhoseResultWouldPassOneMiBIsRefused(t *testing.T) {
+	s := testSchema(t)
+	var q strings.Builder
+	q.WriteString("{")
+	for i := range 400 {
+		fmt.Fprintf(&q, " a%d: __schema { types { name description fields { name description args { name } type { name } } } }", i)
+	}
+	q.WriteString(" }")
+	_, errs := compile(s, request{Query: q.String()})
+	if len(errs) != 1 || !strings.Contains(errs[0].Message, "exceed") {
+		t.Errorf("got %v, want the result refused as too large", errs)
 	}
 }
