@@ -2,7 +2,9 @@ package relay_test
 
 import (
 	"context"
+	"io"
 	"maps"
+	"net/http"
 	"os"
 	"slices"
 	"sort"
@@ -241,4 +243,17 @@ func TestGraphQLServesATopicOfYourOwnFromItsTableUnderTheRelaysRole(t *testing.T
 		t.Errorf("postedAt %v, want a timestamp string", msg["postedAt"])
 	}
 	ann.quiet("m", 200*time.Millisecond) // the author
+
+	// Counted under the transport's own name, as /events and /ws are.
+	resp, err := http.Get(r.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`pgrelay_connected_subscribers{transport="graphql"} 2`, `pgrelay_deliveries_total{mode="live",transport="graphql"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }
