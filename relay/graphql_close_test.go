@@ -269,3 +269,31 @@ func TestGraphQLSubscriptionsPerConnectionAreCapped(t *testing.T) {
 	}
 	relaytest.Eventually(t, graphqlWait, "the first to stay open", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
 }
+
+func TestGraphQLClientThatStopsReadingIsCutOffAndItsSubscriptionFreed(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) {
+		c.QueueBytes = 64 << 10
+		c.WriteTimeout = 500 * time.Millisecond
+	})
+	c := rawGraphQL(t, graphqlURL(r.URL), graphql.TransportWS, nil)
+	c.sendMessage(initMessage(relaytest.Token(t, "zowi-1")))
+	c.message("connection_ack")
+	c.sendMessage(subscribeMessage("1"))
+	relaytest.Eventually(t, graphqlWait, "the subscription to open", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
+	c.n.send(map[string]any{"pause": true})
+	big := strings.Repeat("x", 100<<10)
+	for i := range 60 {
+		relaytest.InsertTemplate(t, db, big+strings.Repeat("y", i), "zolo-1", "loc-1")
+	}
+	relaytest.Eventually(t, graphqlWait, "the slow client to be cut off", func() bool {
+		st := r.Server.Hub().Stats()
+		return st.SlowConsumers >= 1 && st.Subscriptions == 0
+	})
+	c.n.send(map[string]any{"resume": true})
+	if code, _ := c.closed(); code != graphql.CloseSlowConsumer && code != 1006 {
+		t.Errorf("closed with %d, want %d (or 1006 when the close frame could not be sent)", code, graphql.CloseSlowConsumer)
+	}
+}

@@ -3,7 +3,8 @@
 // never would (a second connection_init, a duplicate id, garbage).
 // argv[2] is a JSON object {"url": "ws://…/graphql", "protocol": "graphql-transport-ws",
 // "headers": {…}}; stdin lines are JSON commands: {"send": <value sent as JSON text>},
-// {"text": "<sent as is>"}, {"binary": true}. Reported on stdout, one JSON
+// {"text": "<sent as is>"}, {"binary": true}, {"pause": true} (stop reading
+// the socket), {"resume": true}. Reported on stdout, one JSON
 // object per line: {"open": true, "protocol": …}, {"message": <parsed>},
 // {"closed": code, "reason": "…"}, {"unexpected": status}.
 'use strict';
@@ -21,23 +22,29 @@ ws.on('open', () => {
   report({ open: true, protocol: ws.protocol });
   queued.splice(0).forEach(run);
 });
+// Large messages are reported by type, id and size only.
 ws.on('message', (data) => {
+  let m;
   try {
-    report({ message: JSON.parse(data.toString()) });
+    m = JSON.parse(data.toString());
   } catch (e) {
-    report({ message: data.toString() });
+    m = data.toString();
   }
+  if (data.length > 4096 && m && typeof m === 'object') m = { type: m.type, id: m.id, size: data.length };
+  report({ message: m });
 });
+// Exits once what was reported has been written out.
+const exit = () => process.stdout.write('', () => process.exit(0));
 ws.on('close', (code, reason) => {
   report({ closed: code, reason: reason.toString() });
-  process.exit(0);
+  exit();
 });
 ws.on('unexpected-response', (req, res) => {
   let body = '';
   res.on('data', (d) => { body += d; });
   res.on('end', () => {
     report({ unexpected: res.statusCode, body });
-    process.exit(0);
+    exit();
   });
 });
 ws.on('error', (err) => report({ wsError: err.message }));
@@ -47,6 +54,9 @@ function run(cmd) {
   if ('send' in cmd) ws.send(JSON.stringify(cmd.send));
   else if ('text' in cmd) ws.send(cmd.text);
   else if (cmd.binary) ws.send(Buffer.from([1, 2, 3]), { binary: true });
+  // A client that stops reading, and one that starts again.
+  else if (cmd.pause) ws._socket.pause();
+  else if (cmd.resume) ws._socket.resume();
 }
 rl.on('line', (line) => {
   const cmd = JSON.parse(line);
