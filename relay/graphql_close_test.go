@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -295,5 +297,44 @@ func TestGraphQLClientThatStopsReadingIsCutOffAndItsSubscriptionFreed(t *testing
 	c.n.send(map[string]any{"resume": true})
 	if code, _ := c.closed(); code != graphql.CloseSlowConsumer && code != 1006 {
 		t.Errorf("closed with %d, want %d (or 1006 when the close frame could not be sent)", code, graphql.CloseSlowConsumer)
+	}
+}
+
+// Not parallel: it counts the goroutines of the test process, which holds
+// the relay.
+func TestGraphQLIdleSubscriptionsHoldNoGoroutineEach(t *testing.T) {
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	c := rawGraphQL(t, graphqlURL(r.URL), graphql.TransportWS, nil)
+	c.sendMessage(initMessage(relaytest.Token(t, "zowi-1")))
+	c.message("connection_ack")
+	settled := func() int {
+		// Goroutines that finish their work (a replay, a delivery) take a
+		// moment to exit: the count is read once it holds still.
+		prev := -1
+		for {
+			time.Sleep(100 * time.Millisecond)
+			n := runtime.NumGoroutine()
+			if n == prev {
+				return n
+			}
+			prev = n
+		}
+	}
+	before := settled()
+	const n = 30
+	for i := range n {
+		c.sendMessage(subscribeMessage(strconv.Itoa(i)))
+	}
+	relaytest.Eventually(t, graphqlWait, "the subscriptions to open", func() bool { return r.Server.Hub().Stats().Subscriptions == n })
+	relaytest.InsertTemplate(t, db, "one event for all", "zolo-1", "loc-1")
+	for range n {
+		c.message("next")
+	}
+	after := settled()
+	t.Logf("goroutines: %d before, %d with %d idle subscriptions", before, after, n)
+	if after-before >= n/3 {
+		t.Errorf("%d goroutines with %d idle subscriptions, %d before: want no goroutine per subscription", after, n, before)
 	}
 }

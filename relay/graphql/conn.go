@@ -76,12 +76,12 @@ type conn struct {
 	endErr   error
 	timers   map[*time.Timer]struct{}
 	finished bool
+	// the deliverer (deliver.go)
+	delivering, dirty bool
+	stoppedOps        []*op // stopped live subscriptions the deliverer has yet to end
 
 	expired sync.Once
 }
-
-// op is one running subscription.
-type op struct{ cancel context.CancelFunc }
 
 func newConn(h *Handler, r *http.Request, nc net.Conn, early []byte, legacy bool) *conn {
 	var in io.Reader = nc
@@ -119,7 +119,8 @@ func (c *conn) serve() {
 	c.finish()
 }
 
-// finish closes the socket and waits for the subscriptions' goroutines.
+// finish closes the socket, waits for the goroutines that write and ends
+// the subscriptions.
 func (c *conn) finish() {
 	c.cancel()
 	_ = c.nc.Close()
@@ -130,6 +131,7 @@ func (c *conn) finish() {
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.endOps()
 	c.wmu.Lock()
 	if c.bw != nil {
 		c.bw.Reset(nil)

@@ -12,11 +12,8 @@
 // connection_init, after the upgrade, admission happens then
 // (Gate.Authorize at connection_init, Gate.AdmitAs for each subscription).
 //
-// A connection is served by its own goroutines: one reads the client's
-// frames, one sends keep-alives, and each subscription runs its stream on
-// one more, all writing whole frames through the connection's one buffered
-// writer. Unlike GET /ws, whose pump holds no goroutine for an idle
-// connection, a GraphQL connection costs a few goroutine stacks.
+// A connection has one goroutine of its own, reading the client's frames;
+// its subscriptions hold none while they wait for events (deliver.go).
 package graphql
 
 import (

@@ -2,7 +2,6 @@ package graphql
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -261,13 +260,7 @@ func (c *conn) subscribe(m message) {
 		c.admitFailed(id, err)
 		return
 	}
-	ctx, cancel := context.WithCancel(c.ctx)
-	running2 := &op{cancel: cancel}
-	c.mu.Lock()
-	c.ops[id] = running2
-	c.mu.Unlock()
-	c.wg.Add(1)
-	go c.run(ctx, id, running2, adm, &sink{c: c, id: id, op: o, shape: c.h.shapes.acquire(o)})
+	c.start(&op{id: id, adm: adm, sink: &sink{c: c, id: id, op: o, shape: c.h.shapes.acquire(o)}})
 }
 
 // admitFailed tells the client why a subscription was not opened: the
@@ -285,41 +278,6 @@ func (c *conn) admitFailed(id string, err error) {
 		c.opError(id, errorList(err.Error(), "UNAVAILABLE"))
 	default:
 		c.opError(id, errorList(err.Error(), "BAD_REQUEST"))
-	}
-}
-
-// run serves one subscription's stream until it ends.
-func (c *conn) run(ctx context.Context, id string, o *op, adm *stream.Admitted, s *sink) {
-	defer c.wg.Done()
-	defer c.h.shapes.release(s.shape)
-	err := adm.Run(ctx, s)
-	c.mu.Lock()
-	if c.ops[id] == o {
-		delete(c.ops, id)
-	}
-	connErr := c.endErr
-	c.mu.Unlock()
-	stopped := ctx.Err() != nil
-	if stopped && connErr != nil && errors.Is(err, context.Canceled) {
-		err = connErr // the connection's end is the stream's
-	}
-	adm.End(err)
-	if !stopped {
-		if errors.Is(err, errClosing) {
-			return
-		}
-		c.endFor(err)
-	}
-}
-
-// stop ends a running operation at the client's request.
-func (c *conn) stop(id string) {
-	c.mu.Lock()
-	o := c.ops[id]
-	delete(c.ops, id)
-	c.mu.Unlock()
-	if o != nil {
-		o.cancel()
 	}
 }
 
