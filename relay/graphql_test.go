@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay/graphql"
+	"github.com/pgrelay/pgrelay/relay/retention"
 )
 
 // seedSubscription is the seed app's subscription, verbatim.
@@ -255,5 +258,48 @@ func TestGraphQLServesATopicOfYourOwnFromItsTableUnderTheRelaysRole(t *testing.T
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+}
+
+func TestGraphQLResumeFromBeforeTheRetentionHorizonGetsAResetResultThenLiveEvents(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	sse := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zolo-1"), relaytest.SSEOptions{})
+	for i := range 3 {
+		relaytest.InsertTemplate(t, db, fmt.Sprintf("old %d", i), "zowi-1", "loc-1")
+	}
+	seen := sse.Collect(t, 3, graphqlWait)
+	sse.Close()
+	db.Exec(t, `UPDATE relay.events SET created_at = now() - interval '2 hours'`)
+	relaytest.Eventually(t, graphqlWait, "old events pruned", func() bool {
+		if _, err := retention.Prune(context.Background(), db.Pool, time.Hour, 0, 10); err != nil {
+			t.Fatal(err)
+		}
+		return eventCount(t, db) == 0
+	})
+
+	c := graphqlClient(t, "graphql-ws", map[string]any{"url": graphqlURL(r.URL), "token": relaytest.Token(t, "zolo-1"), "tokenIn": "payload"})
+	c.subscribe("s", `subscription($after: String) { templateAdded(after: $after) { name } }`, map[string]any{"after": seen[0].ID})
+	reset := decodeResult(t, c.results("s", 1)[0])
+	if len(reset.Errors) != 1 || reset.Errors[0]["extensions"].(map[string]any)["code"] != "RESET" || reset.Extensions["reset"] != true {
+		t.Fatalf("first result %+v, want a RESET error", reset)
+	}
+	relaytest.InsertTemplate(t, db, "live", "zowi-1", "loc-1")
+	live := decodeResult(t, c.results("s", 1)[0])
+	if live.Data["templateAdded"]["name"] != "live" || live.Extensions["id"].(string) <= reset.Extensions["id"].(string) {
+		t.Errorf("after the reset: %+v, want the live template after the reset's id %v", live, reset.Extensions["id"])
+	}
+}
+
+func TestGraphQLFromAPageOfAnotherOriginIsRefused(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL)
+	c := rawGraphQL(t, graphqlURL(r.URL), graphql.TransportWS, map[string]string{"Origin": "https://evil.example"})
+	if got := c.await("the refusal", func(r report) bool { return r.has("unexpected") || r.has("open") }); got["unexpected"] != float64(http.StatusForbidden) {
+		t.Errorf("got %v, want 403", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/relay/graphql/schema"
@@ -125,5 +126,38 @@ func TestASchemaWithoutTopicsStillHasAQueryType(t *testing.T) {
 	}
 	if s.AST.Query == nil || s.AST.Subscription != nil {
 		t.Errorf("query %v subscription %v, want a query type and no subscription type", s.AST.Query, s.AST.Subscription)
+	}
+}
+
+func TestTheCacheServesATopicAddedInSQLOnceItsSchemaIsStale(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	cache := schema.NewCache(db.Pool, 0, nil) // always stale
+	before, err := cache.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Topics["noteAdded"] != nil {
+		t.Fatal("noteAdded before the topic exists")
+	}
+	db.Exec(t, `
+CREATE TABLE public.notes (id bigint PRIMARY KEY, body text NOT NULL);
+CREATE FUNCTION public.notes_audience(public.notes) RETURNS text[] LANGUAGE sql AS $$ SELECT '{}'::text[] $$;
+CREATE FUNCTION public.notes_keys(text) RETURNS SETOF text LANGUAGE sql AS $$ SELECT NULL::text WHERE false $$;
+SELECT relay.create_topic(topic => 'notes', source => 'public.notes',
+    audience => 'public.notes_audience(public.notes)', subscriber_keys => 'public.notes_keys(text)');`)
+	after, err := cache.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if note := after.Topics["noteAdded"]; note == nil || note.Column("body") == nil || !strings.Contains(after.SDL, "id: BigInt!") {
+		t.Errorf("after create_topic: %v\n%s", note, after.SDL)
+	}
+	fresh := schema.NewCache(db.Pool, time.Hour, nil)
+	first, _ := fresh.Get(ctx)
+	db.Exec(t, `SELECT relay.drop_topic('notes')`)
+	if again, _ := fresh.Get(ctx); again != first {
+		t.Errorf("a fresh schema was read again before it was stale")
 	}
 }
