@@ -338,3 +338,32 @@ func TestGraphQLIdleSubscriptionsHoldNoGoroutineEach(t *testing.T) {
 		t.Errorf("%d goroutines with %d idle subscriptions, %d before: want no goroutine per subscription", after, n, before)
 	}
 }
+
+func TestGraphQLConnectionsOfOneSubscriberAreCappedApartFromTheirSubscriptions(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.MaxConnectionsPerUser = 2 })
+	url := graphqlURL(r.URL)
+	token := relaytest.Token(t, "zowi-1")
+	first := rawGraphQL(t, url, graphql.TransportWS, nil)
+	first.sendMessage(initMessage(token))
+	first.message("connection_ack")
+	// Its connection and one subscription: two places, in two counts.
+	first.sendMessage(subscribeMessage("1"))
+	relaytest.Eventually(t, graphqlWait, "the subscription to open", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
+	second := rawGraphQL(t, url, graphql.TransportWS, nil)
+	second.sendMessage(initMessage(token))
+	second.message("connection_ack")
+	third := rawGraphQL(t, url, graphql.TransportWS, nil)
+	third.sendMessage(initMessage(token))
+	if code, reason := third.closed(); code != graphql.CloseTryAgainLater || !strings.Contains(reason, "too many") {
+		t.Errorf("a third connection closed with %d %q, want %d saying too many", code, reason, graphql.CloseTryAgainLater)
+	}
+	// A place given back is free again.
+	second.sendMessage(map[string]any{"type": "connection_init"})
+	second.closed() // 4429
+	again := rawGraphQL(t, url, graphql.TransportWS, nil)
+	again.sendMessage(initMessage(token))
+	again.message("connection_ack")
+}

@@ -139,6 +139,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		Schema: schema.NewCache(pool, schemaMaxAge, func(reason string) { s.log.Warn("left out of the graphql schema", "why", reason) }),
 		Log:    s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, InitTimeout: cfg.GraphQLInitTimeout,
 		MaxOperations: cfg.GraphQLMaxSubscriptions, OriginPatterns: cfg.CORSOrigins,
+		Connections: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
 	}
 	s.router = s.routes(gate.Auth)
 	return s, nil

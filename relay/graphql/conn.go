@@ -72,6 +72,7 @@ type conn struct {
 	inited   bool // connection_init received
 	acked    bool
 	id       auth.Identity
+	release  func() // gives the connection's place back (Handler.Connections)
 	ops      map[string]*op
 	endErr   error
 	timers   map[*time.Timer]struct{}
@@ -132,6 +133,9 @@ func (c *conn) finish() {
 	c.mu.Unlock()
 	c.wg.Wait()
 	c.endOps()
+	if c.release != nil {
+		c.release()
+	}
 	c.wmu.Lock()
 	if c.bw != nil {
 		c.bw.Reset(nil)

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/graphql/schema"
+	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/stream"
 	"github.com/pgrelay/pgrelay/relay/ws"
 )
@@ -80,6 +81,11 @@ type Handler struct {
 	MaxMessage int
 	// MaxOperations bounds the subscriptions of one connection.
 	MaxOperations int
+	// Connections caps the acknowledged connections, in total and per
+	// subscriber, apart from their subscriptions (each counted as a stream
+	// by the Gate's Limiter): a connection holds a socket and a goroutine
+	// even while it subscribes to nothing. Nil: no cap.
+	Connections *limit.Limiter
 	// OriginPatterns are the browser origins allowed besides the relay's
 	// own, as for GET /ws.
 	OriginPatterns []string

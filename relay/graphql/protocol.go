@@ -89,12 +89,18 @@ func (c *conn) init(payload json.RawMessage) {
 	} else {
 		err = c.h.Gate.Authorize(c.ctx, id, c.h.Transport)
 	}
+	var release func()
+	if err == nil {
+		if release, err = c.h.Connections.Acquire(id.Subject); err != nil {
+			c.h.Gate.Refused(c.h.Transport, id.Subject, err)
+		}
+	}
 	if err != nil {
 		c.refused(err)
 		return
 	}
 	c.mu.Lock()
-	c.id, c.acked = id, true
+	c.id, c.acked, c.release = id, true, release
 	c.mu.Unlock()
 	if !id.Expires.IsZero() {
 		c.after(time.Until(id.Expires), c.tokenExpired)
@@ -117,6 +123,8 @@ func (c *conn) refused(err error) {
 		code, reason = CloseForbidden, "Forbidden: the token's subject is not a subscriber"
 	case errors.Is(err, hub.ErrShutdown):
 		code, reason = CloseShutdown, ws.ReasonShutdown
+	case errors.Is(err, limit.ErrUserFull), errors.Is(err, limit.ErrRelayFull):
+		reason = err.Error()
 	}
 	if c.legacy {
 		_ = c.send(connectionError(reason))
