@@ -138,7 +138,7 @@ func TestGraphQLTransportWSAnswersPingWithPongAndCompleteEndsOnlyThatSubscriptio
 	}
 	c.sendMessage(subscribeMessage("a"))
 	c.sendMessage(map[string]any{"id": "b", "type": "subscribe", "payload": map[string]any{"query": `subscription { t: templateAdded { n: name createdBy } }`}})
-	relaytest.Eventually(t, graphqlWait, "both subscriptions to open", func() bool { return r.Server.Hub().Stats().Subscriptions == 2 })
+	subscriptionsOpen(t, []*relaytest.Relay{r}, 2)
 	c.sendMessage(map[string]any{"id": "a", "type": "complete"})
 	relaytest.Eventually(t, graphqlWait, "a to end", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
 	relaytest.InsertTemplate(t, db, "for b only", "zolo-1", "loc-1")
@@ -284,7 +284,7 @@ func TestGraphQLClientThatStopsReadingIsCutOffAndItsSubscriptionFreed(t *testing
 	c.sendMessage(initMessage(relaytest.Token(t, "zowi-1")))
 	c.message("connection_ack")
 	c.sendMessage(subscribeMessage("1"))
-	relaytest.Eventually(t, graphqlWait, "the subscription to open", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
+	subscriptionsOpen(t, []*relaytest.Relay{r}, 1)
 	c.n.send(map[string]any{"pause": true})
 	big := strings.Repeat("x", 100<<10)
 	for i := range 60 {
@@ -327,7 +327,7 @@ func TestGraphQLIdleSubscriptionsHoldNoGoroutineEach(t *testing.T) {
 	for i := range n {
 		c.sendMessage(subscribeMessage(strconv.Itoa(i)))
 	}
-	relaytest.Eventually(t, graphqlWait, "the subscriptions to open", func() bool { return r.Server.Hub().Stats().Subscriptions == n })
+	subscriptionsOpen(t, []*relaytest.Relay{r}, n)
 	relaytest.InsertTemplate(t, db, "one event for all", "zolo-1", "loc-1")
 	for range n {
 		c.message("next")
@@ -351,7 +351,7 @@ func TestGraphQLConnectionsOfOneSubscriberAreCappedApartFromTheirSubscriptions(t
 	first.message("connection_ack")
 	// Its connection and one subscription: two places, in two counts.
 	first.sendMessage(subscribeMessage("1"))
-	relaytest.Eventually(t, graphqlWait, "the subscription to open", func() bool { return r.Server.Hub().Stats().Subscriptions == 1 })
+	subscriptionsOpen(t, []*relaytest.Relay{r}, 1)
 	second := rawGraphQL(t, url, graphql.TransportWS, nil)
 	second.sendMessage(initMessage(token))
 	second.message("connection_ack")
