@@ -74,7 +74,7 @@ func (p *producer) finish(t *testing.T) []string {
 }
 
 // drain moves what s has received so far into got.
-func drain(s *relaytest.RawSSE, got *[]relaytest.Event) {
+func drain(s *relaytest.SSE, got *[]relaytest.Event) {
 	for {
 		select {
 		case e := <-s.Events:
@@ -94,7 +94,7 @@ func TestShutdownEndsEveryStreamInTimeAndClientsResumeElsewhereWithNothingLostOr
 	b := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-b" })
 
 	users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
-	onA := make([]*relaytest.RawSSE, len(users))
+	onA := make([]*relaytest.SSE, len(users))
 	got := make([][]relaytest.Event, len(users))
 	for i, u := range users {
 		onA[i] = relaytest.OpenSSE(t, a.URL+"/events", relaytest.BearerHeader(relaytest.Token(t, u)))
@@ -124,7 +124,7 @@ func TestShutdownEndsEveryStreamInTimeAndClientsResumeElsewhereWithNothingLostOr
 		drain(onA[i], &got[i])
 	}
 
-	onB := make([]*relaytest.RawSSE, len(users))
+	onB := make([]*relaytest.SSE, len(users))
 	for i, u := range users {
 		h := relaytest.BearerHeader(relaytest.Token(t, u))
 		h.Set("Last-Event-ID", got[i][len(got[i])-1].ID)

@@ -3,8 +3,6 @@ package relaytest
 import (
 	"testing"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // Stream is an open stream of events as a test reads it, whatever the
@@ -35,6 +33,3 @@ var Transports = []Transport{
 		return SubscribeWS(t, baseURL, token, opts)
 	}},
 }
-
-// Close ends the connection with a normal closure.
-func (w *WS) Close() { _ = w.Conn.Close(websocket.StatusNormalClosure, "bye") }
