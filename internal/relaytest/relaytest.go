@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgrelay/pgrelay/examples/templates"
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/auth"
@@ -154,25 +155,13 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// Seed inserts the seed story: org-1 with locations loc-1, loc-2, loc-3 and
-// users zowi-1, zowi-2 (ZOWI), zolo-1 (ZOLO at loc-1), zewi-1 (ZEWI),
-// zelo-1 (ZELO at loc-2); org-2 with loc-9 and users zowi-9 (ZOWI),
-// zolo-9 (ZOLO at loc-9).
+// Seed inserts the example's seed story (templates.Seed): org-1 with
+// locations loc-1, loc-2, loc-3 and users zowi-1, zowi-2 (ZOWI), zolo-1
+// (ZOLO at loc-1), zewi-1 (ZEWI), zelo-1 (ZELO at loc-2); org-2 with loc-9
+// and users zowi-9 (ZOWI), zolo-9 (ZOLO at loc-9).
 func Seed(t testing.TB, db *pgtest.DB) {
 	t.Helper()
-	db.Exec(t, `
-INSERT INTO orgs (id, name) VALUES ('org-1', 'Acme'), ('org-2', 'Globex');
-INSERT INTO locations (id, org_id, name) VALUES
-  ('loc-1', 'org-1', 'Berlin'), ('loc-2', 'org-1', 'Paris'), ('loc-3', 'org-1', 'Rome'),
-  ('loc-9', 'org-2', 'Oslo');
-INSERT INTO users (id, name, email, user_type, org_id, location_id) VALUES
-  ('zowi-1', 'Olga',  'olga@acme.test',  'ZOWI', 'org-1', NULL),
-  ('zowi-2', 'Omar',  'omar@acme.test',  'ZOWI', 'org-1', NULL),
-  ('zolo-1', 'Lena',  'lena@acme.test',  'ZOLO', 'org-1', 'loc-1'),
-  ('zewi-1', 'Emil',  'emil@acme.test',  'ZEWI', 'org-1', NULL),
-  ('zelo-1', 'Elsa',  'elsa@acme.test',  'ZELO', 'org-1', 'loc-2'),
-  ('zowi-9', 'Ivan',  'ivan@globex.test', 'ZOWI', 'org-2', NULL),
-  ('zolo-9', 'Ines',  'ines@globex.test', 'ZOLO', 'org-2', 'loc-9');`)
+	db.Exec(t, templates.Seed())
 }
 
 // InsertTemplate inserts a template with plain SQL and returns its id.

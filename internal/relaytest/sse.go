@@ -3,6 +3,7 @@ package relaytest
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"net/url"
 	"sync"
@@ -42,28 +43,45 @@ type SSE struct {
 	done     chan struct{}
 	mu       sync.Mutex
 	comments []string
-	end      error
+	err      error
 }
 
 // Subscribe opens GET /events on baseURL as token's subscriber, failing the
 // test unless the relay answers 200.
 func Subscribe(t testing.TB, baseURL, token string, opts SSEOptions) *SSE {
 	t.Helper()
-	q := url.Values{"topic": opts.Topics}
-	header := BearerHeader(token)
-	if opts.LastEventID != "" {
-		header.Set("Last-Event-ID", opts.LastEventID)
-	}
-	s := OpenSSE(t, baseURL+"/events?"+q.Encode(), header)
+	s := OpenSSE(t, eventsURL(baseURL, opts), sseHeader(token, opts))
 	if s.Status != http.StatusOK {
-		t.Fatalf("subscribe %s as %s: %d %s", baseURL, token, s.Status, s.Body)
+		t.Fatalf("subscribe %s: %d %s", baseURL, s.Status, s.Body)
 	}
 	return s
+}
+
+func eventsURL(baseURL string, opts SSEOptions) string {
+	return baseURL + "/events?" + url.Values{"topic": opts.Topics}.Encode()
+}
+
+func sseHeader(token string, opts SSEOptions) http.Header {
+	h := BearerHeader(token)
+	if opts.LastEventID != "" {
+		h.Set("Last-Event-ID", opts.LastEventID)
+	}
+	return h
 }
 
 // OpenSSE sends GET rawURL with header and, for a 200 answer, reads the
 // stream in the background until it ends or the test ends.
 func OpenSSE(t testing.TB, rawURL string, header http.Header) *SSE {
+	t.Helper()
+	s := dialSSE(t, rawURL, header)
+	if s.stream != nil {
+		go s.read()
+	}
+	return s
+}
+
+// dialSSE opens the stream without reading it.
+func dialSSE(t testing.TB, rawURL string, header http.Header) *SSE {
 	t.Helper()
 	s := &SSE{Events: make(chan Event, 100000), done: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -85,7 +103,6 @@ func OpenSSE(t testing.TB, rawURL string, header http.Header) *SSE {
 		s.mu.Unlock()
 	}
 	t.Cleanup(s.Close)
-	go s.read()
 	return s
 }
 
@@ -95,7 +112,7 @@ func (s *SSE) read() {
 		e, err := s.stream.Next()
 		if err != nil {
 			s.mu.Lock()
-			s.end = err
+			s.err = err
 			s.mu.Unlock()
 			return
 		}
@@ -111,7 +128,7 @@ func (s *SSE) Done() <-chan struct{} { return s.done }
 func (s *SSE) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.end
+	return s.err
 }
 
 // Comments returns the comment lines received so far.
@@ -119,6 +136,52 @@ func (s *SSE) Comments() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.comments...)
+}
+
+// CollectUnlessEnded waits until n events arrived and returns them, or
+// returns what arrived and why if the stream ends first (ended false while
+// it is open). It fails the test after timeout.
+func (s *SSE) CollectUnlessEnded(t testing.TB, n int, timeout time.Duration) (events []Event, end End, ended bool) {
+	t.Helper()
+	out := make([]Event, 0, min(n, 1024))
+	deadline := time.After(timeout)
+	for len(out) < n {
+		select {
+		case e := <-s.Events:
+			out = append(out, e)
+		case <-s.done:
+			for len(s.Events) > 0 {
+				out = append(out, <-s.Events)
+			}
+			if len(out) >= n {
+				return out, End{}, false
+			}
+			return out, s.end(), true
+		case <-deadline:
+			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, eventIDs(out))
+		}
+	}
+	return out, End{}, false
+}
+
+// WaitEnd waits up to timeout for the stream to end and returns the events
+// received before and why it ended.
+func (s *SSE) WaitEnd(t testing.TB, timeout time.Duration) ([]Event, End) {
+	t.Helper()
+	events, end, ended := s.CollectUnlessEnded(t, math.MaxInt, timeout)
+	if !ended {
+		t.Fatalf("stream still open after %s (received %d events)", timeout, len(events))
+	}
+	return events, end
+}
+
+// end is why the stream ended: the relay's closing comment.
+func (s *SSE) end() End {
+	var ce *streamclient.ClosedError
+	if errors.As(s.Err(), &ce) {
+		return End{Reason: ce.Reason}
+	}
+	return End{}
 }
 
 // Close disconnects.

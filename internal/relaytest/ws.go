@@ -47,14 +47,33 @@ type WSConn interface {
 // streamclient's WebSocket client and reads from it until it closes.
 func SubscribeWS(t testing.TB, baseURL, token string, opts SSEOptions) *WS {
 	t.Helper()
+	conn, err := dialStreamWS(t, baseURL, token, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readStreamWS(conn)
+}
+
+// dialStreamWS opens GET /ws with streamclient without reading it: a
+// refusal is a *streamclient.RejectedError.
+func dialStreamWS(t testing.TB, baseURL, token string, opts SSEOptions) (*streamclient.WS, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	u := WSURL(baseURL, opts)
 	conn, err := streamclient.OpenWS(ctx, nil, u, streamclient.Options{Token: token})
+	var rej *streamclient.RejectedError
+	if errors.As(err, &rej) {
+		return nil, err
+	}
 	if err != nil {
 		t.Fatalf("dial %s: %v", u, err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
+	return conn, nil
+}
+
+func readStreamWS(conn *streamclient.WS) *WS {
 	return readWS(streamConn{conn}, func() ([]byte, error) {
 		b, err := conn.ReadMessage()
 		var ce *streamclient.ClosedError
@@ -208,6 +227,31 @@ func (w *WS) Quiet(t testing.TB, d time.Duration) {
 		t.Fatalf("unexpected event: %+v", e)
 	case <-time.After(d):
 	}
+}
+
+// CollectUnlessEnded is CollectUnlessClosed with the reason as an End.
+func (w *WS) CollectUnlessEnded(t testing.TB, n int, timeout time.Duration) ([]Event, End, bool) {
+	t.Helper()
+	events, err := w.CollectUnlessClosed(t, n, timeout)
+	if err == nil {
+		return events, End{}, false
+	}
+	return events, closeEnd(err), true
+}
+
+// WaitEnd is WaitClosed with the reason as an End.
+func (w *WS) WaitEnd(t testing.TB, timeout time.Duration) ([]Event, End) {
+	t.Helper()
+	events, err := w.WaitClosed(t, timeout)
+	return events, closeEnd(err)
+}
+
+func closeEnd(err error) End {
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		return End{Code: int(ce.Code), Reason: ce.Reason}
+	}
+	return End{}
 }
 
 // WaitClosed waits up to timeout for the connection to end and returns the

@@ -196,7 +196,9 @@ func request(ctx context.Context, streamURL string, opts Options, lastIDParam st
 	default:
 		return nil, fmt.Errorf("stream URL %q: scheme %q, want http or ws", streamURL, u.Scheme)
 	}
-	q := u.Query()
+	// The parameters are added to the URL's query as it is written: a test
+	// may send one the relay must refuse.
+	q := url.Values{}
 	for k, vs := range opts.Query {
 		q[k] = append(q[k], vs...)
 	}
@@ -209,7 +211,11 @@ func request(ctx context.Context, streamURL string, opts Options, lastIDParam st
 	if opts.Token != "" && opts.TokenInQuery {
 		q.Set("access_token", opts.Token)
 	}
-	u.RawQuery = q.Encode()
+	if add := q.Encode(); add != "" && u.RawQuery != "" {
+		u.RawQuery += "&" + add
+	} else if add != "" {
+		u.RawQuery = add
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("build request for %s: %w", streamURL, err)

@@ -266,3 +266,15 @@ func TestWSSendsTextAndCloseFramesMasked(t *testing.T) {
 		t.Errorf("relay read %q then %s, want hello then a normal closure", m, code)
 	}
 }
+
+func TestAQueryIsSentAsWrittenWithTheStreamParametersAfterIt(t *testing.T) {
+	got := make(chan string, 1)
+	base := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		got <- r.URL.RawQuery
+		w.WriteHeader(http.StatusBadRequest)
+	})
+	_, _ = OpenSSE(context.Background(), nil, base+"/events?topic=%zz;drop", Options{Topics: []string{"templates"}})
+	if q := <-got; q != "topic=%zz;drop&topic=templates" {
+		t.Errorf("query %q, want the written one, then the options'", q)
+	}
+}
