@@ -76,41 +76,36 @@ func checkExactlyOnce(t *testing.T, db *pgtest.DB, got []string) {
 
 func TestAStreamEndsWhenItsTokenExpiresSayingWhyAndResumingWithAFreshTokenLosesNothing(t *testing.T) {
 	t.Parallel()
-	for _, tr := range relaytest.Transports {
-		t.Run(tr.Name, func(t *testing.T) {
-			t.Parallel()
-			db := pgtest.New(t)
-			relaytest.Seed(t, db)
-			r := relaytest.Start(t, db.URL)
-			shortLived := mustIssue(t, relaytest.Secret, "zowi-2", tokenLife)
-			opened := time.Now()
-			first := tr.Subscribe(t, r.URL, shortLived, relaytest.SSEOptions{})
-			p := produce(db, tr.Name)
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		r := relaytest.Start(t, db.URL)
+		shortLived := mustIssue(t, relaytest.Secret, "zowi-2", tokenLife)
+		opened := time.Now()
+		first := tr.Subscribe(t, r.URL, shortLived, relaytest.SSEOptions{})
+		p := produce(db, tr.Name)
 
-			got, end := first.WaitEnd(t, tokenLife+5*time.Second)
-			lasted := time.Since(opened)
-			if want := tell(t, tr.Name).expired; end != want {
-				t.Errorf("stream ended with %+v, want %+v", end, want)
-			}
-			if lasted < tokenLife-time.Second {
-				t.Errorf("stream ended after %s, before its token expired", lasted)
-			}
-			if len(got) == 0 {
-				t.Fatal("no event before the token expired: the resume below would prove nothing")
-			}
-			if status, msg := tr.Refusal(t, r.URL, shortLived, relaytest.SSEOptions{}); status != 401 || !strings.Contains(msg, "expired") {
-				t.Errorf("reconnect with the expired token: %d %q, want 401 saying expired", status, msg)
-			}
+		got, end := first.WaitEnd(t, tokenLife+5*time.Second)
+		lasted := time.Since(opened)
+		if want := tell(t, tr.Name).expired; end != want {
+			t.Errorf("stream ended with %+v, want %+v", end, want)
+		}
+		if lasted < tokenLife-time.Second {
+			t.Errorf("stream ended after %s, before its token expired", lasted)
+		}
+		if len(got) == 0 {
+			t.Fatal("no event before the token expired: the resume below would prove nothing")
+		}
+		if status, msg := tr.Refusal(t, r.URL, shortLived, relaytest.SSEOptions{}); status != 401 || !strings.Contains(msg, "expired") {
+			t.Errorf("reconnect with the expired token: %d %q, want 401 saying expired", status, msg)
+		}
 
-			resumed := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-2"), relaytest.SSEOptions{LastEventID: got[len(got)-1].ID})
-			p.Stop(t)
-			relaytest.InsertTemplate(t, db, "after the resume", "zolo-1", "loc-1")
-			want := expectedFor(t, db, "zowi-2")
-			got = append(got, resumed.Collect(t, len(want)-len(got), settle)...)
-			checkExactlyOnce(t, db, ids(got))
-			resumed.Quiet(t, 100*time.Millisecond)
-		})
-	}
+		resumed := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-2"), relaytest.SSEOptions{LastEventID: got[len(got)-1].ID})
+		p.Stop(t)
+		relaytest.InsertTemplate(t, db, "after the resume", "zolo-1", "loc-1")
+		want := expectedFor(t, db, "zowi-2")
+		got = append(got, resumed.Collect(t, len(want)-len(got), settle)...)
+		checkExactlyOnce(t, db, ids(got))
+		resumed.Quiet(t, 100*time.Millisecond)
+	})
 }
 
 func TestStreamsOfLongLivedTokensOutliveShortLivedOnes(t *testing.T) {

@@ -75,66 +75,61 @@ func (p *producer) finish(t *testing.T) []string {
 
 func TestShutdownEndsEveryStreamInTimeAndClientsResumeElsewhereWithNothingLostOrRepeated(t *testing.T) {
 	t.Parallel()
-	for _, tr := range relaytest.Transports {
-		t.Run(tr.Name, func(t *testing.T) {
-			t.Parallel()
-			db := pgtest.New(t)
-			relaytest.Seed(t, db)
-			const wait = 5 * time.Second
-			a := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-a"; c.ShutdownWait = wait })
-			b := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-b" })
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		const wait = 5 * time.Second
+		a := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-a"; c.ShutdownWait = wait })
+		b := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-b" })
 
-			users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
-			onA := make([]relaytest.Stream, len(users))
-			got := make([][]relaytest.Event, len(users))
-			for i, u := range users {
-				onA[i] = tr.Subscribe(t, a.URL, relaytest.Token(t, u), relaytest.SSEOptions{})
-			}
-			prod := startProducer(t, db, 3*time.Millisecond)
-			for i := range users {
-				got[i] = onA[i].Collect(t, 5, settle)
-			}
+		users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
+		onA := make([]relaytest.Stream, len(users))
+		got := make([][]relaytest.Event, len(users))
+		for i, u := range users {
+			onA[i] = tr.Subscribe(t, a.URL, relaytest.Token(t, u), relaytest.SSEOptions{})
+		}
+		prod := startProducer(t, db, 3*time.Millisecond)
+		for i := range users {
+			got[i] = onA[i].Collect(t, 5, settle)
+		}
 
-			start := time.Now()
-			a.Stop(t)
-			if d := time.Since(start); d >= wait {
-				t.Errorf("relay A took %s to stop: streams were not ended before the %s deadline", d, wait)
+		start := time.Now()
+		a.Stop(t)
+		if d := time.Since(start); d >= wait {
+			t.Errorf("relay A took %s to stop: streams were not ended before the %s deadline", d, wait)
+		}
+		for i, u := range users {
+			rest, end := onA[i].WaitEnd(t, time.Second)
+			if want := tell(t, tr.Name).shutdown; end != want {
+				t.Errorf("%s's stream ended with %+v, want %+v: told to reconnect", u, end, want)
 			}
-			for i, u := range users {
-				rest, end := onA[i].WaitEnd(t, time.Second)
-				if want := tell(t, tr.Name).shutdown; end != want {
-					t.Errorf("%s's stream ended with %+v, want %+v: told to reconnect", u, end, want)
-				}
-				got[i] = append(got[i], rest...)
-			}
+			got[i] = append(got[i], rest...)
+		}
 
-			onB := make([]relaytest.Stream, len(users))
-			for i, u := range users {
-				onB[i] = tr.Subscribe(t, b.URL, relaytest.Token(t, u), relaytest.SSEOptions{LastEventID: got[i][len(got[i])-1].ID})
-			}
-			// Keep producing after the move, then settle.
-			atMove := prod.count()
-			relaytest.Eventually(t, settle, "producer going on after the move", func() bool { return prod.count() >= atMove+30 })
-			want := prod.finish(t)
+		onB := make([]relaytest.Stream, len(users))
+		for i, u := range users {
+			onB[i] = tr.Subscribe(t, b.URL, relaytest.Token(t, u), relaytest.SSEOptions{LastEventID: got[i][len(got[i])-1].ID})
+		}
+		// Keep producing after the move, then settle.
+		atMove := prod.count()
+		relaytest.Eventually(t, settle, "producer going on after the move", func() bool { return prod.count() >= atMove+30 })
+		want := prod.finish(t)
 
-			for i, u := range users {
-				if missing := len(want) - len(got[i]); missing > 0 {
-					got[i] = append(got[i], onB[i].Collect(t, missing, settle)...)
-				}
-				names := names(t, got[i])
-				if !slices.Equal(names, want) {
-					t.Errorf("%s received %d events, want the %d inserted, exactly once and in order:\ngot  %q\nwant %q", u, len(names), len(want), names, want)
-				}
-				for j := 1; j < len(got[i]); j++ {
-					if got[i][j].ID <= got[i][j-1].ID {
-						t.Errorf("%s: event id %s after %s: ids must increase", u, got[i][j].ID, got[i][j-1].ID)
-						break
-					}
+		for i, u := range users {
+			if missing := len(want) - len(got[i]); missing > 0 {
+				got[i] = append(got[i], onB[i].Collect(t, missing, settle)...)
+			}
+			names := names(t, got[i])
+			if !slices.Equal(names, want) {
+				t.Errorf("%s received %d events, want the %d inserted, exactly once and in order:\ngot  %q\nwant %q", u, len(names), len(want), names, want)
+			}
+			for j := 1; j < len(got[i]); j++ {
+				if got[i][j].ID <= got[i][j-1].ID {
+					t.Errorf("%s: event id %s after %s: ids must increase", u, got[i][j].ID, got[i][j-1].ID)
+					break
 				}
 			}
-			for i := range users {
-				onB[i].Quiet(t, 200*time.Millisecond)
-			}
-		})
-	}
+		}
+		for i := range users {
+			onB[i].Quiet(t, 200*time.Millisecond)
+		}
+	})
 }

@@ -203,31 +203,21 @@ func (s *SSE) Next(t testing.TB, timeout time.Duration) Event {
 	}
 }
 
-// Collect waits until n events arrived (failing after timeout) and returns
-// them.
+// Collect waits until n events arrived (failing after timeout, or if the
+// stream ends first) and returns them.
 func (s *SSE) Collect(t testing.TB, n int, timeout time.Duration) []Event {
 	t.Helper()
-	out := make([]Event, 0, n)
-	deadline := time.After(timeout)
-	for len(out) < n {
-		select {
-		case e := <-s.Events:
-			out = append(out, e)
-		case <-deadline:
-			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, eventIDs(out))
-		}
+	events, _, ended := s.CollectUnlessEnded(t, n, timeout)
+	if ended {
+		t.Fatalf("stream ended (%v) after %d of %d events; ids: %v", s.Err(), len(events), n, eventIDs(events))
 	}
-	return out
+	return events
 }
 
 // Quiet asserts that no event arrives for d.
 func (s *SSE) Quiet(t testing.TB, d time.Duration) {
 	t.Helper()
-	select {
-	case e := <-s.Events:
-		t.Fatalf("unexpected event %s %s (%d bytes of data)", e.ID, e.Event, len(e.Data))
-	case <-time.After(d):
-	}
+	quiet(t, s.Events, d)
 }
 
 // BearerHeader returns an Authorization header carrying token.

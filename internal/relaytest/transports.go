@@ -1,9 +1,13 @@
 package relaytest
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // Stream is an open stream of events as a test reads it, whatever the
@@ -36,6 +40,9 @@ type End struct {
 // Transport opens streams over one of the relay's transports.
 type Transport struct {
 	Name string
+	// Open opens a stream with streamclient and leaves reading it to the
+	// caller, for tests that shape the client (its dialer, its pace).
+	Open func(ctx context.Context, dial streamclient.Dialer, baseURL string, opts streamclient.Options) (streamclient.Stream, error)
 	// Subscribe opens a stream and reads it, failing the test unless the
 	// relay accepts it.
 	Subscribe func(t testing.TB, baseURL, token string, opts SSEOptions) Stream
@@ -53,6 +60,13 @@ type Transport struct {
 var Transports = []Transport{
 	{
 		Name: "sse",
+		Open: func(ctx context.Context, dial streamclient.Dialer, baseURL string, opts streamclient.Options) (streamclient.Stream, error) {
+			s, err := streamclient.OpenSSE(ctx, dial, baseURL+"/events", opts)
+			if err != nil {
+				return nil, err
+			}
+			return s, nil
+		},
 		Subscribe: func(t testing.TB, baseURL, token string, opts SSEOptions) Stream {
 			return Subscribe(t, baseURL, token, opts)
 		},
@@ -75,6 +89,13 @@ var Transports = []Transport{
 	},
 	{
 		Name: "ws",
+		Open: func(ctx context.Context, dial streamclient.Dialer, baseURL string, opts streamclient.Options) (streamclient.Stream, error) {
+			s, err := streamclient.OpenWS(ctx, dial, baseURL+"/ws", opts)
+			if err != nil {
+				return nil, err
+			}
+			return s, nil
+		},
 		Subscribe: func(t testing.TB, baseURL, token string, opts SSEOptions) Stream {
 			return SubscribeWS(t, baseURL, token, opts)
 		},
@@ -93,4 +114,29 @@ var Transports = []Transport{
 			return func() Stream { return readStreamWS(conn) }
 		},
 	},
+}
+
+// EachTransport runs test once per transport of Transports, in parallel
+// subtests named after them, each with its own database holding the seed
+// story.
+func EachTransport(t *testing.T, test func(t *testing.T, tr Transport, db *pgtest.DB)) {
+	t.Helper()
+	for _, tr := range Transports {
+		t.Run(tr.Name, func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.New(t)
+			Seed(t, db)
+			test(t, tr, db)
+		})
+	}
+}
+
+// quiet fails the test if an event arrives on events within d.
+func quiet(t testing.TB, events <-chan Event, d time.Duration) {
+	t.Helper()
+	select {
+	case e := <-events:
+		t.Fatalf("unexpected event %s %s (%d bytes of data)", e.ID, e.Event, len(e.Data))
+	case <-time.After(d):
+	}
 }

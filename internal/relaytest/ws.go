@@ -222,11 +222,7 @@ func eventIDs(events []Event) []string {
 // Quiet asserts that no event arrives for d.
 func (w *WS) Quiet(t testing.TB, d time.Duration) {
 	t.Helper()
-	select {
-	case e := <-w.Events:
-		t.Fatalf("unexpected event: %+v", e)
-	case <-time.After(d):
-	}
+	quiet(t, w.Events, d)
 }
 
 // CollectUnlessEnded is CollectUnlessClosed with the reason as an End.
