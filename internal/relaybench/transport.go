@@ -17,7 +17,7 @@ type Transport interface {
 
 // Transports are the protocols relaybench speaks, by --transport name.
 func Transports() map[string]Transport {
-	return map[string]Transport{"sse": SSE{}, "ws": WebSocket{}}
+	return map[string]Transport{"sse": SSE{}, "ws": WebSocket{}, "pg_eventserv": Eventserv{}}
 }
 
 // SSE opens GET /events streams, the token in the Authorization header.
