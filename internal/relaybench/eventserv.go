@@ -12,6 +12,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // EventservChannel is the PostgreSQL channel the pg_eventserv transport
@@ -28,16 +30,16 @@ const EventservChannel = "relaybench_templates"
 type Eventserv struct{}
 
 // Open implements Transport; token and topics are ignored.
-func (Eventserv) Open(ctx context.Context, dial DialFunc, base *url.URL, _ string, _ []string) (Stream, error) {
+func (Eventserv) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, _ string, _ []string) (streamclient.Stream, error) {
 	u := *base
 	u.Scheme = "ws"
-	u.Path = joinPath(base.Path, "/listen/"+EventservChannel)
-	d := ws.Dialer{NetDial: dial, ReadBufferSize: sseBuffer}
+	u = *u.JoinPath("listen", EventservChannel)
+	d := ws.Dialer{NetDial: dial, ReadBufferSize: streamclient.DefaultBufferSize}
 	conn, br, _, err := d.Dial(ctx, u.String())
 	if err != nil {
 		var status ws.StatusError
 		if errors.As(err, &status) {
-			return nil, &RejectedError{Status: int(status), Body: err.Error()}
+			return nil, &streamclient.RejectedError{Status: int(status), Body: err.Error()}
 		}
 		return nil, fmt.Errorf("open %s: %w", u.String(), err)
 	}
@@ -47,7 +49,7 @@ func (Eventserv) Open(ctx context.Context, dial DialFunc, base *url.URL, _ strin
 		// response, and reads the connection once they are used up.
 		r = br
 	}
-	return &eventservStream{conn: conn, rw: bufio.NewReadWriter(bufio.NewReaderSize(r, sseBuffer), bufio.NewWriterSize(conn, 256))}, nil
+	return &eventservStream{conn: conn, rw: bufio.NewReadWriter(bufio.NewReaderSize(r, streamclient.DefaultBufferSize), bufio.NewWriterSize(conn, 256))}, nil
 }
 
 type eventservStream struct {
@@ -59,11 +61,11 @@ type eventservStream struct {
 
 // Next implements Stream: pings (pg_eventserv sends one every 2 s) are
 // answered by wsutil, which hands back only data messages.
-func (s *eventservStream) Next() (Event, error) {
+func (s *eventservStream) Next() (streamclient.Event, error) {
 	for {
 		data, op, err := wsutil.ReadServerData(s)
 		if err != nil {
-			return Event{}, fmt.Errorf("read pg_eventserv websocket: %w", err)
+			return streamclient.Event{}, fmt.Errorf("read pg_eventserv websocket: %w", err)
 		}
 		if op != ws.OpText {
 			continue
@@ -74,7 +76,7 @@ func (s *eventservStream) Next() (Event, error) {
 		for len(s.id) < 19 {
 			s.id = append([]byte{'0'}, s.id...)
 		}
-		return Event{ID: s.id, Type: []byte(EventservChannel), Data: data}, nil
+		return streamclient.Event{ID: s.id, Type: []byte(EventservChannel), Data: data}, nil
 	}
 }
 
