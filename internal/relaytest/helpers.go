@@ -116,3 +116,11 @@ func errorMessage(t testing.TB, header http.Header, body string) string {
 	}
 	return e["error"]
 }
+
+// Refused checks that err is the relay's refusal of a stream, answered with
+// its JSON error, and returns the status and the message.
+func Refused(t testing.TB, err error) (status int, message string) {
+	t.Helper()
+	rej := refusal(t, err)
+	return rej.Status, errorMessage(t, rej.Header, rej.Body)
+}

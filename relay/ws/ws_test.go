@@ -16,7 +16,6 @@ import (
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/relay"
-	"github.com/pgrelay/pgrelay/relay/auth"
 )
 
 // wait bounds every wait for a delivery. It is generous because the log
@@ -72,69 +71,20 @@ func TestWebSocketMessageIsExactlyIDTopicAndTheRow(t *testing.T) {
 	}
 }
 
-func TestWebSocketAuthAndRequestErrorsAreJSONAnswersBeforeTheUpgrade(t *testing.T) {
+// Refusals by the shared gate are tested over every transport in
+// relay/refusals_test.go; this one is WebSocket's own.
+func TestAPlainGETOfTheWebSocketEndpointIsAnsweredUpgradeRequired(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
 	r := relaytest.Start(t, db.URL)
-	expired, err := auth.Issue([]byte(relaytest.Secret), "zowi-1", time.Hour, time.Now().Add(-2*time.Hour))
+	req, _ := http.NewRequest(http.MethodGet, r.URL+"/ws", nil)
+	req.Header.Set("Authorization", "Bearer "+relaytest.Token(t, "zowi-1"))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged, err := auth.Issue([]byte("some-other-secret-0123456789"), "zowi-1", time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		name       string
-		header     string // Authorization
-		query      string
-		wantStatus int
-		wantError  string
-	}{
-		{"no token", "", "", http.StatusUnauthorized, "missing token"},
-		{"bad signature", "Bearer " + forged, "", http.StatusUnauthorized, "bad signature"},
-		{"expired", "Bearer " + expired, "", http.StatusUnauthorized, "expired"},
-		{"garbage", "Bearer not-a-jwt", "", http.StatusUnauthorized, "malformed"},
-		{"garbage in access_token", "", "access_token=garbage", http.StatusUnauthorized, "malformed"},
-		{"not bearer", "Basic dXNlcjpwYXNz", "", http.StatusUnauthorized, "Bearer"},
-		{"unknown user", "Bearer " + relaytest.Token(t, "nobody"), "", http.StatusForbidden, "not a known subscriber"},
-		{"unknown user in access_token", "", "access_token=" + relaytest.Token(t, "nobody"), http.StatusForbidden, "not a known subscriber"},
-		{"unknown topic", "Bearer " + relaytest.Token(t, "zowi-1"), "topic=nope", http.StatusBadRequest, "unknown topic"},
-		{"bad last_event_id", "Bearer " + relaytest.Token(t, "zowi-1"), "last_event_id=42", http.StatusBadRequest, "last_event_id"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			u := "ws" + strings.TrimPrefix(r.URL, "http") + "/ws"
-			if tc.query != "" {
-				u += "?" + tc.query
-			}
-			hdr := http.Header{}
-			if tc.header != "" {
-				hdr.Set("Authorization", tc.header)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), wait)
-			defer cancel()
-			conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: hdr})
-			if err == nil {
-				conn.CloseNow()
-				t.Fatalf("dial succeeded, want HTTP %d", tc.wantStatus)
-			}
-			if resp == nil {
-				t.Fatalf("no HTTP response: %v", err)
-			}
-			checkJSONError(t, resp, tc.wantStatus, tc.wantError)
-		})
-	}
-	t.Run("plain GET", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodGet, r.URL+"/ws", nil)
-		req.Header.Set("Authorization", "Bearer "+relaytest.Token(t, "zowi-1"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkJSONError(t, resp, http.StatusUpgradeRequired, "WebSocket")
-	})
+	checkJSONError(t, resp, http.StatusUpgradeRequired, "WebSocket")
 }
 
 func checkJSONError(t *testing.T, resp *http.Response, wantStatus int, wantError string) {
