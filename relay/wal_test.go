@@ -8,6 +8,8 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +89,19 @@ func TestInWalModeSubscribersReceiveRowsInsertedAsReplicaAndAreNeverSentTheirOwn
 	// zowi-1 wrote both: the actor never receives its own rows.
 	zowi.Quiet(t, 300*time.Millisecond)
 	assertLogHoldsEveryTemplateOnce(t, db)
+
+	// The only relay is the sequencer: it appended both, and shows its slot.
+	resp, err := http.Get(r.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"pgrelay_capture_events_total 2\n", "pgrelay_capture_slot_lost 0\n", "pgrelay_capture_retained_wal_bytes ", "pgrelay_capture_slot_lag_bytes ", "pgrelay_capture_lag_seconds "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 func TestSwitchingCaptureModesBothWaysUnderLoadLosesAndRepeatsNothingForAnySubscriber(t *testing.T) {
