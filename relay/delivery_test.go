@@ -100,68 +100,77 @@ func mustIssue(t *testing.T, secret, sub string, ttl time.Duration) string {
 
 func TestLargeRowsAreDeliveredWhole(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	c := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
-	for _, size := range []int{20_000, 300_000} {
-		name := strings.Repeat("x", size)
-		relaytest.InsertTemplate(t, db, name, "zolo-1", "loc-1")
-		got := names(t, c.Collect(t, 1, 10*time.Second))
-		if got[0] != name {
-			t.Fatalf("row of %d bytes arrived with a name of %d bytes", size, len(got[0]))
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		relaytest.Seed(t, db)
+		r := relaytest.Start(t, db.URL)
+		pgtest.WaitCapture(t, db, mode)
+		c := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
+		for _, size := range []int{20_000, 300_000, 1 << 20} {
+			name := strings.Repeat("x", size)
+			relaytest.InsertTemplate(t, db, name, "zolo-1", "loc-1")
+			got := names(t, c.Collect(t, 1, 10*time.Second))
+			if got[0] != name {
+				t.Fatalf("row of %d bytes arrived with a name of %d bytes", size, len(got[0]))
+			}
 		}
-	}
+	})
 }
 
 func TestListenerLossLosesNothing(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	relays := []*relaytest.Relay{relaytest.Start(t, db.URL), relaytest.Start(t, db.URL)}
-	users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
-	clients := map[string]*relaytest.SSE{}
-	for i, u := range users {
-		clients[u] = relaytest.Subscribe(t, relays[i%2].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
-	}
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		relaytest.Seed(t, db)
+		relays := []*relaytest.Relay{relaytest.Start(t, db.URL), relaytest.Start(t, db.URL)}
+		pgtest.WaitCapture(t, db, mode)
+		users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
+		clients := map[string]*relaytest.SSE{}
+		for i, u := range users {
+			clients[u] = relaytest.Subscribe(t, relays[i%2].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
+		}
 
-	const producers, perProducer = 4, 60
-	creators := []string{"zolo-1", "zelo-1", "zowi-2", "zolo-9"}
-	shares := [][]string{{"loc-1"}, {"loc-2"}, {"loc-3"}, {"loc-9"}}
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perProducer {
-				relaytest.InsertTemplate(t, db, fmt.Sprintf("p%d-%03d", p, i), creators[p], shares[p]...)
-			}
-		}()
-	}
-	// Kill every relay's LISTEN backend repeatedly while producers run.
-	for range 5 {
-		_, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		const producers, perProducer = 4, 60
+		creators := []string{"zolo-1", "zelo-1", "zowi-2", "zolo-9"}
+		shares := [][]string{{"loc-1"}, {"loc-2"}, {"loc-3"}, {"loc-9"}}
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		for p := range producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perProducer {
+					relaytest.InsertTemplate(t, db, fmt.Sprintf("p%d-%03d", p, i), creators[p], shares[p]...)
+				}
+			}()
+		}
+		// Kill every relay's LISTEN backend repeatedly while producers run.
+		for range 5 {
+			_, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 			WHERE application_name = $1 AND datname = current_database()`, relay.ListenerApplicationName)
-		if err != nil {
-			t.Fatal(err)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(30 * time.Millisecond)
 		}
-		time.Sleep(30 * time.Millisecond)
-	}
-	wg.Wait()
+		wg.Wait()
+		waitLogHasEveryTemplate(t, db)
 
-	for _, u := range users {
-		want := expectedFor(t, db, u)
-		got := clients[u].Collect(t, len(want), 20*time.Second)
-		gotIDs := make([]string, len(got))
-		for i, e := range got {
-			gotIDs[i] = e.ID
+		for _, u := range users {
+			want := expectedFor(t, db, u)
+			got := clients[u].Collect(t, len(want), 20*time.Second)
+			gotIDs := make([]string, len(got))
+			for i, e := range got {
+				gotIDs[i] = e.ID
+			}
+			if !slices.Equal(gotIDs, want) {
+				t.Fatalf("%s: got %d events, want %d; first difference at %d", u, len(gotIDs), len(want), firstDiff(gotIDs, want))
+			}
+			clients[u].Quiet(t, 100*time.Millisecond)
 		}
-		if !slices.Equal(gotIDs, want) {
-			t.Fatalf("%s: got %d events, want %d; first difference at %d", u, len(gotIDs), len(want), firstDiff(gotIDs, want))
-		}
-		clients[u].Quiet(t, 100*time.Millisecond)
-	}
+	})
 }
 
 // expectedFor returns, from SQL alone, the ids of the events user should
