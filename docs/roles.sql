@@ -26,6 +26,17 @@ GRANT DELETE ON relay.events TO pgrelay_relay;
 GRANT EXECUTE ON FUNCTION relay.filters(text[]), relay.horizon(bigint[]),
                           relay.horizon(), relay.foreign_xids()
    TO pgrelay_relay;
+-- Capture mode wal (relay.set_capture('wal')): the sequencer creates,
+-- streams and drops the database's replication slot, appends the decoded
+-- events and records how far it got. Streaming a slot needs the REPLICATION
+-- attribute, which only a superuser can give (managed services have their
+-- own: rds_replication on RDS, the REPLICATION flag through the console or
+-- ALTER ROLE on others); run this as one if you use wal mode:
+--   ALTER ROLE pgrelay_relay REPLICATION;
+GRANT SELECT, UPDATE ON relay.capture TO pgrelay_relay;
+GRANT EXECUTE ON FUNCTION relay.append_captured(text, jsonb), relay.complete_capture_switch(),
+                          relay.capture_slot_name()
+   TO pgrelay_relay;
 -- Lets the relay tell other databases' transactions from this one's, so a
 -- long transaction elsewhere on the server does not hold delivery back.
 GRANT pg_read_all_stats TO pgrelay_relay;

@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -90,91 +89,6 @@ func TestResumeWithQueryParameterAndTopicFilter(t *testing.T) {
 	}
 }
 
-func TestUnknownTopicAndMalformedIDAreRejected(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	token := relaytest.Token(t, "zowi-1")
-	cases := []struct {
-		name, query string
-		header      string
-		want        string
-	}{
-		{"unknown topic", "topic=nope", "", "unknown topic"},
-		{"invalid topic name", "topic=Robert%27%29%3BDROP", "", "not a valid topic name"},
-		{"malformed last_event_id", "last_event_id=42", "", "malformed event id"},
-		{"malformed Last-Event-ID header", "", "zzzzzzzzzzzzzzzz-0000000000000001", "malformed event id"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodGet, r.URL+"/events?"+c.query, nil)
-			req.Header.Set("Authorization", "Bearer "+token)
-			if c.header != "" {
-				req.Header.Set("Last-Event-ID", c.header)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var body struct{ Error string }
-			_ = json.NewDecoder(resp.Body).Decode(&body)
-			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body.Error, c.want) {
-				t.Fatalf("got %d %q, want 400 with %q", resp.StatusCode, body.Error, c.want)
-			}
-		})
-	}
-}
-
-func TestAuthenticationFailures(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	expired := mustIssue(t, relaytest.Secret, "zowi-1", -time.Minute)
-	badSig := mustIssue(t, "another-secret-0123456789", "zowi-1", time.Hour)
-	cases := []struct {
-		name   string
-		header string
-		query  string
-		status int
-		want   string
-	}{
-		{"no token", "", "", 401, "missing token"},
-		{"garbage bearer", "Bearer not-a-jwt", "", 401, "malformed"},
-		{"garbage query token", "", "access_token=abc.def.ghi", 401, "invalid token"},
-		{"bad signature", "Bearer " + badSig, "", 401, "bad signature"},
-		{"expired", "Bearer " + expired, "", 401, "expired"},
-		{"wrong scheme", "Basic dXNlcjpwYXNz", "", 401, "Bearer"},
-		{"insecure user parameter without dev mode", "", "user=zowi-1", 401, "missing token"},
-		{"unknown subscriber", "Bearer " + relaytest.Token(t, "nobody"), "", 403, "not a known subscriber"},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			req, _ := http.NewRequest(http.MethodGet, r.URL+"/events?"+c.query, nil)
-			if c.header != "" {
-				req.Header.Set("Authorization", c.header)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-				t.Errorf("Content-Type %q, want application/json", ct)
-			}
-			var body struct{ Error string }
-			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-				t.Fatalf("body is not JSON: %v", err)
-			}
-			if resp.StatusCode != c.status || !strings.Contains(body.Error, c.want) {
-				t.Fatalf("got %d %q, want %d with %q", resp.StatusCode, body.Error, c.status, c.want)
-			}
-		})
-	}
-}
-
 func mustIssue(t *testing.T, secret, sub string, ttl time.Duration) string {
 	t.Helper()
 	tok, err := relayAuthIssue(secret, sub, ttl)
@@ -186,115 +100,77 @@ func mustIssue(t *testing.T, secret, sub string, ttl time.Duration) string {
 
 func TestLargeRowsAreDeliveredWhole(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	c := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
-	for _, size := range []int{20_000, 300_000} {
-		name := strings.Repeat("x", size)
-		relaytest.InsertTemplate(t, db, name, "zolo-1", "loc-1")
-		got := names(t, c.Collect(t, 1, 10*time.Second))
-		if got[0] != name {
-			t.Fatalf("row of %d bytes arrived with a name of %d bytes", size, len(got[0]))
-		}
-	}
-}
-
-func TestSlowReaderIsCutOffWithoutAffectingAFastOne(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL, func(c *relay.Config) {
-		c.QueueSize = 8
-		c.WriteTimeout = 500 * time.Millisecond
-	})
-	fast := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
-
-	// The slow reader connects but never reads its body: once the socket
-	// buffers fill, writes block, its queue overflows and the hub drops it.
-	req, _ := http.NewRequest(http.MethodGet, r.URL+"/events", nil)
-	req.Header.Set("Authorization", "Bearer "+relaytest.Token(t, "zowi-1"))
-	slow, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer slow.Body.Close()
-
-	// The fast reader keeps up: events are produced in rounds of four, each
-	// round after it has received the previous one, so its queue never holds
-	// more than four. The slow reader's socket buffers fill up within a few
-	// megabytes, then its queue of eight overflows.
-	const rounds, perRound = 75, 4
-	big := strings.Repeat("y", 50_000)
-	for r := range rounds {
-		for i := range perRound {
-			relaytest.InsertTemplate(t, db, fmt.Sprintf("%s-%03d", big, r*perRound+i), "zolo-1", "loc-1")
-		}
-		for i, e := range fast.Collect(t, perRound, 10*time.Second) {
-			var row templateRow
-			_ = json.Unmarshal([]byte(e.Data), &row)
-			if want := fmt.Sprintf("%s-%03d", big, r*perRound+i); row.Name != want {
-				t.Fatalf("fast reader: event %d out of order", r*perRound+i)
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		relaytest.Seed(t, db)
+		r := relaytest.Start(t, db.URL)
+		pgtest.WaitCapture(t, db, mode)
+		c := relaytest.Subscribe(t, r.URL, relaytest.Token(t, "zewi-1"), relaytest.SSEOptions{})
+		for _, size := range []int{20_000, 300_000, 1 << 20} {
+			name := strings.Repeat("x", size)
+			relaytest.InsertTemplate(t, db, name, "zolo-1", "loc-1")
+			got := names(t, c.Collect(t, 1, 10*time.Second))
+			if got[0] != name {
+				t.Fatalf("row of %d bytes arrived with a name of %d bytes", size, len(got[0]))
 			}
 		}
-	}
-	// Cut off either by its queue overflowing or by a write timing out.
-	relaytest.Eventually(t, 10*time.Second, "slow reader disconnected", func() bool {
-		return !slices.Contains(r.Server.Hub().Connected(), "zowi-1")
 	})
-	if n := r.Server.Hub().Stats().SlowConsumers; n != 1 {
-		t.Errorf("slow consumers counted: %d, want 1", n)
-	}
 }
 
 func TestListenerLossLosesNothing(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	relays := []*relaytest.Relay{relaytest.Start(t, db.URL), relaytest.Start(t, db.URL)}
-	users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
-	clients := map[string]*relaytest.SSE{}
-	for i, u := range users {
-		clients[u] = relaytest.Subscribe(t, relays[i%2].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
-	}
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		relaytest.Seed(t, db)
+		relays := []*relaytest.Relay{relaytest.Start(t, db.URL), relaytest.Start(t, db.URL)}
+		pgtest.WaitCapture(t, db, mode)
+		users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
+		clients := map[string]*relaytest.SSE{}
+		for i, u := range users {
+			clients[u] = relaytest.Subscribe(t, relays[i%2].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
+		}
 
-	const producers, perProducer = 4, 60
-	creators := []string{"zolo-1", "zelo-1", "zowi-2", "zolo-9"}
-	shares := [][]string{{"loc-1"}, {"loc-2"}, {"loc-3"}, {"loc-9"}}
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for p := range producers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perProducer {
-				relaytest.InsertTemplate(t, db, fmt.Sprintf("p%d-%03d", p, i), creators[p], shares[p]...)
-			}
-		}()
-	}
-	// Kill every relay's LISTEN backend repeatedly while producers run.
-	for range 5 {
-		_, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		const producers, perProducer = 4, 60
+		creators := []string{"zolo-1", "zelo-1", "zowi-2", "zolo-9"}
+		shares := [][]string{{"loc-1"}, {"loc-2"}, {"loc-3"}, {"loc-9"}}
+		ctx := context.Background()
+		var wg sync.WaitGroup
+		for p := range producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perProducer {
+					relaytest.InsertTemplate(t, db, fmt.Sprintf("p%d-%03d", p, i), creators[p], shares[p]...)
+				}
+			}()
+		}
+		// Kill every relay's LISTEN backend repeatedly while producers run.
+		for range 5 {
+			_, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 			WHERE application_name = $1 AND datname = current_database()`, relay.ListenerApplicationName)
-		if err != nil {
-			t.Fatal(err)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(30 * time.Millisecond)
 		}
-		time.Sleep(30 * time.Millisecond)
-	}
-	wg.Wait()
+		wg.Wait()
+		waitLogHasEveryTemplate(t, db)
 
-	for _, u := range users {
-		want := expectedFor(t, db, u)
-		got := clients[u].Collect(t, len(want), 20*time.Second)
-		gotIDs := make([]string, len(got))
-		for i, e := range got {
-			gotIDs[i] = e.ID
+		for _, u := range users {
+			want := expectedFor(t, db, u)
+			got := clients[u].Collect(t, len(want), 20*time.Second)
+			gotIDs := make([]string, len(got))
+			for i, e := range got {
+				gotIDs[i] = e.ID
+			}
+			if !slices.Equal(gotIDs, want) {
+				t.Fatalf("%s: got %d events, want %d; first difference at %d", u, len(gotIDs), len(want), firstDiff(gotIDs, want))
+			}
+			clients[u].Quiet(t, 100*time.Millisecond)
 		}
-		if !slices.Equal(gotIDs, want) {
-			t.Fatalf("%s: got %d events, want %d; first difference at %d", u, len(gotIDs), len(want), firstDiff(gotIDs, want))
-		}
-		clients[u].Quiet(t, 100*time.Millisecond)
-	}
+	})
 }
 
 // expectedFor returns, from SQL alone, the ids of the events user should

@@ -8,11 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
-	"github.com/pgrelay/pgrelay/relay/ws"
 )
 
 // tokenLife is how long the short-lived tokens of these tests last. Token
@@ -77,98 +74,38 @@ func checkExactlyOnce(t *testing.T, db *pgtest.DB, got []string) {
 	}
 }
 
-func TestAnSSEStreamEndsWhenItsTokenExpiresAndResumingWithAFreshTokenLosesNothing(t *testing.T) {
+func TestAStreamEndsWhenItsTokenExpiresSayingWhyAndResumingWithAFreshTokenLosesNothing(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	shortLived := mustIssue(t, relaytest.Secret, "zowi-2", tokenLife)
-	opened := time.Now()
-	first := relaytest.OpenSSE(t, r.URL+"/events", relaytest.BearerHeader(shortLived))
-	if first.Status != 200 {
-		t.Fatalf("open with a valid token: %d %s", first.Status, first.Body)
-	}
-	p := produce(db, "sse")
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		r := relaytest.Start(t, db.URL)
+		shortLived := mustIssue(t, relaytest.Secret, "zowi-2", tokenLife)
+		opened := time.Now()
+		first := tr.Subscribe(t, r.URL, shortLived, relaytest.SSEOptions{})
+		p := produce(db, tr.Name)
 
-	var got []relaytest.Event
-	deadline := time.After(tokenLife + 5*time.Second)
-wait:
-	for {
-		select {
-		case e := <-first.Events:
-			got = append(got, e)
-		case <-first.Done():
-			break wait
-		case <-deadline:
-			t.Fatalf("stream still open %s after a token valid for at most %s", time.Since(opened).Round(time.Millisecond), tokenLife)
+		got, end := first.WaitEnd(t, tokenLife+5*time.Second)
+		lasted := time.Since(opened)
+		if want := tell(t, tr.Name).expired; end != want {
+			t.Errorf("stream ended with %+v, want %+v", end, want)
 		}
-	}
-	lasted := time.Since(opened)
-	for len(first.Events) > 0 {
-		got = append(got, <-first.Events)
-	}
-	if lasted < tokenLife-time.Second {
-		t.Errorf("stream ended after %s, before its token expired", lasted)
-	}
-	if len(got) == 0 {
-		t.Fatal("no event before the token expired: the resume below would prove nothing")
-	}
-	if c := first.Comments(); !slices.ContainsFunc(c, func(s string) bool { return strings.Contains(s, "token expired") }) {
-		t.Errorf("comments %q: none says the token expired", c)
-	}
-	if again := relaytest.OpenSSE(t, r.URL+"/events", relaytest.BearerHeader(shortLived)); again.Status != 401 || !strings.Contains(again.Body, "expired") {
-		t.Errorf("reconnect with the expired token: %d %s, want 401 saying expired", again.Status, again.Body)
-	}
+		if lasted < tokenLife-time.Second {
+			t.Errorf("stream ended after %s, before its token expired", lasted)
+		}
+		if len(got) == 0 {
+			t.Fatal("no event before the token expired: the resume below would prove nothing")
+		}
+		if status, msg := tr.Refusal(t, r.URL, shortLived, relaytest.SSEOptions{}); status != 401 || !strings.Contains(msg, "expired") {
+			t.Errorf("reconnect with the expired token: %d %q, want 401 saying expired", status, msg)
+		}
 
-	header := relaytest.BearerHeader(relaytest.Token(t, "zowi-2"))
-	header.Set("Last-Event-ID", got[len(got)-1].ID)
-	resumed := relaytest.OpenSSE(t, r.URL+"/events", header)
-	if resumed.Status != 200 {
-		t.Fatalf("resume with a fresh token: %d %s", resumed.Status, resumed.Body)
-	}
-	p.Stop(t)
-	relaytest.InsertTemplate(t, db, "after the resume", "zolo-1", "loc-1")
-	want := expectedFor(t, db, "zowi-2")
-	got = append(got, resumed.Collect(t, len(want)-len(got), settle)...)
-	checkExactlyOnce(t, db, ids(got))
-	select {
-	case e := <-resumed.Events:
-		t.Fatalf("an event beyond those expected: %s", e.ID)
-	case <-time.After(100 * time.Millisecond):
-	}
-}
-
-func TestAWebSocketStreamClosesWith4401WhenItsTokenExpiresAndResumingLosesNothing(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	opened := time.Now()
-	first := relaytest.SubscribeWS(t, r.URL, mustIssue(t, relaytest.Secret, "zowi-2", tokenLife), relaytest.SSEOptions{})
-	p := produce(db, "ws")
-
-	got, err := first.WaitClosed(t, tokenLife+5*time.Second)
-	lasted := time.Since(opened)
-	if code := websocket.CloseStatus(err); code != ws.CloseUnauthorized {
-		t.Fatalf("closed with %v (code %d), want %d", err, code, ws.CloseUnauthorized)
-	}
-	if !strings.Contains(err.Error(), "token expired") {
-		t.Errorf("close reason %q does not say the token expired", err)
-	}
-	if lasted < tokenLife-time.Second {
-		t.Errorf("stream ended after %s, before its token expired", lasted)
-	}
-	if len(got) == 0 {
-		t.Fatal("no event before the token expired: the resume below would prove nothing")
-	}
-
-	resumed := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zowi-2"), relaytest.SSEOptions{LastEventID: got[len(got)-1].ID})
-	p.Stop(t)
-	relaytest.InsertTemplate(t, db, "after the resume", "zolo-1", "loc-1")
-	want := expectedFor(t, db, "zowi-2")
-	got = append(got, resumed.Collect(t, len(want)-len(got), settle)...)
-	checkExactlyOnce(t, db, ids(got))
-	resumed.Quiet(t, 100*time.Millisecond)
+		resumed := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-2"), relaytest.SSEOptions{LastEventID: got[len(got)-1].ID})
+		p.Stop(t)
+		relaytest.InsertTemplate(t, db, "after the resume", "zolo-1", "loc-1")
+		want := expectedFor(t, db, "zowi-2")
+		got = append(got, resumed.Collect(t, len(want)-len(got), settle)...)
+		checkExactlyOnce(t, db, ids(got))
+		resumed.Quiet(t, 100*time.Millisecond)
+	})
 }
 
 func TestStreamsOfLongLivedTokensOutliveShortLivedOnes(t *testing.T) {

@@ -112,65 +112,75 @@ func killRounds(t *testing.T, db *pgtest.DB, sc *workload.Scenario, relays int, 
 
 func TestTerminatedRelayBackendsLoseNothingDuplicateNothingLeakNothing(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relays, urls := startRelays(t, db, 3)
-	sc := workload.Start(t, db, urls, workload.Options{})
-	ctx := context.Background()
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		relays, urls := startRelays(t, db, 3)
+		pgtest.WaitCapture(t, db, mode)
+		sc := workload.Start(t, db, urls, workload.Options{})
+		ctx := context.Background()
 
-	// The LISTEN backend, repeatedly, while events flow; then every session
-	// of every relay: listener, sequencer and pool.
-	injected := killRounds(t, db, sc, len(relays), 5, "pgrelay-listener", relay.ListenerApplicationName)
-	injected = append(injected, killRounds(t, db, sc, len(relays), 3, "pgrelay and pgrelay-listener",
-		relay.ListenerApplicationName, relay.ApplicationName)...)
-	if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	sc.Finish(strings.Join(injected, "; "), faultTimeout)
+		// The LISTEN backend, repeatedly, while events flow; then every session
+		// of every relay: listener, sequencer and pool.
+		injected := killRounds(t, db, sc, len(relays), 5, "pgrelay-listener", relay.ListenerApplicationName)
+		injected = append(injected, killRounds(t, db, sc, len(relays), 3, "pgrelay and pgrelay-listener",
+			relay.ListenerApplicationName, relay.ApplicationName)...)
+		if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		sc.Finish(strings.Join(injected, "; "), faultTimeout)
+		assertLogHoldsEveryTemplateOnce(t, db)
+	})
 }
 
 func TestSIGKILLedRelaysClientsResumeOnAnotherRelay(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	bin := relaytest.BuildRelay(t)
-	procs := make([]*relaytest.Process, 3)
-	urls := make([]string, len(procs))
-	for i := range procs {
-		procs[i] = relaytest.StartProcess(t, bin, db.URL)
-		urls[i] = procs[i].URL
-	}
-	sc := workload.Start(t, db, urls, workload.Options{})
-	ctx := context.Background()
-	if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	// The first relay started is, barring a race, the sequencer: killing
-	// it also tests that another relay takes the role over.
-	victim := procs[0]
-	wasSequencer := isSequencer(t, victim.URL)
-	victim.Kill(t)
-	// Clients whose first relay was the victim must reconnect elsewhere.
-	onVictim := []*invariant.Client{}
-	for i, sub := range workload.Subscribers() {
-		if i%len(procs) == 0 {
-			onVictim = append(onVictim, sc.Clients[sub])
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		bin := relaytest.BuildRelay(t)
+		procs := make([]*relaytest.Process, 3)
+		urls := make([]string, len(procs))
+		for i := range procs {
+			procs[i] = relaytest.StartProcess(t, bin, db.URL)
+			urls[i] = procs[i].URL
 		}
-	}
-	relaytest.Eventually(t, faultTimeout, "the killed relay's clients resumed on another relay", func() bool {
-		for _, c := range onVictim {
-			if c.Connects() < 2 {
-				return false
+		pgtest.WaitCapture(t, db, mode)
+		sc := workload.Start(t, db, urls, workload.Options{})
+		ctx := context.Background()
+		if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		// The first relay started is, barring a race, the sequencer: killing
+		// it also tests that another relay takes the role over.
+		victim := procs[0]
+		wasSequencer := isSequencer(t, victim.URL)
+		victim.Kill(t)
+		// Clients whose first relay was the victim must reconnect elsewhere.
+		onVictim := []*invariant.Client{}
+		for i, sub := range workload.Subscribers() {
+			if i%len(procs) == 0 {
+				onVictim = append(onVictim, sc.Clients[sub])
 			}
 		}
-		return true
+		relaytest.Eventually(t, faultTimeout, "the killed relay's clients resumed on another relay", func() bool {
+			for _, c := range onVictim {
+				if c.Connects() < 2 {
+					return false
+				}
+			}
+			return true
+		})
+		relaytest.Eventually(t, faultTimeout, "another relay became the sequencer", func() bool {
+			return isSequencer(t, procs[1].URL) || isSequencer(t, procs[2].URL)
+		})
+		if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		sc.Finish(fmt.Sprintf("SIGKILL of %s (sequencer: %v) while producing; its %d clients resumed on the other two relays",
+			victim, wasSequencer, len(onVictim)), faultTimeout)
+		assertLogHoldsEveryTemplateOnce(t, db)
 	})
-	relaytest.Eventually(t, faultTimeout, "another relay became the sequencer", func() bool {
-		return isSequencer(t, procs[1].URL) || isSequencer(t, procs[2].URL)
-	})
-	if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	sc.Finish(fmt.Sprintf("SIGKILL of %s (sequencer: %v) while producing; its %d clients resumed on the other two relays",
-		victim, wasSequencer, len(onVictim)), faultTimeout)
 }
 
 // isSequencer asks a relay's /readyz whether it is the sequencer.
@@ -271,78 +281,88 @@ func TestSlowStalledAndReconnectingClientsDoNotDisturbOthers(t *testing.T) {
 
 func TestALongProducerTransactionHoldsLaterEventsBackThenAllArriveInIDOrder(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	_, urls := startRelays(t, db, 3)
-	sc := workload.Start(t, db, urls, workload.Options{})
-	ctx := context.Background()
-	if err := sc.Producers.WaitCommitted(ctx, 20, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := db.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // committed below; rollback only on failure
-	insert := func(name string) {
-		t.Helper()
-		if _, err := tx.Exec(ctx, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ($1, '{a1,a2}', 'zewi-a')`, name); err != nil {
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		_, urls := startRelays(t, db, 3)
+		pgtest.WaitCapture(t, db, mode)
+		sc := workload.Start(t, db, urls, workload.Options{})
+		ctx := context.Background()
+		if err := sc.Producers.WaitCommitted(ctx, 20, faultTimeout); err != nil {
 			t.Fatal(err)
 		}
-	}
-	insert("long transaction, first row")
-	var xid int64
-	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&xid); err != nil {
-		t.Fatal(err)
-	}
-	committedBefore := sc.Producers.Committed()
-	// Others commit while it stays open: none of their events may be
-	// delivered yet, because the long transaction's rows will sort before
-	// them (its xid is smaller) and nothing may be delivered out of order.
-	if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	insert("long transaction, last row")
-	held := sc.Producers.Committed() - committedBefore
-	for _, sub := range workload.Subscribers() {
-		for _, id := range sc.Checker.ReceivedIDs(sub) {
-			if id > fmt.Sprintf("%016x", xid) {
-				t.Errorf("%s received %s while transaction %d was still open", sub, id, xid)
+		tx, err := db.Pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck // committed below; rollback only on failure
+		insert := func(name string) {
+			t.Helper()
+			if _, err := tx.Exec(ctx, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ($1, '{a1,a2}', 'zewi-a')`, name); err != nil {
+				t.Fatal(err)
 			}
 		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	sc.Finish(fmt.Sprintf("a transaction (xid %d) held open while %d other transactions committed, then committed",
-		xid, held), faultTimeout)
+		insert("long transaction, first row")
+		var xid int64
+		if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint`).Scan(&xid); err != nil {
+			t.Fatal(err)
+		}
+		committedBefore := sc.Producers.Committed()
+		// Others commit while it stays open: none of their events may be
+		// delivered yet, because the long transaction's rows will sort before
+		// them (its xid is smaller) and nothing may be delivered out of order.
+		if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		insert("long transaction, last row")
+		held := sc.Producers.Committed() - committedBefore
+		for _, sub := range workload.Subscribers() {
+			for _, id := range sc.Checker.ReceivedIDs(sub) {
+				if id > fmt.Sprintf("%016x", xid) {
+					t.Errorf("%s received %s while transaction %d was still open", sub, id, xid)
+				}
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		sc.Finish(fmt.Sprintf("a transaction (xid %d) held open while %d other transactions committed, then committed",
+			xid, held), faultTimeout)
+		assertLogHoldsEveryTemplateOnce(t, db)
+	})
 }
 
 func TestWebSocketSubscribersLoseNothingThroughKilledBackendsAndARelayShutdown(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relays, urls := startRelays(t, db, 3)
-	// Every other subscriber on WebSocket, the rest on SSE, so both
-	// transports share the same faults.
-	var i int
-	sc := workload.Start(t, db, urls, workload.Options{
-		Customize: func(sub string, c *invariant.Client) {
-			c.WebSocket = i%2 == 0
-			i++
-		},
-	})
-	ctx := context.Background()
+	// Once per capture mode, one after the other: the guarantees are the same.
+	pgtest.InEachCaptureMode(t, func(t *testing.T, mode string) {
+		db := pgtest.NewInMode(t, mode)
+		relays, urls := startRelays(t, db, 3)
+		// Every other subscriber on WebSocket, the rest on SSE, so both
+		// transports share the same faults.
+		var i int
+		pgtest.WaitCapture(t, db, mode)
+		sc := workload.Start(t, db, urls, workload.Options{
+			Customize: func(sub string, c *invariant.Client) {
+				c.WebSocket = i%2 == 0
+				i++
+			},
+		})
+		ctx := context.Background()
 
-	injected := killRounds(t, db, sc, len(relays), 3, "pgrelay and pgrelay-listener",
-		relay.ListenerApplicationName, relay.ApplicationName)
-	// A graceful shutdown closes WebSocket streams with 1012 and SSE streams
-	// with a final comment; their clients resume on the other relays.
-	if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	relays[0].Stop(t)
-	injected = append(injected, "stopped relay 1 of 3 (graceful shutdown)")
-	if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
-		t.Fatal(err)
-	}
-	sc.Finish(strings.Join(injected, "; "), faultTimeout)
+		injected := killRounds(t, db, sc, len(relays), 3, "pgrelay and pgrelay-listener",
+			relay.ListenerApplicationName, relay.ApplicationName)
+		// A graceful shutdown closes WebSocket streams with 1012 and SSE streams
+		// with a final comment; their clients resume on the other relays.
+		if err := sc.Producers.WaitCommitted(ctx, 15, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		relays[0].Stop(t)
+		injected = append(injected, "stopped relay 1 of 3 (graceful shutdown)")
+		if err := sc.Producers.WaitCommitted(ctx, 30, faultTimeout); err != nil {
+			t.Fatal(err)
+		}
+		sc.Finish(strings.Join(injected, "; "), faultTimeout)
+		assertLogHoldsEveryTemplateOnce(t, db)
+	})
 }

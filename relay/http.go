@@ -28,6 +28,9 @@ func (s *Server) routes(verifier *auth.Verifier) chi.Router {
 			"ready": status == http.StatusOK, "listening": s.reader.Listening(),
 			"caught_up": s.reader.CaughtUp(), "sequencer": s.isLeader.Load(), "relay": s.name,
 			"position": s.hub.Position().String(), "forged_notifications": s.reader.Forged(),
+			// Capture mode wal: this relay, as the sequencer, found the
+			// replication slot invalidated; events are missing from the log.
+			"capture_slot_lost": s.capture.Lost(),
 		})
 	})
 	if s.cfg.MetricsAddr == "" {

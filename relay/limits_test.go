@@ -15,7 +15,7 @@ import (
 
 // jsonError checks that a refused stream answered status with a JSON body
 // {"error": "..."} and returns the message.
-func jsonError(t *testing.T, s *relaytest.RawSSE, status int) string {
+func jsonError(t *testing.T, s *relaytest.SSE, status int) string {
 	t.Helper()
 	if s.Status != status {
 		t.Fatalf("status %d, want %d (body %s)", s.Status, status, s.Body)

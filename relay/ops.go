@@ -67,8 +67,29 @@ SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
 			}
 			return seconds, nil
 		},
-		QueryTimeout: time.Second,
+		CaptureSlotLag:     s.slotBytes("confirmed_flush_lsn"),
+		CaptureRetainedWAL: s.slotBytes("restart_lsn"),
+		CaptureLagSeconds:  func() float64 { return s.capture.Lag().Seconds() },
+		CaptureEvents:      s.capture.Events,
+		CaptureSlotLost:    s.capture.Lost,
+		QueryTimeout:       time.Second,
 	}, s.log)
+}
+
+// slotBytes reads how far the given position of the database's replication
+// slot trails the server's WAL (0 without a slot).
+func (s *Server) slotBytes(column string) func(ctx context.Context) (float64, error) {
+	query := `
+SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.` + column + `), 0)::float8
+  FROM relay.capture c
+  LEFT JOIN pg_replication_slots s ON s.slot_name = c.slot_name`
+	return func(ctx context.Context) (float64, error) {
+		var bytes float64
+		if err := s.pool.QueryRow(ctx, query).Scan(&bytes); err != nil {
+			return 0, fmt.Errorf("read the replication slot's %s: %w", column, err)
+		}
+		return bytes, nil
+	}
 }
 
 // serveMetrics serves /metrics on --metrics-addr until ctx is done.

@@ -1,21 +1,17 @@
 package relay_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"net/http"
+	"errors"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
-	"github.com/pgrelay/pgrelay/relay/ws"
 )
 
 // Pace of the replay clients below: fast enough to finish in seconds, slow
@@ -41,14 +37,9 @@ type arrival struct {
 type pacedStream struct {
 	arrivals chan arrival
 	end      struct {
-		at       time.Time
-		err      error // the WebSocket close, or what ended the SSE body
-		comments []string
+		at  time.Time
+		err error
 	}
-}
-
-func smallBufferClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{DialContext: relaytest.SmallReceiveBuffers(8 << 10)}}
 }
 
 // pace waits after every paceBurst-th event.
@@ -58,90 +49,42 @@ func pace(n int, tick *time.Ticker) {
 	}
 }
 
-func openPaced(t *testing.T, transport, baseURL, token, lastID string) *pacedStream {
+func openPaced(t *testing.T, tr relaytest.Transport, baseURL, token, lastID string) *pacedStream {
 	t.Helper()
-	p := &pacedStream{arrivals: make(chan arrival, 2*replayBacklog)}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	switch transport {
-	case "sse":
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/events", nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Last-Event-ID", lastID)
-		resp, err := smallBufferClient().Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			t.Fatalf("GET /events: %s", resp.Status)
-		}
-		go p.readSSE(resp)
-	case "ws":
-		conn, _, err := websocket.Dial(ctx, relaytest.WSURL(baseURL, relaytest.SSEOptions{LastEventID: lastID}), &websocket.DialOptions{
-			HTTPClient: smallBufferClient(),
-			HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = conn.CloseNow() })
-		go p.readWS(ctx, conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := tr.Open(ctx, relaytest.SmallReceiveBuffers(8<<10), baseURL, streamclient.Options{Token: token, LastEventID: lastID})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { st.Close() })
+	p := &pacedStream{arrivals: make(chan arrival, 2*replayBacklog)}
+	go p.read(st)
 	return p
 }
 
-func (p *pacedStream) readSSE(resp *http.Response) {
-	defer close(p.arrivals)
-	defer resp.Body.Close()
-	tick := time.NewTicker(paceInterval)
-	defer tick.Stop()
-	sc := bufio.NewScanner(resp.Body)
-	var e relaytest.Event
-	n := 0
-	for sc.Scan() {
-		field, value, _ := strings.Cut(sc.Text(), ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "":
-			if sc.Text() != "" {
-				p.end.comments = append(p.end.comments, value)
-			} else if e.Event != "" {
-				p.arrivals <- arrival{e, time.Now()}
-				e = relaytest.Event{}
-				n++
-				pace(n, tick)
-			}
-		case "id":
-			e.ID = value
-		case "event":
-			e.Event = value
-		case "data":
-			e.Data = value
-		}
-	}
-	p.end.at, p.end.err = time.Now(), sc.Err()
-}
-
-func (p *pacedStream) readWS(ctx context.Context, conn *websocket.Conn) {
+func (p *pacedStream) read(st streamclient.Stream) {
 	defer close(p.arrivals)
 	tick := time.NewTicker(paceInterval)
 	defer tick.Stop()
 	for n := 1; ; n++ {
-		_, b, err := conn.Read(ctx)
+		e, err := st.Next()
 		if err != nil {
 			p.end.at, p.end.err = time.Now(), err
 			return
 		}
-		var msg struct {
-			ID    string          `json:"id"`
-			Topic string          `json:"topic"`
-			Data  json.RawMessage `json:"data"`
-		}
-		_ = json.Unmarshal(b, &msg)
-		p.arrivals <- arrival{relaytest.Event{ID: msg.ID, Event: msg.Topic, Data: string(msg.Data)}, time.Now()}
+		p.arrivals <- arrival{relaytest.Event{ID: string(e.ID), Event: string(e.Type), Data: string(e.Data)}, time.Now()}
 		pace(n, tick)
 	}
+}
+
+// ending is why the relay ended the stream, once arrivals is closed.
+func (p *pacedStream) ending() relaytest.End {
+	var ce *streamclient.ClosedError
+	if errors.As(p.end.err, &ce) {
+		return relaytest.End{Code: ce.Code, Reason: ce.Reason}
+	}
+	return relaytest.End{}
 }
 
 // receive waits for n arrivals.
@@ -190,11 +133,11 @@ func longReplay(t *testing.T) (*pgtest.DB, *relaytest.Relay, string) {
 
 func TestAReplayStopsSendingTheOldOrgsTemplatesWithinASecondOfAZOWIMovingToAnotherOrg(t *testing.T) {
 	t.Parallel()
-	for _, transport := range []string{"sse", "ws"} {
-		t.Run(transport, func(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr.Name, func(t *testing.T) {
 			t.Parallel()
 			db, r, after := longReplay(t)
-			c := openPaced(t, transport, r.URL, relaytest.Token(t, "zowi-2"), after)
+			c := openPaced(t, tr, r.URL, relaytest.Token(t, "zowi-2"), after)
 			c.receive(t, changeAfter)
 
 			db.Exec(t, `UPDATE users SET org_id = 'org-2' WHERE id = 'zowi-2'`)
@@ -240,11 +183,11 @@ func TestAReplayStopsSendingTheOldOrgsTemplatesWithinASecondOfAZOWIMovingToAnoth
 
 func TestAReplayEndsWithinASecondOfItsSubscriberBeingDeleted(t *testing.T) {
 	t.Parallel()
-	for _, transport := range []string{"sse", "ws"} {
-		t.Run(transport, func(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr.Name, func(t *testing.T) {
 			t.Parallel()
 			db, r, after := longReplay(t)
-			c := openPaced(t, transport, r.URL, relaytest.Token(t, "zowi-2"), after)
+			c := openPaced(t, tr, r.URL, relaytest.Token(t, "zowi-2"), after)
 			c.receive(t, changeAfter)
 
 			db.Exec(t, `DELETE FROM users WHERE id = 'zowi-2'`)
@@ -267,15 +210,8 @@ func TestAReplayEndsWithinASecondOfItsSubscriberBeingDeleted(t *testing.T) {
 				t.Errorf("stream ended %s after its subscriber was deleted (%d events meanwhile), want within %s",
 					d.Round(time.Millisecond), received, followsChanges)
 			}
-			switch transport {
-			case "sse":
-				if !slices.ContainsFunc(c.end.comments, func(s string) bool { return strings.Contains(s, "subscriber no longer exists") }) {
-					t.Errorf("comments %q: none says the subscriber no longer exists", c.end.comments)
-				}
-			case "ws":
-				if code := websocket.CloseStatus(c.end.err); code != ws.CloseSubscriberGone {
-					t.Errorf("closed with %v, want code %d", c.end.err, ws.CloseSubscriberGone)
-				}
+			if end, want := c.ending(), tell(t, tr.Name).gone; end != want {
+				t.Errorf("stream ended with %+v (%v), want %+v", end, c.end.err, want)
 			}
 			if received+changeAfter >= replayBacklog {
 				t.Errorf("the whole backlog was replayed to a deleted subscriber (%d events after the delete)", received)
@@ -286,12 +222,12 @@ func TestAReplayEndsWithinASecondOfItsSubscriberBeingDeleted(t *testing.T) {
 
 func TestATokenExpiringMidReplayEndsTheStreamAndResumingWithAFreshTokenLosesNothing(t *testing.T) {
 	t.Parallel()
-	for _, transport := range []string{"sse", "ws"} {
-		t.Run(transport, func(t *testing.T) {
+	for _, tr := range relaytest.Transports {
+		t.Run(tr.Name, func(t *testing.T) {
 			t.Parallel()
 			db, r, after := longReplay(t)
 			// The paced replay takes about four seconds: longer than the token.
-			c := openPaced(t, transport, r.URL, mustIssue(t, relaytest.Secret, "zowi-2", tokenLife), after)
+			c := openPaced(t, tr, r.URL, mustIssue(t, relaytest.Secret, "zowi-2", tokenLife), after)
 			var got []string
 			for a := range c.arrivals {
 				creator(t, a.Event) // whole events only
@@ -300,26 +236,13 @@ func TestATokenExpiringMidReplayEndsTheStreamAndResumingWithAFreshTokenLosesNoth
 			if len(got) == 0 || len(got) >= replayBacklog {
 				t.Fatalf("%d events before the stream ended (%v): the expiry did not fall inside the replay", len(got), c.end.err)
 			}
-			switch transport {
-			case "sse":
-				if !slices.ContainsFunc(c.end.comments, func(s string) bool { return strings.Contains(s, "token expired") }) {
-					t.Errorf("comments %q: none says the token expired", c.end.comments)
-				}
-			case "ws":
-				if code := websocket.CloseStatus(c.end.err); code != ws.CloseUnauthorized {
-					t.Errorf("closed with %v, want code %d", c.end.err, ws.CloseUnauthorized)
-				}
+			if end, want := c.ending(), tell(t, tr.Name).expired; end != want {
+				t.Errorf("stream ended with %+v (%v), want %+v", end, c.end.err, want)
 			}
 
 			fresh := relaytest.Token(t, "zowi-2")
 			rest := replayBacklog - len(got)
-			if transport == "sse" {
-				header := relaytest.BearerHeader(fresh)
-				header.Set("Last-Event-ID", got[len(got)-1])
-				got = append(got, ids(relaytest.OpenSSE(t, r.URL+"/events", header).Collect(t, rest, settle))...)
-			} else {
-				got = append(got, ids(relaytest.SubscribeWS(t, r.URL, fresh, relaytest.SSEOptions{LastEventID: got[len(got)-1]}).Collect(t, rest, settle))...)
-			}
+			got = append(got, ids(tr.Subscribe(t, r.URL, fresh, relaytest.SSEOptions{LastEventID: got[len(got)-1]}).Collect(t, rest, settle))...)
 			// Every template of the backlog is for zowi-2 (a ZOWI of the
 			// creator's org), and nothing else was inserted.
 			want := logAfter(t, db, after)

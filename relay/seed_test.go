@@ -20,31 +20,26 @@ type templateRow = relaytest.TemplateRow
 
 func TestSeedScenarioAcrossFourRelays(t *testing.T) {
 	t.Parallel()
-	for _, tr := range relaytest.Transports {
-		t.Run(tr.Name, func(t *testing.T) {
-			t.Parallel()
-			db := pgtest.New(t)
-			relaytest.Seed(t, db)
-			relays := make([]*relaytest.Relay, 4)
-			for i := range relays {
-				relays[i] = relaytest.Start(t, db.URL)
-			}
-			users := relaytest.SeedUsers
-			clients := map[string]relaytest.Stream{}
-			for i, u := range users {
-				clients[u] = tr.Subscribe(t, relays[i%4].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
-			}
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		relays := make([]*relaytest.Relay, 4)
+		for i := range relays {
+			relays[i] = relaytest.Start(t, db.URL)
+		}
+		users := relaytest.SeedUsers
+		clients := map[string]relaytest.Stream{}
+		for i, u := range users {
+			clients[u] = tr.Subscribe(t, relays[i%4].URL, relaytest.Token(t, u), relaytest.SSEOptions{})
+		}
 
-			want := relaytest.InsertSeedTemplates(t, db)
-			for _, u := range users {
-				got := names(t, clients[u].Collect(t, len(want[u]), 10*time.Second))
-				if !slices.Equal(got, want[u]) {
-					t.Errorf("%s received %q, want %q", u, got, want[u])
-				}
+		want := relaytest.InsertSeedTemplates(t, db)
+		for _, u := range users {
+			got := names(t, clients[u].Collect(t, len(want[u]), 10*time.Second))
+			if !slices.Equal(got, want[u]) {
+				t.Errorf("%s received %q, want %q", u, got, want[u])
 			}
-			for _, u := range users {
-				clients[u].Quiet(t, 100*time.Millisecond)
-			}
-		})
-	}
+		}
+		for _, u := range users {
+			clients[u].Quiet(t, 100*time.Millisecond)
+		}
+	})
 }

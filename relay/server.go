@@ -35,6 +35,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
+	"github.com/pgrelay/pgrelay/relay/walcapture"
 	"github.com/pgrelay/pgrelay/relay/ws"
 )
 
@@ -72,6 +73,7 @@ type Server struct {
 	router    chi.Router
 
 	isLeader atomic.Bool
+	capture  walcapture.Status
 }
 
 // New connects to the database, checks that it is migrated, and builds a
@@ -112,6 +114,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.sequencer = sequencer.New(connector(cfg.listenURL(), ApplicationName), key, sequencer.Config{
 		Poll: cfg.PollInterval, IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
 		OnLeader: s.isLeader.Store, Duties: s.pruneLog,
+		Capture: walcapture.New(walcapture.Config{
+			Connect:            connector(cfg.listenURL(), ApplicationName),
+			ConnectReplication: walcapture.ReplicationConnector(cfg.listenURL(), ApplicationName),
+			Observer:           &s.capture,
+		}, s.log).Run,
 	}, s.log)
 	s.metrics = s.newMetrics()
 

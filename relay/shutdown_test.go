@@ -73,91 +73,63 @@ func (p *producer) finish(t *testing.T) []string {
 	return p.names
 }
 
-// drain moves what s has received so far into got.
-func drain(s *relaytest.RawSSE, got *[]relaytest.Event) {
-	for {
-		select {
-		case e := <-s.Events:
-			*got = append(*got, e)
-		default:
-			return
-		}
-	}
-}
-
 func TestShutdownEndsEveryStreamInTimeAndClientsResumeElsewhereWithNothingLostOrRepeated(t *testing.T) {
 	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	const wait = 5 * time.Second
-	a := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-a"; c.ShutdownWait = wait })
-	b := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-b" })
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		const wait = 5 * time.Second
+		a := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-a"; c.ShutdownWait = wait })
+		b := relaytest.Start(t, db.URL, func(c *relay.Config) { c.Name = "relay-b" })
 
-	users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
-	onA := make([]*relaytest.RawSSE, len(users))
-	got := make([][]relaytest.Event, len(users))
-	for i, u := range users {
-		onA[i] = relaytest.OpenSSE(t, a.URL+"/events", relaytest.BearerHeader(relaytest.Token(t, u)))
-		if onA[i].Status != 200 {
-			t.Fatalf("%s on relay A: %d %s", u, onA[i].Status, onA[i].Body)
+		users := []string{"zowi-1", "zewi-1", "zolo-1", "zelo-1"}
+		onA := make([]relaytest.Stream, len(users))
+		got := make([][]relaytest.Event, len(users))
+		for i, u := range users {
+			onA[i] = tr.Subscribe(t, a.URL, relaytest.Token(t, u), relaytest.SSEOptions{})
 		}
-	}
-	prod := startProducer(t, db, 3*time.Millisecond)
-	for i := range users {
-		got[i] = onA[i].Collect(t, 5, settle)
-	}
+		prod := startProducer(t, db, 3*time.Millisecond)
+		for i := range users {
+			got[i] = onA[i].Collect(t, 5, settle)
+		}
 
-	start := time.Now()
-	a.Stop(t)
-	if d := time.Since(start); d >= wait {
-		t.Errorf("relay A took %s to stop: streams were not ended before the %s deadline", d, wait)
-	}
-	for i, u := range users {
-		select {
-		case <-onA[i].Done():
-		case <-time.After(time.Second):
-			t.Fatalf("%s's stream still open after relay A stopped", u)
+		start := time.Now()
+		a.Stop(t)
+		if d := time.Since(start); d >= wait {
+			t.Errorf("relay A took %s to stop: streams were not ended before the %s deadline", d, wait)
 		}
-		if !slices.Contains(onA[i].Comments(), "relay shutting down, reconnect") {
-			t.Errorf("%s was not told to reconnect; comments %q", u, onA[i].Comments())
+		for i, u := range users {
+			rest, end := onA[i].WaitEnd(t, time.Second)
+			if want := tell(t, tr.Name).shutdown; end != want {
+				t.Errorf("%s's stream ended with %+v, want %+v: told to reconnect", u, end, want)
+			}
+			got[i] = append(got[i], rest...)
 		}
-		drain(onA[i], &got[i])
-	}
 
-	onB := make([]*relaytest.RawSSE, len(users))
-	for i, u := range users {
-		h := relaytest.BearerHeader(relaytest.Token(t, u))
-		h.Set("Last-Event-ID", got[i][len(got[i])-1].ID)
-		onB[i] = relaytest.OpenSSE(t, b.URL+"/events", h)
-		if onB[i].Status != 200 {
-			t.Fatalf("%s resuming on relay B: %d %s", u, onB[i].Status, onB[i].Body)
+		onB := make([]relaytest.Stream, len(users))
+		for i, u := range users {
+			onB[i] = tr.Subscribe(t, b.URL, relaytest.Token(t, u), relaytest.SSEOptions{LastEventID: got[i][len(got[i])-1].ID})
 		}
-	}
-	// Keep producing after the move, then settle.
-	atMove := prod.count()
-	relaytest.Eventually(t, settle, "producer going on after the move", func() bool { return prod.count() >= atMove+30 })
-	want := prod.finish(t)
+		// Keep producing after the move, then settle.
+		atMove := prod.count()
+		relaytest.Eventually(t, settle, "producer going on after the move", func() bool { return prod.count() >= atMove+30 })
+		want := prod.finish(t)
 
-	for i, u := range users {
-		if missing := len(want) - len(got[i]); missing > 0 {
-			got[i] = append(got[i], onB[i].Collect(t, missing, settle)...)
-		}
-		names := names(t, got[i])
-		if !slices.Equal(names, want) {
-			t.Errorf("%s received %d events, want the %d inserted, exactly once and in order:\ngot  %q\nwant %q", u, len(names), len(want), names, want)
-		}
-		for j := 1; j < len(got[i]); j++ {
-			if got[i][j].ID <= got[i][j-1].ID {
-				t.Errorf("%s: event id %s after %s: ids must increase", u, got[i][j].ID, got[i][j-1].ID)
-				break
+		for i, u := range users {
+			if missing := len(want) - len(got[i]); missing > 0 {
+				got[i] = append(got[i], onB[i].Collect(t, missing, settle)...)
+			}
+			names := names(t, got[i])
+			if !slices.Equal(names, want) {
+				t.Errorf("%s received %d events, want the %d inserted, exactly once and in order:\ngot  %q\nwant %q", u, len(names), len(want), names, want)
+			}
+			for j := 1; j < len(got[i]); j++ {
+				if got[i][j].ID <= got[i][j-1].ID {
+					t.Errorf("%s: event id %s after %s: ids must increase", u, got[i][j].ID, got[i][j-1].ID)
+					break
+				}
 			}
 		}
-	}
-	for i := range users {
-		select {
-		case e := <-onB[i].Events:
-			t.Errorf("%s received an extra event: %+v", users[i], e)
-		case <-time.After(200 * time.Millisecond):
+		for i := range users {
+			onB[i].Quiet(t, 200*time.Millisecond)
 		}
-	}
+	})
 }

@@ -107,6 +107,20 @@ BEGIN
     EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION relay.%I()',
                    'pgrelay_' || topic, source, capture_fn);
 
+    -- Keep the publication in step (capture mode wal decodes it), and in
+    -- wal mode leave the new trigger disabled: the sequencer captures the
+    -- table's rows from the WAL, from this transaction's commit on.
+    IF to_regclass('relay.capture') IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
+                         JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+                        WHERE p.pubname = 'pgrelay' AND pr.prrelid = source) THEN
+            EXECUTE format('ALTER PUBLICATION pgrelay ADD TABLE %s', source);
+        END IF;
+        IF (SELECT c.mode FROM relay.capture c) = 'wal' THEN
+            EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', source, 'pgrelay_' || topic);
+        END IF;
+    END IF;
+
     INSERT INTO relay.topics (topic, source, audience, subscriber_keys, actor_column)
     VALUES (topic, source, audience, subscriber_keys, actor_column)
     ON CONFLICT ON CONSTRAINT topics_pkey DO UPDATE
@@ -131,6 +145,171 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'pgrelay_' || topic, t.source);
     EXECUTE format('DROP FUNCTION IF EXISTS relay.%I()', 'capture_' || topic);
     DELETE FROM relay.topics WHERE relay.topics.topic = drop_topic.topic;
+    IF to_regclass('relay.capture') IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM relay.topics o WHERE o.source = t.source)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
+                     JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+                    WHERE p.pubname = 'pgrelay' AND pr.prrelid = t.source) THEN
+        EXECUTE format('ALTER PUBLICATION pgrelay DROP TABLE %s', t.source);
+    END IF;
+END
+$fn$;
+
+-- relay.check_wal_level refuses capture mode wal on a server whose
+-- wal_level (given) cannot decode changes.
+CREATE OR REPLACE FUNCTION relay.check_wal_level(wal_level text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    IF wal_level IS DISTINCT FROM 'logical' THEN
+        RAISE EXCEPTION 'capture mode wal needs wal_level = logical, and this server has wal_level = %', wal_level
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL (docs/operations.md, "Capture from the WAL")';
+    END IF;
+END
+$fn$;
+
+-- relay.capture_slot_name is the replication slot of this database (slot
+-- names are the server's, not the database's).
+CREATE OR REPLACE FUNCTION relay.capture_slot_name() RETURNS name
+LANGUAGE sql STABLE AS $fn$
+    SELECT ('pgrelay_' || d.oid)::name FROM pg_catalog.pg_database d WHERE d.datname = current_database()
+$fn$;
+
+-- relay.switch_capture makes a mode the one in force, inside the caller's
+-- transaction: the switch point is that transaction's commit.
+--
+-- Enabling or disabling a trigger locks its table against inserts (SHARE
+-- ROW EXCLUSIVE), so the switch waits for every transaction that has
+-- inserted into a topic's table to end and holds new inserts until it
+-- commits: every row committed before the switch was captured the old way,
+-- every row committed after it the new way (a trigger's state is read from
+-- the catalog, not from the inserting transaction's snapshot, so not even a
+-- repeatable-read transaction that began earlier sees the old state). The
+-- row this writes to relay.capture_switches is decoded at exactly that
+-- point of the commit order, so the decoder knows from which transaction on
+-- it captures, and up to which.
+CREATE OR REPLACE FUNCTION relay.switch_capture(want text, slot name) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    t relay.topics;
+BEGIN
+    FOR t IN SELECT * FROM relay.topics ORDER BY relay.topics.topic LOOP
+        EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.source,
+                       CASE want WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END, 'pgrelay_' || t.topic);
+    END LOOP;
+    UPDATE relay.capture c
+       SET mode = want,
+           slot_name = coalesce(slot, c.slot_name),
+           -- A new slot starts before this switch, in trigger mode.
+           decoded_mode = CASE WHEN c.slot_name IS NULL THEN 'trigger' ELSE c.decoded_mode END,
+           slot_lost_at = CASE WHEN c.slot_name IS NULL THEN NULL ELSE c.slot_lost_at END,
+           changed_at = now();
+    -- Last: the decoder applies the switch at this row's place in the
+    -- stream, after every change above.
+    INSERT INTO relay.capture_switches (mode) VALUES (want);
+END
+$fn$;
+
+-- relay.set_capture chooses how committed rows reach the log: 'trigger'
+-- (the capture triggers, the default) or 'wal' (logical decoding by the
+-- sequencer; needs wal_level = logical). Same events, ids and guarantees in
+-- both; nothing is lost or repeated by a switch in either direction. Run
+-- it as the owner of the topics' tables. It returns the mode in force.
+--
+-- Back to triggers takes effect at this call's commit. A switch to wal
+-- needs the replication slot to exist before the switch point, and a slot
+-- cannot be created inside a function (nor by a role without REPLICATION):
+-- the call records the request, and the sequencer creates the slot and
+-- completes the switch (relay.complete_capture_switch) within a second;
+-- until then the triggers keep capturing. `migrate status` shows both.
+CREATE OR REPLACE FUNCTION relay.set_capture(mode text) RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    want text := lower(btrim(mode));
+    cur  relay.capture;
+BEGIN
+    IF want IS NULL OR want NOT IN ('trigger', 'wal') THEN
+        RAISE EXCEPTION 'unknown capture mode %: use ''trigger'' or ''wal''', coalesce(quote_literal(mode), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF want = 'wal' THEN
+        PERFORM relay.check_wal_level(current_setting('wal_level'));
+    END IF;
+    SELECT * INTO cur FROM relay.capture FOR UPDATE;
+    UPDATE relay.capture SET requested = want, changed_at = now();
+    IF cur.mode = want THEN
+        RETURN want;
+    END IF;
+    IF want = 'trigger' THEN
+        PERFORM relay.switch_capture('trigger', NULL);
+        RETURN 'trigger';
+    END IF;
+    -- A slot not yet drained since the last switch back serves again.
+    IF cur.slot_name IS NOT NULL
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s
+                    WHERE s.slot_name = cur.slot_name AND s.wal_status IS DISTINCT FROM 'lost') THEN
+        PERFORM relay.switch_capture('wal', cur.slot_name);
+        RETURN 'wal';
+    END IF;
+    RAISE NOTICE 'capture mode wal requested: the sequencer creates replication slot % and completes the switch; the triggers capture until then', relay.capture_slot_name();
+    RETURN 'trigger';
+END
+$fn$;
+
+-- relay.complete_capture_switch is the sequencer's half of a switch to wal:
+-- it has created the slot, and this makes wal the mode in force. As the
+-- owner: the relay's role cannot alter the topics' tables.
+CREATE OR REPLACE FUNCTION relay.complete_capture_switch() RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    cur  relay.capture;
+    slot name := relay.capture_slot_name();
+BEGIN
+    SELECT * INTO cur FROM relay.capture FOR UPDATE;
+    IF cur.requested <> 'wal' OR cur.mode = 'wal' THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s
+                    WHERE s.slot_name = slot AND s.database = current_database()
+                      AND s.plugin = 'pgoutput' AND s.wal_status IS DISTINCT FROM 'lost') THEN
+        RAISE EXCEPTION 'replication slot % does not exist', slot USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM relay.switch_capture('wal', slot);
+    RETURN true;
+END
+$fn$;
+
+-- relay.append_captured appends the events of rows decoded from the WAL:
+-- rows is a JSON array of objects, column name to the column's text (or,
+-- for json and jsonb columns, its JSON), in commit order. It computes each
+-- row's audience with the topic's function and its actor as the capture
+-- trigger does, and runs as its owner for the same reason: the relay's role
+-- needs no privilege on the tables the audience function reads.
+CREATE OR REPLACE FUNCTION relay.append_captured(topic text, rows jsonb) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    t           relay.topics;
+    audience_fn text;
+    appended    bigint;
+BEGIN
+    SELECT * INTO t FROM relay.topics WHERE relay.topics.topic = append_captured.topic;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown topic %', topic USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT format('%I.%I', n.nspname, p.proname) INTO audience_fn
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = t.audience;
+    EXECUTE format($q$
+        INSERT INTO relay.events (topic, payload, audience, actor)
+        SELECT %L, to_jsonb(r), coalesce(%s(r), '{}'), %s
+          FROM jsonb_array_elements($1) WITH ORDINALITY AS e(j, n),
+               LATERAL jsonb_populate_record(NULL::%s, e.j) AS r
+         ORDER BY e.n
+    $q$, t.topic, audience_fn,
+         CASE WHEN t.actor_column IS NULL THEN 'NULL' ELSE format('r.%I::text', t.actor_column) END,
+         t.source) USING rows;
+    GET DIAGNOSTICS appended = ROW_COUNT;
+    RETURN appended;
 END
 $fn$;
 

@@ -13,6 +13,15 @@ import (
 //go:embed migrations/*.sql triggers/*.sql
 var files embed.FS
 
+//go:embed seed.sql
+var seed string
+
+// Seed returns the SQL of the seed story: Acme (org-1) with Berlin, Paris
+// and Rome (loc-1…3) and a user of every kind, and Globex (org-2) with Oslo
+// (loc-9). `relay demo` inserts it, and so do the end-to-end tests: the
+// story is written once.
+func Seed() string { return seed }
+
 // Migrations holds the app's versioned migrations. Their versions share one
 // sequence with the core's, which they are applied among.
 func Migrations() fs.FS { return sub("migrations") }

@@ -4,22 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/pgrelay/pgrelay/internal/sseframe"
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // ErrRejected means a relay refused the client for good (400, 401 or 403):
 // retrying cannot help, so the client stops.
 var ErrRejected = errors.New("relay rejected the subscription")
 
-// Client is a resilient subscriber over SSE (or WebSocket). Like a browser's EventSource behind
+// Client is a resilient subscriber over SSE or WebSocket (streamclient's
+// clients). Like a browser's EventSource behind
 // a load balancer, it reconnects after any disconnect, to the next relay of
 // Relays in turn, sending the id of the last event it received as
 // Last-Event-ID; it records every event in Checker.
@@ -65,15 +62,6 @@ func (c *Client) LastID() string {
 // Run subscribes until ctx is done (then it returns nil) or a relay rejects
 // the client for good.
 func (c *Client) Run(ctx context.Context) error {
-	transport := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		ResponseHeaderTimeout: 30 * time.Second,
-		// Every stream is its own connection, as for a browser tab that
-		// reconnects after the server went away.
-		DisableKeepAlives: true,
-	}
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport}
 	if c.StartAfter != "" && c.LastID() == "" {
 		c.lastID.Store(c.StartAfter)
 	}
@@ -82,14 +70,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		base := c.Relays[i%len(c.Relays)]
-		var opened bool
-		var err error
-		if c.WebSocket {
-			opened, err = c.streamWS(ctx, base)
-		} else {
-			opened, err = c.stream(ctx, client, base)
-		}
+		opened, err := c.stream(ctx, c.Relays[i%len(c.Relays)])
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -121,85 +102,71 @@ func (c *Client) LastError() string {
 	return s
 }
 
-// stream opens one stream on base and reads it until it ends. opened says
-// whether the relay answered 200.
-func (c *Client) stream(ctx context.Context, client *http.Client, base string) (opened bool, err error) {
-	q := url.Values{}
-	for _, t := range c.Topics {
-		q.Add("topic", t)
+// stream opens one stream on base, resuming after the last id, and reads
+// it until it ends. opened says whether the relay accepted it.
+func (c *Client) stream(ctx context.Context, base string) (opened bool, err error) {
+	st, err := c.open(ctx, base)
+	var rej *streamclient.RejectedError
+	if errors.As(err, &rej) {
+		switch rej.Status {
+		case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden:
+			return false, fmt.Errorf("%w: %s: %v", ErrRejected, base, err)
+		}
 	}
-	u := base + "/events"
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return false, fmt.Errorf("%w: build request: %v", ErrRejected, err)
+		return false, fmt.Errorf("%s: %w", base, err)
 	}
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	if id := c.LastID(); id != "" {
-		req.Header.Set("Last-Event-ID", id)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false, fmt.Errorf("connect to %s: %w", base, err)
-	}
-	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusOK:
-	case resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return false, fmt.Errorf("%w: %s: %s %s", ErrRejected, base, resp.Status, strings.TrimSpace(string(body)))
-	default:
-		return false, fmt.Errorf("%s: %s", base, resp.Status)
-	}
+	defer st.Close()
+	// Streams are read without a goroutine of their own: ending ctx ends
+	// the read by closing the connection.
+	defer context.AfterFunc(ctx, func() { st.Close() })()
 	c.connects.Add(1)
-	return true, c.read(ctx, resp.Body)
+	return true, c.read(ctx, st)
 }
 
-// read parses the event stream (the WHATWG rules a browser applies: field
-// "name: value" lines, an event dispatched at a blank line, the last id
-// remembered even across events without one).
-func (c *Client) read(ctx context.Context, body io.Reader) error {
-	r := sseframe.NewReader(body, 64<<10)
-	events := 0
-	if c.BeforeEvent != nil {
-		c.BeforeEvent(ctx)
+// open connects to base over the client's transport. Every stream is its
+// own connection, as for a browser tab that reconnects after the server
+// went away.
+func (c *Client) open(ctx context.Context, base string) (streamclient.Stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	opts := streamclient.Options{Topics: c.Topics, LastEventID: c.LastID(), Token: c.Token}
+	if c.WebSocket {
+		return streamclient.OpenWS(ctx, nil, base+"/ws", opts)
 	}
-	for {
-		f, err := r.Next()
-		if err != nil {
-			// EOF or a broken connection: the caller reconnects.
-			return err
-		}
-		if f.IsComment() {
-			continue // heartbeat or a closing reason
-		}
-		if f.HasID {
-			c.lastID.Store(string(f.ID))
-		}
-		if !f.HasData && len(f.Event) == 0 {
-			continue
-		}
-		c.dispatch(string(f.ID), string(f.Event), string(f.Data))
-		events++
-		if c.EventsPerConnection > 0 && events >= c.EventsPerConnection {
-			return nil
-		}
+	return streamclient.OpenSSE(ctx, nil, base+"/events", opts)
+}
+
+// read records the stream's events until it ends (the relay closed it, the
+// connection broke, or EventsPerConnection were read); the caller
+// reconnects.
+func (c *Client) read(ctx context.Context, st streamclient.Stream) error {
+	for events := 0; c.EventsPerConnection <= 0 || events < c.EventsPerConnection; events++ {
 		if c.BeforeEvent != nil {
 			c.BeforeEvent(ctx)
 		}
+		ev, err := st.Next()
+		if errors.Is(err, streamclient.ErrMalformed) {
+			return errors.Join(ErrRejected, err)
+		}
+		if err != nil {
+			return err
+		}
+		if len(ev.ID) > 0 {
+			c.lastID.Store(string(ev.ID))
+		}
+		if string(ev.Type) == "reset" {
+			c.Checker.RecordReset(c.Subscriber)
+			continue
+		}
+		topic := string(ev.Type)
+		if topic == "" {
+			topic = "message"
+		}
+		c.Checker.Record(c.Subscriber, Delivery{ID: string(ev.ID), Topic: topic, Data: string(ev.Data)})
 	}
-}
-
-func (c *Client) dispatch(id, event, data string) {
-	if event == "reset" {
-		c.Checker.RecordReset(c.Subscriber)
-		return
+	if ws, ok := st.(*streamclient.WS); ok {
+		_ = ws.CloseWith(1000, "reconnecting")
 	}
-	if event == "" {
-		event = "message"
-	}
-	c.Checker.Record(c.Subscriber, Delivery{ID: id, Topic: event, Data: data})
+	return nil
 }

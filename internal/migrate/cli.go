@@ -130,6 +130,13 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		for _, l := range lines {
 			fmt.Fprintln(stdout, l)
 		}
+		capture, err := m.Capture(ctx)
+		if err != nil {
+			return err
+		}
+		if capture != "" {
+			fmt.Fprintln(stdout, capture)
+		}
 	}
 	return nil
 }

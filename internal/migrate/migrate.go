@@ -469,3 +469,42 @@ func Merge(a, b Source) (Source, error) {
 	}
 	return out, nil
 }
+
+// Capture describes the database's capture mode (relay.set_capture) as
+// `migrate status` prints it, or "" before migration 0008.
+func (m *Migrator) Capture(ctx context.Context) (string, error) {
+	var installed bool
+	if err := m.conn.QueryRow(ctx, "SELECT to_regclass('relay.capture') IS NOT NULL").Scan(&installed); err != nil {
+		return "", fmt.Errorf("look for the capture state: %w", err)
+	}
+	if !installed {
+		return "", nil
+	}
+	var mode, requested, slot string
+	var slotExists bool
+	var retained *int64
+	var lost *time.Time
+	err := m.conn.QueryRow(ctx, `
+SELECT c.mode, c.requested, coalesce(c.slot_name, ''), s.slot_name IS NOT NULL,
+       pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint, c.slot_lost_at
+  FROM relay.capture c LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = c.slot_name`).
+		Scan(&mode, &requested, &slot, &slotExists, &retained, &lost)
+	if err != nil {
+		return "", fmt.Errorf("read the capture state: %w", err)
+	}
+	line := fmt.Sprintf("%-8s %-10s", "capture", mode)
+	switch {
+	case lost != nil:
+		line += fmt.Sprintf(" replication slot %s LOST at %s: events are missing; set_capture('trigger') then set_capture('wal') to start again", slot, lost.UTC().Format(time.RFC3339))
+	case slot != "" && slotExists && retained != nil:
+		line += fmt.Sprintf(" replication slot %s, %d bytes of WAL retained", slot, *retained)
+	case slot != "" && !slotExists:
+		line += fmt.Sprintf(" replication slot %s is missing", slot)
+	}
+	if requested != mode {
+		line += fmt.Sprintf(" (%s requested: a relay's sequencer completes the switch)", requested)
+	} else if mode == "trigger" && slot != "" && slotExists {
+		line += " (draining: the sequencer drops the slot once it has appended everything up to the switch)"
+	}
+	return line, nil
+}

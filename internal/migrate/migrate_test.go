@@ -153,10 +153,14 @@ func TestStatusAfterUpShowsNothingPending(t *testing.T) {
 
 	out := mustRunCLI(t, db, "status")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != len(after) {
-		t.Errorf("status printed %d lines, want %d:\n%s", len(lines), len(after), out)
+	// One line per file, then the capture mode.
+	if len(lines) != len(after)+1 {
+		t.Errorf("status printed %d lines, want %d:\n%s", len(lines), len(after)+1, out)
 	}
-	for _, l := range lines {
+	if last := lines[len(lines)-1]; !strings.HasPrefix(last, "capture  trigger") {
+		t.Errorf("status ends with %q, want the capture mode (trigger, the default)", last)
+	}
+	for _, l := range lines[:len(lines)-1] {
 		if !strings.HasPrefix(l, "applied ") && !strings.HasPrefix(l, "current ") {
 			t.Errorf("status line %q: want it to start with applied or current", l)
 		}

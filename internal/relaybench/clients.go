@@ -3,12 +3,13 @@ package relaybench
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // Clients are the run's subscribers: they open streams, read them until
@@ -39,7 +40,7 @@ type Clients struct {
 	closing atomic.Bool
 
 	mu      sync.Mutex
-	streams []Stream
+	streams []streamclient.Stream
 	wg      sync.WaitGroup
 }
 
@@ -52,7 +53,7 @@ func NewClients(t Transport, sent *Sent, templates int) *Clients {
 // whom.
 type Target struct {
 	Base  *url.URL
-	Dial  DialFunc
+	Dial  streamclient.Dialer
 	Token string
 }
 
@@ -104,13 +105,13 @@ func (c *Clients) Connect(ctx context.Context, targets []Target, concurrency int
 }
 
 // read accounts for every event of st until it ends.
-func (c *Clients) read(st Stream) {
+func (c *Clients) read(st streamclient.Stream) {
 	defer c.wg.Done()
 	var last []byte
 	for {
 		ev, err := st.Next()
 		if err != nil {
-			if errors.Is(err, ErrSlowConsumer) {
+			if streamclient.IsSlowConsumer(err) {
 				c.slow.Add(1)
 				c.lastErr.Store(err)
 			} else if !c.closing.Load() {

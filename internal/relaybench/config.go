@@ -89,7 +89,7 @@ func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (Co
 	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "database the relays serve (with --spawn: the server on which a fresh database is created) [$DATABASE_URL]")
 	fs.Var(&urls, "url", "relay base URL, e.g. http://127.0.0.1:8080 (repeatable; subscribers are spread over them)")
 	fs.StringVar(&c.JWTSecret, "jwt-secret", c.JWTSecret, "the relays' HS256 secret, to sign subscriber tokens [$RELAY_JWT_SECRET]")
-	fs.StringVar(&c.Transport, "transport", c.Transport, "sse or ws")
+	fs.StringVar(&c.Transport, "transport", c.Transport, "sse or ws; pg_eventserv drives a running pg_eventserv at --url instead (bench/eventserv-compare.sh)")
 	fs.IntVar(&c.Subscribers, "subscribers", c.Subscribers, "number of subscribers (each a user and a stream)")
 	fs.IntVar(&c.Audience, "audience", c.Audience, "subscribers each template reaches (must divide --subscribers)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "templates inserted per second (0: connect only, to measure idle memory)")
@@ -156,7 +156,10 @@ func (c *Config) Validate() error {
 		bad("no JWT secret: set --jwt-secret or RELAY_JWT_SECRET (with --spawn, the relays are given it)")
 	}
 	if _, ok := Transports()[c.Transport]; !ok {
-		bad("--transport %q: want sse or ws", c.Transport)
+		bad("--transport %q: want sse, ws or pg_eventserv", c.Transport)
+	}
+	if c.Transport == "pg_eventserv" && (c.Spawn > 0 || c.Audience != c.Subscribers) {
+		bad("--transport pg_eventserv needs --url of a running pg_eventserv and --audience equal to --subscribers: it sends every event to every stream")
 	}
 	if c.Subscribers < 1 || c.Subscribers > MaxSubscribers {
 		bad("--subscribers must be between 1 and %d", MaxSubscribers)

@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // Relay is one relay under test.
@@ -233,7 +235,7 @@ func targetsFor(cfg Config, relays []Relay, pop Population) ([]Target, error) {
 		bases[i].Base = u
 	}
 	srcs := SourceAddrs((cfg.Subscribers + cfg.PerSourceAddr - 1) / cfg.PerSourceAddr)
-	dialers := make([]DialFunc, len(srcs))
+	dialers := make([]streamclient.Dialer, len(srcs))
 	for i, a := range srcs {
 		dialers[i] = Dialer(a, cfg.ConnectTimeout)
 	}

@@ -140,6 +140,24 @@ func TestConfigRefusesNonLoopbackTargetsAndUnevenAudiences(t *testing.T) {
 	}
 }
 
+func TestConfigRefusesPgEventservRunsThatCannotBeTallied(t *testing.T) {
+	// pg_eventserv sends every event to every stream: a smaller audience
+	// would count its deliveries as extra, and spawned relays are not it.
+	cfg := DefaultConfig()
+	cfg.JWTSecret = "x"
+	u, _ := url.Parse("http://127.0.0.1:7700")
+	cfg.URLs = []*url.URL{u}
+	cfg.Transport = "pg_eventserv"
+	cfg.Subscribers, cfg.Audience = 100, 10
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "--audience equal to --subscribers") {
+		t.Errorf("Validate = %v, want the pg_eventserv audience error", err)
+	}
+	cfg.Audience = 100
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate = %v for a run every stream can be tallied in", err)
+	}
+}
+
 func TestParseSeqFindsTheProducersNumberInARow(t *testing.T) {
 	row := []byte(`{"id": "x", "name": "` + templateName("rbabc", 4711) + `", "created_by": "p"}`)
 	if got := parseSeq(row); got != 4711 {

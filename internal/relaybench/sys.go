@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // RaiseFileLimit lets this process (and relays it spawns, which inherit the
@@ -69,8 +71,8 @@ func SourceAddrs(n int) []netip.Addr {
 	return out
 }
 
-// Dialer returns a DialFunc whose connections leave from src.
-func Dialer(src netip.Addr, timeout time.Duration) DialFunc {
+// Dialer returns a streamclient.Dialer whose connections leave from src.
+func Dialer(src netip.Addr, timeout time.Duration) streamclient.Dialer {
 	d := &net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 	return d.DialContext
 }

@@ -2,56 +2,50 @@ package relaybench
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net"
 	"net/url"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
-
-// Event is one event as a client received it. Its slices are valid until
-// the stream's next call to Next.
-type Event struct {
-	ID   []byte
-	Type []byte // topic (SSE "event:" field, WebSocket "topic")
-	Data []byte // the row as JSON
-}
-
-// Stream is one open subscription, read by one goroutine.
-type Stream interface {
-	// Next blocks until the next event. It returns an error wrapping
-	// ErrSlowConsumer when the relay closed the stream because the client
-	// fell behind.
-	Next() (Event, error)
-	// Close ends the stream.
-	Close() error
-}
-
-// ErrSlowConsumer reports that the relay dropped the client for being slow.
-var ErrSlowConsumer = errors.New("relay closed the stream: slow consumer")
-
-// DialFunc opens a TCP connection to the relay (from the source address the
-// caller chose).
-type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Transport opens streams over one wire protocol. Adding a protocol means
 // implementing this and naming it in Transports.
 type Transport interface {
 	// Open connects to base (a relay URL) as the holder of token and
 	// returns once the relay accepted the stream.
-	Open(ctx context.Context, dial DialFunc, base *url.URL, token string, topics []string) (Stream, error)
+	Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string) (streamclient.Stream, error)
 }
 
 // Transports are the protocols relaybench speaks, by --transport name.
 func Transports() map[string]Transport {
-	return map[string]Transport{"sse": SSE{}, "ws": WebSocket{}}
+	return map[string]Transport{"sse": SSE{}, "ws": WebSocket{}, "pg_eventserv": Eventserv{}}
 }
 
-// RejectedError is a relay's refusal of a stream (a non-2xx status).
-type RejectedError struct {
-	Status int
-	Body   string
+// SSE opens GET /events streams, the token in the Authorization header.
+// Each is a raw connection with two 4 KiB buffers read by the stream's one
+// goroutine (see streamclient), so that tens of thousands of streams fit in
+// the load generator beside the relay.
+type SSE struct{}
+
+// Open implements Transport.
+func (SSE) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string) (streamclient.Stream, error) {
+	s, err := streamclient.OpenSSE(ctx, dial, base.JoinPath("events").String(), streamclient.Options{Topics: topics, Token: token})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
-func (e *RejectedError) Error() string {
-	return fmt.Sprintf("relay refused the stream: HTTP %d: %s", e.Status, e.Body)
+// WebSocket opens GET /ws streams, the token in access_token as a browser
+// sends it. Like SSE, each is a raw connection with a 4 KiB read buffer, so
+// that the load generator costs the same per stream whichever transport it
+// measures.
+type WebSocket struct{}
+
+// Open implements Transport.
+func (WebSocket) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string) (streamclient.Stream, error) {
+	s, err := streamclient.OpenWS(ctx, dial, base.JoinPath("ws").String(), streamclient.Options{Topics: topics, Token: token, TokenInQuery: true})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }

@@ -2,28 +2,26 @@ package relaybench
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
-func dialer() DialFunc { return (&net.Dialer{Timeout: 5 * time.Second}).DialContext }
-
-func open(t *testing.T, tr Transport, h http.Handler) Stream {
+func open(t *testing.T, tr Transport, h http.Handler) streamclient.Stream {
 	t.Helper()
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	u, _ := url.Parse(srv.URL)
+	u, _ := url.Parse(srv.URL + "/")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := tr.Open(ctx, dialer(), u, "tok", []string{"templates"})
+	st, err := tr.Open(ctx, (&net.Dialer{Timeout: 5 * time.Second}).DialContext, u, "tok", []string{"templates"})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -31,50 +29,25 @@ func open(t *testing.T, tr Transport, h http.Handler) Stream {
 	return st
 }
 
-func TestSSEParsesEventsCommentsLongAndMultiLineData(t *testing.T) {
-	long := strings.Repeat("x", 3*sseBuffer)
+func TestSSEAsksForTheTopicWithTheTokenInTheHeaderAndCountsASlowConsumerClose(t *testing.T) {
 	st := open(t, SSE{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer tok" || r.URL.Query().Get("topic") != "templates" || r.URL.Path != "/events" {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
 		w.Header().Set("Content-Type", "text/event-stream")
-		w.Write([]byte("retry: 2000\n\n: ping\n\nid: 1\nevent: templates\ndata: {\"a\":1}\n\n"))
-		w.(http.Flusher).Flush()
-		w.Write([]byte("id: 2\r\nevent: templates\r\ndata: " + long + "\r\ndata: second\r\n\r\n"))
-		w.Write([]byte(": closed: slow consumer, resume with Last-Event-ID\n\n"))
+		w.Write([]byte("id: 1\nevent: templates\ndata: {\"name\":\"rbseq:7 x\"}\n\n: closed: slow consumer, resume with Last-Event-ID\n\n"))
 	}))
-	want := []Event{{ID: []byte("1"), Type: []byte("templates"), Data: []byte(`{"a":1}`)},
-		{ID: []byte("2"), Type: []byte("templates"), Data: []byte(long + "\nsecond")}}
-	for i, w := range want {
-		got, err := st.Next()
-		if err != nil {
-			t.Fatalf("event %d: %v", i, err)
-		}
-		if string(got.ID) != string(w.ID) || string(got.Type) != string(w.Type) || string(got.Data) != string(w.Data) {
-			t.Errorf("event %d = id %q type %q data %d bytes; want id %q type %q data %d bytes",
-				i, got.ID, got.Type, len(got.Data), w.ID, w.Type, len(w.Data))
-		}
+	ev, err := st.Next()
+	if err != nil || string(ev.ID) != "1" || parseSeq(ev.Data) != 7 {
+		t.Fatalf("Next = id %q data %s, %v; want id 1 of template 7", ev.ID, ev.Data, err)
 	}
-	if _, err := st.Next(); !errors.Is(err, ErrSlowConsumer) {
-		t.Errorf("after the slow-consumer comment Next = %v, want ErrSlowConsumer", err)
+	if _, err := st.Next(); !streamclient.IsSlowConsumer(err) {
+		t.Errorf("after the slow-consumer comment Next = %v, want a slow-consumer close", err)
 	}
 }
 
-func TestSSEReportsTheRelaysRefusal(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, `{"error":"invalid token"}`, http.StatusUnauthorized)
-	}))
-	defer srv.Close()
-	u, _ := url.Parse(srv.URL)
-	_, err := SSE{}.Open(context.Background(), dialer(), u, "tok", nil)
-	var rej *RejectedError
-	if !errors.As(err, &rej) || rej.Status != http.StatusUnauthorized || !strings.Contains(rej.Body, "invalid token") {
-		t.Errorf("Open = %v, want a RejectedError with 401 and the body", err)
-	}
-}
-
-func TestWebSocketReadsTheDocumentedMessageFormat(t *testing.T) {
+func TestWebSocketAsksForTheTopicWithTheTokenInAccessTokenAndCountsASlowConsumerClose(t *testing.T) {
 	st := open(t, WebSocket{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/ws" || r.URL.Query().Get("access_token") != "tok" || r.URL.Query().Get("topic") != "templates" {
 			http.Error(w, "bad request", http.StatusBadRequest)
@@ -85,18 +58,14 @@ func TestWebSocketReadsTheDocumentedMessageFormat(t *testing.T) {
 			return
 		}
 		defer c.CloseNow()
-		ctx := r.Context()
-		c.Write(ctx, websocket.MessageText, []byte(`{"id":"0000000000000001-0000000000000002","topic":"templates","data":{"name":"rbseq:7 x"}}`))
-		c.Close(websocket.StatusPolicyViolation, "slow consumer: resume with last_event_id")
+		c.Write(r.Context(), websocket.MessageText, []byte(`{"id":"0000000000000001-0000000000000002","topic":"templates","data":{"name":"rbseq:7 x"}}`))
+		c.Close(4000, "slow consumer: resume with last_event_id")
 	}))
 	ev, err := st.Next()
-	if err != nil {
-		t.Fatalf("Next: %v", err)
+	if err != nil || string(ev.ID) != "0000000000000001-0000000000000002" || parseSeq(ev.Data) != 7 {
+		t.Fatalf("Next = id %q data %s, %v; want template 7", ev.ID, ev.Data, err)
 	}
-	if string(ev.ID) != "0000000000000001-0000000000000002" || string(ev.Type) != "templates" || parseSeq(ev.Data) != 7 {
-		t.Errorf("event = id %q topic %q data %s", ev.ID, ev.Type, ev.Data)
-	}
-	if _, err := st.Next(); !errors.Is(err, ErrSlowConsumer) {
-		t.Errorf("after a slow-consumer close Next = %v, want ErrSlowConsumer", err)
+	if _, err := st.Next(); !streamclient.IsSlowConsumer(err) {
+		t.Errorf("after a slow-consumer close Next = %v, want a slow-consumer close", err)
 	}
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"sync"
 	"testing"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
 // TemplateRow is the data of a templates event.
@@ -87,4 +90,37 @@ func InsertSeedTemplates(t testing.TB, db *pgtest.DB) map[string][]string {
 		"zowi-9": {"t5 oslo by ines"},
 		"zolo-9": {"t6 oslo by ivan"},
 	}
+}
+
+// refusal returns err as the relay's refusal, failing the test if it is
+// not one.
+func refusal(t testing.TB, err error) *streamclient.RejectedError {
+	t.Helper()
+	var rej *streamclient.RejectedError
+	if !errors.As(err, &rej) {
+		t.Fatalf("stream opened (%v), want a refusal", err)
+	}
+	return rej
+}
+
+// errorMessage checks that a refusal is the relay's JSON error,
+// {"error": "..."}, and returns the message.
+func errorMessage(t testing.TB, header http.Header, body string) string {
+	t.Helper()
+	if ct := header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("refusal's Content-Type %q, want application/json", ct)
+	}
+	var e map[string]string
+	if err := json.Unmarshal([]byte(body), &e); err != nil || len(e) != 1 || e["error"] == "" {
+		t.Fatalf("refusal's body %q, want {\"error\": \"...\"}", body)
+	}
+	return e["error"]
+}
+
+// Refused checks that err is the relay's refusal of a stream, answered with
+// its JSON error, and returns the status and the message.
+func Refused(t testing.TB, err error) (status int, message string) {
+	t.Helper()
+	rej := refusal(t, err)
+	return rej.Status, errorMessage(t, rej.Header, rej.Body)
 }

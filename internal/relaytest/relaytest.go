@@ -5,22 +5,16 @@ package relaytest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/r3labs/sse/v2"
-	"gopkg.in/cenkalti/backoff.v1"
-
+	"github.com/pgrelay/pgrelay/examples/templates"
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/auth"
@@ -161,150 +155,13 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// Event is one received SSE event.
-type Event struct {
-	ID    string
-	Event string
-	Data  string
-}
-
-// SSE is a Server-Sent Events client (github.com/r3labs/sse) that records
-// what it receives. It does not reconnect by itself: tests reconnect
-// explicitly, with the last id they saw.
-type SSE struct {
-	Events chan Event
-	cancel context.CancelFunc
-	done   chan error
-}
-
-// SSEOptions shape a subscription.
-type SSEOptions struct {
-	Topics      []string
-	LastEventID string
-}
-
-// Subscribe opens GET /events on baseURL as token's subscriber and checks
-// the response is a 200 event stream.
-func Subscribe(t testing.TB, baseURL, token string, opts SSEOptions) *SSE {
-	t.Helper()
-	q := url.Values{}
-	for _, topic := range opts.Topics {
-		q.Add("topic", topic)
-	}
-	u := baseURL + "/events"
-	if len(q) > 0 {
-		u += "?" + q.Encode()
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := sse.NewClient(u, sse.ClientMaxBufferSize(4<<20))
-	c.Headers["Authorization"] = "Bearer " + token
-	if opts.LastEventID != "" {
-		c.LastEventID.Store([]byte(opts.LastEventID))
-	}
-	c.ReconnectStrategy = backoff.WithContext(&backoff.StopBackOff{}, ctx)
-	connected := make(chan error, 1)
-	c.ResponseValidator = func(_ *sse.Client, resp *http.Response) error {
-		if resp.StatusCode != http.StatusOK {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			err := errors.New(resp.Status + ": " + strings.TrimSpace(string(body)))
-			connected <- err
-			return err
-		}
-		connected <- nil
-		return nil
-	}
-	s := &SSE{Events: make(chan Event, 100000), cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		s.done <- c.SubscribeRawWithContext(ctx, func(msg *sse.Event) {
-			if len(msg.Event) == 0 && len(msg.Data) == 0 {
-				return // retry hints and comments
-			}
-			s.Events <- Event{ID: string(msg.ID), Event: string(msg.Event), Data: string(msg.Data)}
-		})
-	}()
-	select {
-	case err := <-connected:
-		if err != nil {
-			cancel()
-			t.Fatalf("subscribe %s: %v", u, err)
-		}
-	case err := <-s.done:
-		cancel()
-		t.Fatalf("subscribe %s: %v", u, err)
-	case <-time.After(10 * time.Second):
-		cancel()
-		t.Fatalf("subscribe %s: no response within 10s", u)
-	}
-	t.Cleanup(s.Close)
-	return s
-}
-
-// Close disconnects.
-func (s *SSE) Close() { s.cancel() }
-
-// Next waits up to timeout for the next event.
-func (s *SSE) Next(t testing.TB, timeout time.Duration) Event {
-	t.Helper()
-	select {
-	case e := <-s.Events:
-		return e
-	case <-time.After(timeout):
-		t.Fatalf("no event within %s", timeout)
-		return Event{}
-	}
-}
-
-// Collect waits until n events arrived (failing after timeout) and returns
-// them.
-func (s *SSE) Collect(t testing.TB, n int, timeout time.Duration) []Event {
-	t.Helper()
-	out := make([]Event, 0, n)
-	deadline := time.After(timeout)
-	for len(out) < n {
-		select {
-		case e := <-s.Events:
-			out = append(out, e)
-		case <-deadline:
-			ids := make([]string, len(out))
-			for i, e := range out {
-				ids[i] = e.ID
-			}
-			t.Fatalf("got %d of %d events within %s; ids: %v", len(out), n, timeout, ids)
-		}
-	}
-	return out
-}
-
-// Quiet asserts that no event arrives for d.
-func (s *SSE) Quiet(t testing.TB, d time.Duration) {
-	t.Helper()
-	select {
-	case e := <-s.Events:
-		t.Fatalf("unexpected event %s %s (%d bytes of data)", e.ID, e.Event, len(e.Data))
-	case <-time.After(d):
-	}
-}
-
-// Seed inserts the seed story: org-1 with locations loc-1, loc-2, loc-3 and
-// users zowi-1, zowi-2 (ZOWI), zolo-1 (ZOLO at loc-1), zewi-1 (ZEWI),
-// zelo-1 (ZELO at loc-2); org-2 with loc-9 and users zowi-9 (ZOWI),
-// zolo-9 (ZOLO at loc-9).
+// Seed inserts the example's seed story (templates.Seed): org-1 with
+// locations loc-1, loc-2, loc-3 and users zowi-1, zowi-2 (ZOWI), zolo-1
+// (ZOLO at loc-1), zewi-1 (ZEWI), zelo-1 (ZELO at loc-2); org-2 with loc-9
+// and users zowi-9 (ZOWI), zolo-9 (ZOLO at loc-9).
 func Seed(t testing.TB, db *pgtest.DB) {
 	t.Helper()
-	db.Exec(t, `
-INSERT INTO orgs (id, name) VALUES ('org-1', 'Acme'), ('org-2', 'Globex');
-INSERT INTO locations (id, org_id, name) VALUES
-  ('loc-1', 'org-1', 'Berlin'), ('loc-2', 'org-1', 'Paris'), ('loc-3', 'org-1', 'Rome'),
-  ('loc-9', 'org-2', 'Oslo');
-INSERT INTO users (id, name, email, user_type, org_id, location_id) VALUES
-  ('zowi-1', 'Olga',  'olga@acme.test',  'ZOWI', 'org-1', NULL),
-  ('zowi-2', 'Omar',  'omar@acme.test',  'ZOWI', 'org-1', NULL),
-  ('zolo-1', 'Lena',  'lena@acme.test',  'ZOLO', 'org-1', 'loc-1'),
-  ('zewi-1', 'Emil',  'emil@acme.test',  'ZEWI', 'org-1', NULL),
-  ('zelo-1', 'Elsa',  'elsa@acme.test',  'ZELO', 'org-1', 'loc-2'),
-  ('zowi-9', 'Ivan',  'ivan@globex.test', 'ZOWI', 'org-2', NULL),
-  ('zolo-9', 'Ines',  'ines@globex.test', 'ZOLO', 'org-2', 'loc-9');`)
+	db.Exec(t, templates.Seed())
 }
 
 // InsertTemplate inserts a template with plain SQL and returns its id.

@@ -2,11 +2,15 @@ package relaytest
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/pgrelay/pgrelay/internal/streamclient"
 	"github.com/pgrelay/pgrelay/internal/wsmessage"
 )
 
@@ -16,8 +20,91 @@ func WSURL(baseURL string, opts SSEOptions) string {
 	return wsmessage.URL(baseURL, opts.Topics, opts.LastEventID, nil)
 }
 
-// DialWS opens GET /ws on baseURL as token's subscriber without reading
-// from it. The connection is closed when the test ends.
+// WS is a GET /ws stream read in the background into Events: a message
+// {"id","topic","data"} becomes Event{ID, Event: topic, Data}, and a reset
+// {"type":"reset",…} becomes Event{ID, Event: "reset", Data}.
+type WS struct {
+	// Conn writes to the relay and closes the connection.
+	Conn WSConn
+	// Events receives every message decoded.
+	Events chan Event
+	// Raw receives every message as sent.
+	Raw chan []byte
+	// Closed receives the error that ended reading: a websocket.CloseError
+	// (read with websocket.CloseStatus) when the relay closed with a code.
+	Closed chan error
+}
+
+// WSConn is what a test does with a WebSocket besides reading it. Both
+// streamclient's WS (through SubscribeWS) and github.com/coder/websocket's
+// Conn (through DialWS) have it.
+type WSConn interface {
+	Write(ctx context.Context, typ websocket.MessageType, p []byte) error
+	Close(code websocket.StatusCode, reason string) error
+}
+
+// SubscribeWS opens GET /ws on baseURL as token's subscriber with
+// streamclient's WebSocket client and reads from it until it closes.
+func SubscribeWS(t testing.TB, baseURL, token string, opts SSEOptions) *WS {
+	t.Helper()
+	conn, err := dialStreamWS(t, baseURL, token, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readStreamWS(conn)
+}
+
+// dialStreamWS opens GET /ws with streamclient without reading it: a
+// refusal is a *streamclient.RejectedError.
+func dialStreamWS(t testing.TB, baseURL, token string, opts SSEOptions) (*streamclient.WS, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u := WSURL(baseURL, opts)
+	conn, err := streamclient.OpenWS(ctx, nil, u, streamclient.Options{Token: token})
+	var rej *streamclient.RejectedError
+	if errors.As(err, &rej) {
+		return nil, err
+	}
+	if err != nil {
+		t.Fatalf("dial %s: %v", u, err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn, nil
+}
+
+func readStreamWS(conn *streamclient.WS) *WS {
+	return readWS(streamConn{conn}, func() ([]byte, error) {
+		b, err := conn.ReadMessage()
+		var ce *streamclient.ClosedError
+		if errors.As(err, &ce) {
+			// One way to read close codes in every test, whichever client
+			// connected.
+			err = websocket.CloseError{Code: websocket.StatusCode(ce.Code), Reason: ce.Reason}
+		}
+		return append([]byte(nil), b...), err
+	})
+}
+
+// streamConn is streamclient's WS as a WSConn.
+type streamConn struct{ ws *streamclient.WS }
+
+func (c streamConn) Write(_ context.Context, typ websocket.MessageType, p []byte) error {
+	if typ != websocket.MessageText {
+		return fmt.Errorf("write %v message: the relay's clients send text only", typ)
+	}
+	return c.ws.WriteText(p)
+}
+
+func (c streamConn) Close(code websocket.StatusCode, reason string) error {
+	return c.ws.CloseWith(int(code), reason)
+}
+
+// DialWS opens GET /ws on baseURL as token's subscriber with
+// github.com/coder/websocket, an independent implementation of RFC 6455,
+// without reading from it: for tests of the protocol itself that need what
+// that library offers (a hook on pings, a connection never read). The
+// connection is closed when the test ends.
 func DialWS(t testing.TB, baseURL, token string, opts SSEOptions, dial *websocket.DialOptions) *websocket.Conn {
 	t.Helper()
 	if dial == nil {
@@ -38,36 +125,25 @@ func DialWS(t testing.TB, baseURL, token string, opts SSEOptions, dial *websocke
 		}
 		t.Fatalf("dial %s: %s %v", u, status, err)
 	}
-	conn.SetReadLimit(4 << 20)
+	conn.SetReadLimit(streamclient.DefaultMaxMessage)
 	t.Cleanup(func() { _ = conn.CloseNow() })
 	return conn
 }
 
-// WS is a WebSocket client that records what it receives, as Events: a
-// message {"id","topic","data"} becomes Event{ID, Event: topic, Data}, and a
-// reset {"type":"reset",…} becomes Event{ID, Event: "reset", Data}.
-type WS struct {
-	Conn   *websocket.Conn
-	Events chan Event
-	// Raw receives every message as sent.
-	Raw chan []byte
-	// Closed receives the error that ended reading (a websocket.CloseError
-	// when the relay closed with a code).
-	Closed chan error
-}
-
-// SubscribeWS opens GET /ws and reads from it until it closes.
-func SubscribeWS(t testing.TB, baseURL, token string, opts SSEOptions) *WS {
-	t.Helper()
-	return ReadWS(t, DialWS(t, baseURL, token, opts, nil))
-}
-
-// ReadWS starts recording what conn receives.
+// ReadWS starts recording what conn (from DialWS) receives.
 func ReadWS(t testing.TB, conn *websocket.Conn) *WS {
+	return readWS(conn, func() ([]byte, error) {
+		_, b, err := conn.Read(context.Background())
+		return b, err
+	})
+}
+
+// readWS records the messages read returns until it fails.
+func readWS(conn WSConn, read func() ([]byte, error)) *WS {
 	w := &WS{Conn: conn, Events: make(chan Event, 100000), Raw: make(chan []byte, 100000), Closed: make(chan error, 1)}
 	go func() {
 		for {
-			_, b, err := conn.Read(context.Background())
+			b, err := read()
 			if err != nil {
 				w.Closed <- err
 				return
@@ -87,6 +163,9 @@ func ReadWS(t testing.TB, conn *websocket.Conn) *WS {
 	}()
 	return w
 }
+
+// Close ends the connection with a normal closure.
+func (w *WS) Close() { _ = w.Conn.Close(websocket.StatusNormalClosure, "bye") }
 
 // Collect waits until n events arrived (failing after timeout) and returns
 // them.
@@ -143,11 +222,32 @@ func eventIDs(events []Event) []string {
 // Quiet asserts that no event arrives for d.
 func (w *WS) Quiet(t testing.TB, d time.Duration) {
 	t.Helper()
-	select {
-	case e := <-w.Events:
-		t.Fatalf("unexpected event: %+v", e)
-	case <-time.After(d):
+	quiet(t, w.Events, d)
+}
+
+// CollectUnlessEnded is CollectUnlessClosed with the reason as an End.
+func (w *WS) CollectUnlessEnded(t testing.TB, n int, timeout time.Duration) ([]Event, End, bool) {
+	t.Helper()
+	events, err := w.CollectUnlessClosed(t, n, timeout)
+	if err == nil {
+		return events, End{}, false
 	}
+	return events, closeEnd(err), true
+}
+
+// WaitEnd is WaitClosed with the reason as an End.
+func (w *WS) WaitEnd(t testing.TB, timeout time.Duration) ([]Event, End) {
+	t.Helper()
+	events, err := w.WaitClosed(t, timeout)
+	return events, closeEnd(err)
+}
+
+func closeEnd(err error) End {
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		return End{Code: int(ce.Code), Reason: ce.Reason}
+	}
+	return End{}
 }
 
 // WaitClosed waits up to timeout for the connection to end and returns the

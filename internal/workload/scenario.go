@@ -3,9 +3,12 @@ package workload
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgrelay/pgrelay/internal/invariant"
 	"github.com/pgrelay/pgrelay/internal/pgtest"
@@ -112,6 +115,13 @@ func (s *Scenario) Finish(injected string, timeout time.Duration) invariant.Repo
 	if err := Barrier(ctx, s.db.Pool, timeout); err != nil {
 		t.Fatal(err)
 	}
+	// What subscribers should receive is read from the log, which in
+	// capture mode wal follows the commits by a moment (longer while a new
+	// sequencer takes the slot over): wait until it holds every committed
+	// template, so nothing is left out of the expectation.
+	if err := waitLogged(ctx, s.db.Pool, timeout); err != nil {
+		t.Fatal(err)
+	}
 	waitStart := time.Now()
 	complete, err := s.Checker.WaitComplete(ctx, s.db.Pool, Subscribers(), timeout)
 	waited := time.Since(waitStart).Round(time.Millisecond)
@@ -149,4 +159,27 @@ func (s *Scenario) Finish(injected string, timeout time.Duration) invariant.Repo
 		t.Errorf("nothing was produced: the test proved nothing")
 	}
 	return report
+}
+
+// waitLogged waits until every row of public.templates has its event in
+// the log.
+func waitLogged(ctx context.Context, pool *pgxpool.Pool, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing int
+		err := pool.QueryRow(ctx, `
+SELECT count(*) FROM public.templates t
+ WHERE NOT EXISTS (SELECT 1 FROM relay.events e WHERE e.topic = 'templates' AND e.payload->>'id' = t.id)`).Scan(&missing)
+		if err == nil && missing == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d committed templates are not in the log after %s (err: %v)", missing, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -58,6 +58,19 @@ type Sources struct {
 	// wait for it to end (0 when none is open). Called like
 	// NotificationQueueUsage.
 	HorizonHeld func(ctx context.Context) (float64, error)
+	// CaptureSlotLag and CaptureRetainedWAL return, in bytes, how far the
+	// database's replication slot (capture mode wal) trails the server's
+	// WAL: its confirmed position, and the oldest WAL it keeps (what a
+	// stalled sequencer costs the disk). 0 without a slot. Called like
+	// NotificationQueueUsage.
+	CaptureSlotLag, CaptureRetainedWAL func(ctx context.Context) (float64, error)
+	// CaptureLagSeconds is how long the newest transaction this relay's
+	// capture appended had been committed when it reached the log.
+	CaptureLagSeconds func() float64
+	// CaptureEvents counts the events this relay appended from the WAL.
+	CaptureEvents func() uint64
+	// CaptureSlotLost reports whether this relay found the slot invalidated.
+	CaptureSlotLost func() bool
 	// QueryTimeout bounds the database queries above (default 1s), so a slow
 	// database does not hang scrapes.
 	QueryTimeout time.Duration
@@ -147,6 +160,15 @@ func (m *Metrics) registerSources(src Sources) {
 	if src.Leader != nil {
 		gauge("pgrelay_sequencer_leader", "1 while this relay is the sequencer (announces events and prunes the log).", func() float64 { return boolFloat(src.Leader()) })
 	}
+	if src.CaptureLagSeconds != nil {
+		gauge("pgrelay_capture_lag_seconds", "Capture mode wal: how long the newest transaction this relay appended had been committed when its events reached the log (0 once caught up).", src.CaptureLagSeconds)
+	}
+	if src.CaptureSlotLost != nil {
+		gauge("pgrelay_capture_slot_lost", "Capture mode wal: 1 when this relay found the replication slot invalidated (events are missing; see docs/operations.md).", func() float64 { return boolFloat(src.CaptureSlotLost()) })
+	}
+	if src.CaptureEvents != nil {
+		counter("pgrelay_capture_events_total", "Capture mode wal: events this relay appended to the log from the replication slot.", src.CaptureEvents)
+	}
 	timeout := src.QueryTimeout
 	if timeout <= 0 {
 		timeout = time.Second
@@ -159,6 +181,18 @@ func (m *Metrics) registerSources(src Sources) {
 		m.reg.MustRegister(&queryGauge{query: src.NotificationQueueUsage, timeout: timeout, interval: interval, desc: prometheus.NewDesc(
 			"pgrelay_notification_queue_usage_ratio",
 			"pg_notification_queue_usage(): fraction of PostgreSQL's NOTIFY queue in use (NOTIFY fails when it is full).",
+			nil, nil)})
+	}
+	if src.CaptureSlotLag != nil {
+		m.reg.MustRegister(&queryGauge{query: src.CaptureSlotLag, timeout: timeout, interval: interval, desc: prometheus.NewDesc(
+			"pgrelay_capture_slot_lag_bytes",
+			"Capture mode wal: bytes of WAL between the server's current position and what the replication slot has confirmed (0 without a slot).",
+			nil, nil)})
+	}
+	if src.CaptureRetainedWAL != nil {
+		m.reg.MustRegister(&queryGauge{query: src.CaptureRetainedWAL, timeout: timeout, interval: interval, desc: prometheus.NewDesc(
+			"pgrelay_capture_retained_wal_bytes",
+			"Capture mode wal: bytes of WAL the server keeps for the replication slot (bounded by max_slot_wal_keep_size).",
 			nil, nil)})
 	}
 	if src.HorizonHeld != nil {

@@ -55,6 +55,11 @@ type Config struct {
 	// Duties, if set, runs while this relay is the sequencer (e.g. pruning
 	// the log) on the leader's context.
 	Duties func(ctx context.Context) error
+	// Capture, if set, runs while this relay is the sequencer: capture
+	// mode wal (relay/walcapture), which appends the events it decodes to
+	// the log, where the poll loop finds and announces them as any others.
+	// It returns only when its context ends.
+	Capture func(ctx context.Context) error
 }
 
 // Sequencer runs the election and, while elected, the announce loop.
@@ -141,8 +146,18 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 			}
 		}
 	}()
+	captureDone := make(chan struct{})
+	go func() {
+		defer close(captureDone)
+		if s.cfg.Capture != nil {
+			_ = s.cfg.Capture(leadCtx)
+		}
+	}()
 	err = s.lead(leadCtx, conn)
 	cancel()
+	// The capture's log transaction ends with the leadership: a successor
+	// resumes the slot from what was committed.
+	<-captureDone
 	<-dutiesDone
 	return err
 }

@@ -3,7 +3,6 @@ package ws_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -17,8 +16,6 @@ import (
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/relay"
-	"github.com/pgrelay/pgrelay/relay/auth"
-	"github.com/pgrelay/pgrelay/relay/ws"
 )
 
 // wait bounds every wait for a delivery. It is generous because the log
@@ -74,69 +71,20 @@ func TestWebSocketMessageIsExactlyIDTopicAndTheRow(t *testing.T) {
 	}
 }
 
-func TestWebSocketAuthAndRequestErrorsAreJSONAnswersBeforeTheUpgrade(t *testing.T) {
+// Refusals by the shared gate are tested over every transport in
+// relay/refusals_test.go; this one is WebSocket's own.
+func TestAPlainGETOfTheWebSocketEndpointIsAnsweredUpgradeRequired(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
 	r := relaytest.Start(t, db.URL)
-	expired, err := auth.Issue([]byte(relaytest.Secret), "zowi-1", time.Hour, time.Now().Add(-2*time.Hour))
+	req, _ := http.NewRequest(http.MethodGet, r.URL+"/ws", nil)
+	req.Header.Set("Authorization", "Bearer "+relaytest.Token(t, "zowi-1"))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged, err := auth.Issue([]byte("some-other-secret-0123456789"), "zowi-1", time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		name       string
-		header     string // Authorization
-		query      string
-		wantStatus int
-		wantError  string
-	}{
-		{"no token", "", "", http.StatusUnauthorized, "missing token"},
-		{"bad signature", "Bearer " + forged, "", http.StatusUnauthorized, "bad signature"},
-		{"expired", "Bearer " + expired, "", http.StatusUnauthorized, "expired"},
-		{"garbage", "Bearer not-a-jwt", "", http.StatusUnauthorized, "malformed"},
-		{"garbage in access_token", "", "access_token=garbage", http.StatusUnauthorized, "malformed"},
-		{"not bearer", "Basic dXNlcjpwYXNz", "", http.StatusUnauthorized, "Bearer"},
-		{"unknown user", "Bearer " + relaytest.Token(t, "nobody"), "", http.StatusForbidden, "not a known subscriber"},
-		{"unknown user in access_token", "", "access_token=" + relaytest.Token(t, "nobody"), http.StatusForbidden, "not a known subscriber"},
-		{"unknown topic", "Bearer " + relaytest.Token(t, "zowi-1"), "topic=nope", http.StatusBadRequest, "unknown topic"},
-		{"bad last_event_id", "Bearer " + relaytest.Token(t, "zowi-1"), "last_event_id=42", http.StatusBadRequest, "last_event_id"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			u := "ws" + strings.TrimPrefix(r.URL, "http") + "/ws"
-			if tc.query != "" {
-				u += "?" + tc.query
-			}
-			hdr := http.Header{}
-			if tc.header != "" {
-				hdr.Set("Authorization", tc.header)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), wait)
-			defer cancel()
-			conn, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: hdr})
-			if err == nil {
-				conn.CloseNow()
-				t.Fatalf("dial succeeded, want HTTP %d", tc.wantStatus)
-			}
-			if resp == nil {
-				t.Fatalf("no HTTP response: %v", err)
-			}
-			checkJSONError(t, resp, tc.wantStatus, tc.wantError)
-		})
-	}
-	t.Run("plain GET", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodGet, r.URL+"/ws", nil)
-		req.Header.Set("Authorization", "Bearer "+relaytest.Token(t, "zowi-1"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkJSONError(t, resp, http.StatusUpgradeRequired, "WebSocket")
-	})
+	checkJSONError(t, resp, http.StatusUpgradeRequired, "WebSocket")
 }
 
 func checkJSONError(t *testing.T, resp *http.Response, wantStatus int, wantError string) {
@@ -155,102 +103,6 @@ func checkJSONError(t *testing.T, resp *http.Response, wantStatus int, wantError
 	}
 	if !strings.Contains(e["error"], wantError) {
 		t.Errorf("error %q, want it to mention %q", e["error"], wantError)
-	}
-}
-
-func TestWebSocketSlowConsumerIsClosedWith4000AndResumesWithoutLoss(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL, func(c *relay.Config) { c.QueueSize = 2 })
-	token := relaytest.Token(t, "zelo-1")
-	conn := relaytest.DialWS(t, r.URL, token, relaytest.SSEOptions{}, nil)
-
-	relaytest.InsertTemplate(t, db, "marker", "zowi-1", "loc-2")
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	_, b, err := conn.Read(ctx)
-	if err != nil {
-		t.Fatalf("read marker: %v", err)
-	}
-	var marker struct{ ID string }
-	_ = json.Unmarshal(b, &marker)
-
-	// The client stops reading. One statement commits 50 events at once:
-	// more than the queue holds, whatever the writer manages meanwhile.
-	const burst = 50
-	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
-	            SELECT 'burst ' || lpad(i::text, 2, '0'), '{loc-2}', 'zowi-1' FROM generate_series(1, $1) AS i`, burst)
-	relaytest.Eventually(t, wait, "the relay to drop the slow consumer", func() bool {
-		return r.Server.Hub().Stats().SlowConsumers >= 1
-	})
-
-	received, err := relaytest.ReadWS(t, conn).WaitClosed(t, wait)
-	var ce websocket.CloseError
-	if !errors.As(err, &ce) || ce.Code != ws.CloseSlowConsumer || ce.Reason != ws.ReasonSlowConsumer {
-		t.Fatalf("closed with %v, want close code %d %q", err, ws.CloseSlowConsumer, ws.ReasonSlowConsumer)
-	}
-	lastID := marker.ID
-	if len(received) > 0 {
-		lastID = received[len(received)-1].ID
-	}
-
-	// Resume with the last id until everything arrived. With a queue of two,
-	// a resumed stream can be cut again while the burst is still being
-	// published; each resume must continue exactly where the last ended.
-	all := names(t, received)
-	var rest *relaytest.WS
-	for resumes := 0; len(all) < burst; resumes++ {
-		if resumes == 20 {
-			t.Fatalf("still missing %d events after %d resumes", burst-len(all), resumes)
-		}
-		rest = relaytest.SubscribeWS(t, r.URL, token, relaytest.SSEOptions{LastEventID: lastID})
-		got, err := rest.CollectUnlessClosed(t, burst-len(all), wait)
-		if err != nil && websocket.CloseStatus(err) != ws.CloseSlowConsumer {
-			t.Fatalf("resumed stream closed with %v, want code %d or no close", err, ws.CloseSlowConsumer)
-		}
-		if len(got) > 0 {
-			lastID = got[len(got)-1].ID
-		}
-		all = append(all, names(t, got)...)
-	}
-	for i, name := range all {
-		if want := "burst " + twoDigits(i+1); name != want {
-			t.Fatalf("event %d after resuming: %q, want %q (all: %q)", i, name, want, all)
-		}
-	}
-	if rest != nil {
-		rest.Quiet(t, 100*time.Millisecond) // nothing more, nothing twice
-	}
-}
-
-func twoDigits(n int) string { return string([]byte{byte('0' + n/10), byte('0' + n%10)}) }
-
-func TestWebSocketShutdownClosesWith1012(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	c := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
-	r.Stop(t)
-	_, err := c.WaitClosed(t, wait)
-	var ce websocket.CloseError
-	if !errors.As(err, &ce) || ce.Code != ws.CloseShutdown || ce.Reason != ws.ReasonShutdown {
-		t.Fatalf("closed with %v, want %d %q", err, ws.CloseShutdown, ws.ReasonShutdown)
-	}
-}
-
-func TestWebSocketDeletedSubscriberIsClosedWith4403(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
-	relaytest.Seed(t, db)
-	r := relaytest.Start(t, db.URL)
-	c := relaytest.SubscribeWS(t, r.URL, relaytest.Token(t, "zolo-9"), relaytest.SSEOptions{})
-	db.Exec(t, `DELETE FROM users WHERE id = 'zolo-9'`)
-	_, err := c.WaitClosed(t, wait)
-	var ce websocket.CloseError
-	if !errors.As(err, &ce) || ce.Code != ws.CloseSubscriberGone || ce.Reason != ws.ReasonSubscriberGone {
-		t.Fatalf("closed with %v, want %d %q", err, ws.CloseSubscriberGone, ws.ReasonSubscriberGone)
 	}
 }
 

@@ -8,7 +8,6 @@ package demo
 import (
 	"context"
 	"crypto/rand"
-	_ "embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,13 +23,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pgrelay/pgrelay/examples/templates"
 	"github.com/pgrelay/pgrelay/internal/migrate"
 	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/auth"
 )
-
-//go:embed seed.sql
-var seedSQL string
 
 // DefaultDatabase is the database the demo (re)creates.
 const DefaultDatabase = "pgrelay_demo"
@@ -225,7 +222,7 @@ func migrateAndSeed(ctx context.Context, dbURL string) error {
 	if _, err := migrate.New(conn, src, nil).Up(ctx); err != nil {
 		return fmt.Errorf("migrate demo database: %w", err)
 	}
-	if _, err := conn.Exec(ctx, seedSQL); err != nil {
+	if _, err := conn.Exec(ctx, templates.Seed()); err != nil {
 		return fmt.Errorf("seed demo database: %w", err)
 	}
 	return nil

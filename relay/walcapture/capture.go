@@ -1,0 +1,776 @@
+// Package walcapture is capture mode `wal`: it streams the database's
+// replication slot (pgoutput, publication pgrelay) and appends the events of
+// the topics' inserted rows to the log, in commit order, in batches.
+//
+// Exactly once rests on one rule: the end LSN of the last source transaction
+// whose events are in the log (relay.capture.applied_lsn) is written in the
+// same transaction as those events, and the slot's position is confirmed to
+// the server only after that transaction committed. A capture killed at any
+// point therefore leaves either both the events and the LSN or neither, and
+// the slot streams again from its last confirmed position at most what is
+// already in the log, which is skipped by its LSN.
+//
+// Only the elected sequencer runs it. Two captures never write at once: the
+// server lets one session at a time stream a slot, and the LSN is advanced
+// by compare-and-set, so the log transaction of a capture that lost the slot
+// meanwhile fails instead of appending twice.
+package walcapture
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Publication is the publication the slot decodes (migration 0008).
+const Publication = "pgrelay"
+
+// Observer receives what operators watch; every method may be called from
+// Run's goroutine only.
+type Observer interface {
+	// Appended reports a log transaction holding rows events, of source
+	// transactions the newest of which committed at commitTime.
+	Appended(rows int, commitTime time.Time)
+	// CaughtUp reports that nothing decoded is waiting to be appended.
+	CaughtUp()
+	// SlotLost reports whether the slot was found invalidated.
+	SlotLost(lost bool)
+}
+
+// Config is what a Capture needs.
+type Config struct {
+	// Connect opens a session as the relay's role, for the log's writes.
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// ConnectReplication opens a logical replication session
+	// (replication=database) as the relay's role, which needs REPLICATION.
+	ConnectReplication func(ctx context.Context) (*pgconn.PgConn, error)
+	// IdleCheck is how often the mode is looked at while no slot exists.
+	IdleCheck time.Duration
+	// Gather is how long a pause in the stream must be before what was
+	// received is appended (at most 10ms after the first of it): one log
+	// transaction per burst, not per source transaction.
+	Gather time.Duration
+	// BatchRows and BatchBytes bound what one append call carries (and,
+	// for a source transaction larger than that, what is held in memory:
+	// its rows are written in pieces inside the open log transaction).
+	BatchRows, BatchBytes int
+	// StatusInterval is how often the position is confirmed while idle.
+	StatusInterval time.Duration
+	// AfterCommit, if set, runs after each log transaction committed and
+	// before the slot's position is confirmed; an error ends Run there, as
+	// a crash at that moment would (tests use it).
+	AfterCommit func(appliedLSN pglogrepl.LSN) error
+	// Wake, if set, is called after each log transaction that appended
+	// events committed.
+	Wake     func()
+	Observer Observer
+}
+
+// maxGather bounds how long received transactions wait for the stream to
+// pause before they are appended anyway.
+const maxGather = 10 * time.Millisecond
+
+// Capture runs the decoding while its Run is called.
+type Capture struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// New returns a Capture.
+func New(cfg Config, log *slog.Logger) *Capture {
+	if cfg.IdleCheck <= 0 {
+		cfg.IdleCheck = 500 * time.Millisecond
+	}
+	if cfg.Gather <= 0 {
+		cfg.Gather = time.Millisecond
+	}
+	if cfg.BatchRows <= 0 {
+		cfg.BatchRows = 1000
+	}
+	if cfg.BatchBytes <= 0 {
+		cfg.BatchBytes = 4 << 20
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 5 * time.Second
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	return &Capture{cfg: cfg, log: log}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Appended(int, time.Time) {}
+func (nopObserver) CaughtUp()               {}
+func (nopObserver) SlotLost(bool)           {}
+
+// ErrFenced means the log's position moved under this capture: another
+// session appended, so this one's transaction was not committed.
+var ErrFenced = errors.New("the captured position moved under this session")
+
+// Run decodes while ctx lives, reconnecting after failures. It returns only
+// ctx's error.
+func (c *Capture) Run(ctx context.Context) error {
+	for {
+		err := c.session(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			c.log.Warn("wal capture stopped; retrying", "err", err)
+		}
+		t := time.NewTimer(max(c.cfg.IdleCheck, time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// state is relay.capture as the capture reads it.
+type state struct {
+	mode, requested string
+	decodedMode     string
+	slot            string // relay.capture.slot_name
+	ownSlot         string // relay.capture_slot_name()
+	ownSlotExists   bool
+	applied         pglogrepl.LSN
+	slotExists      bool
+	walStatus       string
+	lostAt          *time.Time
+}
+
+const stateSQL = `
+SELECT c.mode, c.requested, c.decoded_mode, coalesce(c.slot_name, ''), c.applied_lsn::text,
+       s.slot_name IS NOT NULL, coalesce(s.wal_status, ''), c.slot_lost_at,
+       relay.capture_slot_name(),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots o WHERE o.slot_name = relay.capture_slot_name())
+  FROM relay.capture c
+  LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = c.slot_name`
+
+func loadState(ctx context.Context, conn *pgx.Conn) (state, error) {
+	var st state
+	var applied string
+	if err := conn.QueryRow(ctx, stateSQL).Scan(&st.mode, &st.requested, &st.decodedMode, &st.slot, &applied,
+		&st.slotExists, &st.walStatus, &st.lostAt, &st.ownSlot, &st.ownSlotExists); err != nil {
+		return st, fmt.Errorf("read the capture state (the relay's role needs SELECT and UPDATE on relay.capture, see docs/roles.sql): %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(applied)
+	if err != nil {
+		return st, fmt.Errorf("parse applied LSN %q: %w", applied, err)
+	}
+	st.applied = lsn
+	return st, nil
+}
+
+// session runs on one regular connection until it fails.
+func (c *Capture) session(ctx context.Context) error {
+	conn, err := c.cfg.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("connect for wal capture: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		st, err := loadState(ctx, conn)
+		if err != nil {
+			return err
+		}
+		switch {
+		case st.requested == "wal" && st.mode == "trigger":
+			// A switch to wal: the slot first, then the switch.
+			if err := c.createSlotAndSwitch(ctx, conn, st); err != nil {
+				return err
+			}
+			continue
+		case st.slot == "" && st.ownSlotExists && st.requested == "trigger":
+			// A switch to wal that was called off after this relay (or one
+			// before it) created the slot: nothing decodes it.
+			if err := dropStraySlot(ctx, conn, st.ownSlot, c.log); err != nil {
+				return err
+			}
+			continue
+		case st.slot == "" || (!st.slotExists && st.mode == "trigger"):
+			// Trigger mode, no slot to drain.
+			c.cfg.Observer.SlotLost(false)
+		case !st.slotExists || st.walStatus == "lost":
+			if err := c.slotLost(ctx, conn, st); err != nil {
+				return err
+			}
+		case st.mode == "trigger" && st.decodedMode == "trigger" && st.requested == "trigger":
+			// Everything up to the switch back is in the log.
+			if err := dropDrainedSlot(ctx, conn, c.log); err != nil {
+				return err
+			}
+			continue
+		default:
+			c.cfg.Observer.SlotLost(false)
+			if err := c.stream(ctx, conn, st); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := sleep(ctx, c.cfg.IdleCheck); err != nil {
+			return err
+		}
+	}
+}
+
+// slotLost records that the slot cannot give the changes any more: the
+// server removed WAL it still needed (max_slot_wal_keep_size) or the slot
+// was dropped by hand. Events of that stretch are gone; this is said as
+// loudly as possible, once per loss, and kept in relay.capture for
+// /readyz and the metrics until capture is switched off and on again.
+func (c *Capture) slotLost(ctx context.Context, conn *pgx.Conn, st state) error {
+	c.cfg.Observer.SlotLost(true)
+	if st.lostAt != nil {
+		return nil
+	}
+	tag, err := conn.Exec(ctx, "UPDATE relay.capture SET slot_lost_at = now(), changed_at = now() WHERE slot_lost_at IS NULL")
+	if err != nil {
+		return fmt.Errorf("record the lost replication slot: %w", err)
+	}
+	if tag.RowsAffected() == 1 {
+		c.log.Error("REPLICATION SLOT LOST: capture mode wal cannot read the changes it has not yet appended; events committed since the last appended one are missing from the log. "+
+			"Run SELECT relay.set_capture('trigger'); SELECT relay.set_capture('wal'); to start again, and raise max_slot_wal_keep_size (docs/operations.md)",
+			"slot", st.slot, "wal_status", st.walStatus, "exists", st.slotExists, "applied_lsn", st.applied.String())
+	}
+	return nil
+}
+
+// createSlotAndSwitch completes a requested switch to wal: it creates the
+// slot over the replication protocol (the slot then decodes from before
+// the switch), and makes wal the mode in force.
+func (c *Capture) createSlotAndSwitch(ctx context.Context, conn *pgx.Conn, st state) error {
+	if !st.ownSlotExists {
+		rc, err := c.cfg.ConnectReplication(ctx)
+		if err != nil {
+			return fmt.Errorf("open the replication connection to create slot %s (the relay's role needs REPLICATION): %w", st.ownSlot, err)
+		}
+		_, err = pglogrepl.CreateReplicationSlot(ctx, rc, st.ownSlot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT",
+		})
+		rc.Close(context.WithoutCancel(ctx))
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // 42710: created meanwhile
+			return fmt.Errorf("create replication slot %s: %w", st.ownSlot, err)
+		}
+		c.log.Info("capture mode wal requested: replication slot created", "slot", st.ownSlot)
+	}
+	var switched bool
+	if err := conn.QueryRow(ctx, "SELECT relay.complete_capture_switch()").Scan(&switched); err != nil {
+		return fmt.Errorf("complete the switch to capture mode wal (the relay's role needs EXECUTE on relay.complete_capture_switch, see docs/roles.sql): %w", err)
+	}
+	if switched {
+		c.log.Info("capture mode is wal: the sequencer captures from the replication slot", "slot", st.ownSlot)
+	}
+	return nil
+}
+
+// dropStraySlot drops this database's slot when relay.capture knows of no
+// slot and no switch to wal is asked for, under the lock set_capture takes.
+func dropStraySlot(ctx context.Context, conn *pgx.Conn, slot string, log *slog.Logger) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		var requested string
+		var known *string
+		if err := tx.QueryRow(ctx, "SELECT requested, slot_name FROM relay.capture FOR UPDATE").Scan(&requested, &known); err != nil {
+			return fmt.Errorf("lock the capture state: %w", err)
+		}
+		if requested != "trigger" || known != nil {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active", slot); err != nil {
+			return fmt.Errorf("drop the unused replication slot %s: %w", slot, err)
+		}
+		log.Info("dropped a replication slot no switch needs any more", "slot", slot)
+		return nil
+	})
+}
+
+// dropDrainedSlot drops the slot once the switch back to triggers is in the
+// log, under the lock set_capture takes, so a switch to wal that is under
+// way either keeps the slot or fails with a clear error.
+func dropDrainedSlot(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		var mode, requested, decoded, slot string
+		err := tx.QueryRow(ctx, "SELECT mode, requested, decoded_mode, coalesce(slot_name, '') FROM relay.capture FOR UPDATE").Scan(&mode, &requested, &decoded, &slot)
+		if err != nil {
+			return fmt.Errorf("lock the capture state: %w", err)
+		}
+		if mode != "trigger" || requested != "trigger" || decoded != "trigger" || slot == "" {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", slot); err != nil {
+			return fmt.Errorf("drop the drained replication slot %s: %w", slot, err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE relay.capture SET slot_name = NULL, changed_at = now()"); err != nil {
+			return fmt.Errorf("record the dropped replication slot: %w", err)
+		}
+		log.Info("capture mode trigger: every change up to the switch is in the log; replication slot dropped", "slot", slot)
+		return nil
+	})
+}
+
+// relation is what the stream told about a published table.
+type relation struct {
+	switches bool     // relay.capture_switches
+	topics   []string // the topics whose source it is
+	columns  []column
+}
+
+type column struct {
+	key  string // the column name, JSON-encoded
+	json bool   // json or jsonb: its text is JSON already
+}
+
+const (
+	oidJSON  = 114
+	oidJSONB = 3802
+)
+
+// chunk is rows of one topic, contiguous in commit order.
+type chunk struct {
+	topic string
+	rows  []byte // a JSON array under construction, without the closing bracket
+	n     int
+}
+
+// stream decodes the slot until the connection fails, the position moves
+// under it, or the switch back to triggers has been appended (then nil).
+func (c *Capture) stream(ctx context.Context, conn *pgx.Conn, st state) error {
+	rc, err := c.cfg.ConnectReplication(ctx)
+	if err != nil {
+		return fmt.Errorf("open the replication connection (the relay's role needs REPLICATION): %w", err)
+	}
+	defer rc.Close(context.WithoutCancel(ctx))
+	err = pglogrepl.StartReplication(ctx, rc, st.slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + Publication + "'"},
+	})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "55000" && strings.Contains(pgErr.Message+pgErr.Detail, "invalidated") {
+			st.walStatus = "lost"
+			return c.slotLost(ctx, conn, st)
+		}
+		return fmt.Errorf("start streaming slot %s: %w", st.slot, err)
+	}
+	c.log.Info("capture mode wal: streaming the replication slot", "slot", st.slot, "applied_lsn", st.applied.String(), "decoded_mode", st.decodedMode)
+	d := &decoder{
+		c: c, conn: conn, rc: rc,
+		applied: st.applied, confirmed: st.applied, mode: st.decodedMode, storedMode: st.decodedMode,
+		rels: map[uint32]*relation{},
+	}
+	return d.run(ctx)
+}
+
+// decoder holds one streaming session's state.
+type decoder struct {
+	c    *Capture
+	conn *pgx.Conn
+	rc   *pgconn.PgConn
+
+	applied    pglogrepl.LSN // relay.capture.applied_lsn as committed
+	storedMode string        // relay.capture.decoded_mode as committed
+	confirmed  pglogrepl.LSN // what the server was last told
+	mode       string        // the mode in force at the stream's position
+
+	rels map[uint32]*relation
+
+	inTx     bool          // between a Begin and its Commit
+	skipTx   bool          // the transaction is in the log already
+	txRows   int           // rows of the current transaction so far
+	done     pglogrepl.LSN // end of the newest complete transaction received
+	pending  bool          // complete transactions not yet committed to the log
+	firstAt  time.Time     // when the oldest of them was complete
+	commitAt time.Time     // commit time of the newest
+
+	chunks  []chunk
+	bytes   int
+	tx      pgx.Tx // the open log transaction, if rows were written already
+	written int    // rows written in it
+}
+
+func (d *decoder) run(ctx context.Context) error {
+	defer func() {
+		if d.tx != nil {
+			_ = d.tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	lastStatus := time.Now()
+	for {
+		deadline := lastStatus.Add(d.c.cfg.StatusInterval)
+		if d.pending && !d.inTx {
+			// Appended once the stream pauses for Gather, or has run on
+			// for maxGather: a backlog goes in large batches, a trickle
+			// at once.
+			deadline = time.Now().Add(d.c.cfg.Gather)
+			if oldest := d.firstAt.Add(maxGather); oldest.Before(deadline) {
+				deadline = oldest
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		msg, err := d.rc.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !pgconn.Timeout(err) {
+				return fmt.Errorf("receive from the replication slot: %w", err)
+			}
+			if d.pending && !d.inTx {
+				drained, err := d.commit(ctx)
+				if err != nil || drained {
+					return err
+				}
+				continue
+			}
+			if err := d.status(ctx, 0); err != nil {
+				return err
+			}
+			lastStatus = time.Now()
+			continue
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse keepalive: %w", err)
+				}
+				if ka.ReplyRequested {
+					if err := d.status(ctx, ka.ServerWALEnd); err != nil {
+						return err
+					}
+					lastStatus = time.Now()
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse WAL data: %w", err)
+				}
+				drained, err := d.handle(ctx, xld.WALData)
+				if err != nil || drained {
+					return err
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("the server ended the replication stream")
+		}
+	}
+}
+
+// handle takes one pgoutput message.
+func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
+	m, err := pglogrepl.Parse(data)
+	if err != nil {
+		return false, fmt.Errorf("decode pgoutput message: %w", err)
+	}
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		return false, d.relation(ctx, m)
+	case *pglogrepl.BeginMessage:
+		d.inTx, d.txRows = true, 0
+		// The transaction ends at or before the LSN it names: if that is
+		// in the log already, all of it is.
+		d.skipTx = m.FinalLSN < d.applied
+	case *pglogrepl.InsertMessage:
+		if d.skipTx {
+			return false, nil
+		}
+		rel := d.rels[m.RelationID]
+		if rel == nil {
+			return false, fmt.Errorf("insert into relation %d before its description", m.RelationID)
+		}
+		if rel.switches {
+			d.mode, err = switchMode(rel, m.Tuple)
+			return false, err
+		}
+		if d.mode != "wal" || len(rel.topics) == 0 {
+			return false, nil
+		}
+		row, err := rowJSON(rel, m.Tuple)
+		if err != nil {
+			return false, err
+		}
+		for _, topic := range rel.topics {
+			d.add(topic, row)
+		}
+		d.txRows++
+		if d.bytes >= d.c.cfg.BatchBytes || d.rowsBuffered() >= d.c.cfg.BatchRows {
+			// A large transaction: write what came so far inside the open
+			// log transaction, so memory stays bounded.
+			return false, d.write(ctx)
+		}
+	case *pglogrepl.CommitMessage:
+		d.inTx = false
+		if d.skipTx || m.TransactionEndLSN <= d.applied {
+			return false, nil
+		}
+		d.done = m.TransactionEndLSN
+		d.commitAt = m.CommitTime
+		if !d.pending {
+			d.pending, d.firstAt = true, time.Now()
+		}
+		// A switch is appended at once: a switch back to triggers may
+		// let the slot go.
+		if d.mode != d.storedMode || d.bytes >= d.c.cfg.BatchBytes || d.rowsBuffered()+d.written >= d.c.cfg.BatchRows {
+			return d.commit(ctx)
+		}
+	}
+	return false, nil
+}
+
+func (d *decoder) rowsBuffered() int {
+	n := 0
+	for _, ch := range d.chunks {
+		n += ch.n
+	}
+	return n
+}
+
+// relation records a table's description and which topics it feeds.
+func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	rel := &relation{switches: m.Namespace == "relay" && m.RelationName == "capture_switches"}
+	for _, col := range m.Columns {
+		key, _ := json.Marshal(col.Name)
+		rel.columns = append(rel.columns, column{key: string(key), json: col.DataType == oidJSON || col.DataType == oidJSONB})
+	}
+	if !rel.switches {
+		rows, err := d.conn.Query(ctx, "SELECT topic FROM relay.topics WHERE source = $1::oid ORDER BY topic", m.RelationID)
+		if err != nil {
+			return fmt.Errorf("look up the topics of %s.%s: %w", m.Namespace, m.RelationName, err)
+		}
+		rel.topics, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("look up the topics of %s.%s: %w", m.Namespace, m.RelationName, err)
+		}
+	}
+	d.rels[m.RelationID] = rel
+	return nil
+}
+
+func switchMode(rel *relation, t *pglogrepl.TupleData) (string, error) {
+	for i, col := range rel.columns {
+		if col.key == `"mode"` && i < len(t.Columns) {
+			mode := string(t.Columns[i].Data)
+			if mode != "wal" && mode != "trigger" {
+				return "", fmt.Errorf("capture switch to unknown mode %q", mode)
+			}
+			return mode, nil
+		}
+	}
+	return "", errors.New("capture switch without a mode column")
+}
+
+// rowJSON renders a decoded row as the object relay.append_captured reads:
+// each column's text, or its JSON for json and jsonb columns.
+func rowJSON(rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
+	if len(t.Columns) != len(rel.columns) {
+		return nil, fmt.Errorf("row has %d columns, its relation %d", len(t.Columns), len(rel.columns))
+	}
+	size := 2
+	for _, v := range t.Columns {
+		size += len(v.Data) + 16
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '{')
+	for i, v := range t.Columns {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, rel.columns[i].key...)
+		b = append(b, ':')
+		switch v.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			b = append(b, "null"...)
+		case pglogrepl.TupleDataTypeText:
+			if rel.columns[i].json && json.Valid(v.Data) {
+				b = append(b, v.Data...)
+				continue
+			}
+			s, err := json.Marshal(string(v.Data))
+			if err != nil {
+				return nil, err
+			}
+			b = append(b, s...)
+		default:
+			// Inserts carry every value; 'u' (unchanged TOAST) is for updates.
+			return nil, fmt.Errorf("column %s arrived as %q, not as text", rel.columns[i].key, v.DataType)
+		}
+	}
+	return append(b, '}'), nil
+}
+
+func (d *decoder) add(topic string, row []byte) {
+	if n := len(d.chunks); n == 0 || d.chunks[n-1].topic != topic {
+		d.chunks = append(d.chunks, chunk{topic: topic, rows: []byte{'['}})
+	}
+	ch := &d.chunks[len(d.chunks)-1]
+	if ch.n > 0 {
+		ch.rows = append(ch.rows, ',')
+	}
+	ch.rows = append(ch.rows, row...)
+	ch.n++
+	d.bytes += len(row) + 1
+}
+
+// write appends the buffered rows inside the log transaction, opening it.
+func (d *decoder) write(ctx context.Context) error {
+	if len(d.chunks) == 0 {
+		return nil
+	}
+	if d.tx == nil {
+		tx, err := d.conn.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("begin the log transaction: %w", err)
+		}
+		d.tx = tx
+	}
+	for _, ch := range d.chunks {
+		rows := append(ch.rows, ']')
+		if _, err := d.tx.Exec(ctx, "SELECT relay.append_captured($1, $2::text::jsonb)", ch.topic, string(rows)); err != nil {
+			return fmt.Errorf("append %d events of topic %s: %w", ch.n, ch.topic, err)
+		}
+		d.written += ch.n
+	}
+	d.chunks, d.bytes = d.chunks[:0], 0
+	return nil
+}
+
+// commit makes the received complete transactions durable in the log with
+// their end LSN, then confirms that position to the server. It reports
+// whether the slot was drained and dropped.
+func (d *decoder) commit(ctx context.Context) (bool, error) {
+	if err := d.write(ctx); err != nil {
+		return false, err
+	}
+	if d.tx == nil && d.mode == d.storedMode {
+		// Nothing to append (transactions of trigger mode, rows of no
+		// topic): re-streaming them would append nothing either, so the
+		// position is confirmed without a write.
+		d.pending = false
+		return false, d.status(ctx, d.done)
+	}
+	if d.tx == nil {
+		tx, err := d.conn.Begin(ctx)
+		if err != nil {
+			return false, fmt.Errorf("begin the log transaction: %w", err)
+		}
+		d.tx = tx
+	}
+	tag, err := d.tx.Exec(ctx, `UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, changed_at = now()
+	                             WHERE applied_lsn = $3::text::pg_lsn`, d.done.String(), d.mode, d.applied.String())
+	if err != nil {
+		return false, fmt.Errorf("record the captured position: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return false, ErrFenced
+	}
+	rows := d.written
+	if rows > 0 {
+		// The sequencer sleeps while nothing happens; these events are news.
+		if _, err := d.tx.Exec(ctx, "SELECT pg_catalog.pg_notify('pgrelay_wake', '') FROM relay.sequencer WHERE idle"); err != nil {
+			return false, fmt.Errorf("wake the sequencer: %w", err)
+		}
+	}
+	err = d.tx.Commit(ctx)
+	d.tx, d.written = nil, 0
+	if err != nil {
+		return false, fmt.Errorf("commit the log transaction: %w", err)
+	}
+	d.applied, d.storedMode, d.pending = d.done, d.mode, false
+	if rows > 0 {
+		d.c.cfg.Observer.Appended(rows, d.commitAt)
+		if d.c.cfg.Wake != nil {
+			d.c.cfg.Wake()
+		}
+	}
+	if hook := d.c.cfg.AfterCommit; hook != nil {
+		if err := hook(d.applied); err != nil {
+			return false, err
+		}
+	}
+	if err := d.status(ctx, d.applied); err != nil {
+		return false, err
+	}
+	if d.mode == "trigger" {
+		var mode, requested string
+		if err := d.conn.QueryRow(ctx, "SELECT mode, requested FROM relay.capture").Scan(&mode, &requested); err != nil {
+			return false, fmt.Errorf("read the capture mode: %w", err)
+		}
+		switch {
+		case mode == "trigger" && requested == "wal":
+			// Asked back to wal before the slot was dropped: it serves on.
+			if _, err := d.conn.Exec(ctx, "SELECT relay.complete_capture_switch()"); err != nil {
+				return false, fmt.Errorf("complete the switch to capture mode wal: %w", err)
+			}
+		case mode == "trigger":
+			d.rc.Close(ctx) // the slot must be released before it is dropped
+			return true, dropDrainedSlot(ctx, d.conn, d.c.log)
+		}
+	}
+	return false, nil
+}
+
+// status confirms the position to the server: lsn if it is ahead of what
+// was confirmed and nothing received is still waiting for the log (a
+// keepalive's WAL end qualifies then: every transaction that committed
+// before it has been received).
+func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
+	if !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil {
+		if lsn > d.confirmed {
+			d.confirmed = lsn
+		}
+		d.c.cfg.Observer.CaughtUp()
+	}
+	if err := pglogrepl.SendStandbyStatusUpdate(ctx, d.rc, pglogrepl.StandbyStatusUpdate{WALWritePosition: d.confirmed}); err != nil {
+		return fmt.Errorf("confirm the slot position: %w", err)
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// ReplicationConnector returns a function opening logical replication
+// sessions (replication=database) on url with the given application_name.
+func ReplicationConnector(url, appName string) func(ctx context.Context) (*pgconn.PgConn, error) {
+	return func(ctx context.Context) (*pgconn.PgConn, error) {
+		cfg, err := pgconn.ParseConfig(url)
+		if err != nil {
+			return nil, fmt.Errorf("bad database URL: %w", err)
+		}
+		cfg.RuntimeParams["application_name"] = appName
+		cfg.RuntimeParams["replication"] = "database"
+		if cfg.ConnectTimeout == 0 {
+			cfg.ConnectTimeout = 10 * time.Second
+		}
+		return pgconn.ConnectConfig(ctx, cfg)
+	}
+}
