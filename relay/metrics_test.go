@@ -39,21 +39,8 @@ func scrape(t *testing.T, baseURL string) map[string]*dto.MetricFamily {
 // include labels (pairs), or -1 when there is none. Histograms yield their
 // sample count.
 func sample(families map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	f := families[name]
-	if f == nil {
-		return -1
-	}
-next:
-	for _, m := range f.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
+	m := metric(families, name, labels...)
+	if m != nil {
 		switch {
 		case m.Counter != nil:
 			return m.Counter.GetValue()
@@ -64,6 +51,25 @@ next:
 		}
 	}
 	return -1
+}
+
+// metric returns the first series of family name whose labels include
+// labels (pairs), or nil.
+func metric(families map[string]*dto.MetricFamily, name string, labels ...string) *dto.Metric {
+next:
+	for _, m := range families[name].GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		for i := 0; i+1 < len(labels); i += 2 {
+			if have[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		return m
+	}
+	return nil
 }
 
 func TestMetricsCountADeliveredEvent(t *testing.T) {
@@ -117,7 +123,7 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.what, c.got, c.want)
 		}
 	}
-	h := after["pgrelay_delivery_latency_seconds"].GetMetric()[0].GetHistogram()
+	h := metric(after, "pgrelay_delivery_latency_seconds", "transport", "sse").GetHistogram()
 	// The text format adds the +Inf bucket.
 	if b := h.GetBucket(); len(b) < 2 || b[0].GetUpperBound() != 0.0005 || b[len(b)-2].GetUpperBound() != 10 {
 		t.Errorf("latency buckets %v, want 0.5ms … 10s", b)
