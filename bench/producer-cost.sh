@@ -11,6 +11,11 @@
 #   app      public.templates with the app's own checks (share-list check,
 #            foreign key) but pgrelay's capture trigger disabled
 #   pgrelay  fully installed: capture trigger on, the relay announcing
+#   wal      capture mode wal: public.templates with the app's checks, the
+#            capture trigger off because the mode is wal, the relay's
+#            sequencer streaming the replication slot and appending the
+#            events (needs wal_level = logical); after each run the mode
+#            goes back to trigger and the slot is drained and dropped
 #
 # Usage: bash bench/producer-cost.sh
 #   DATABASE_URL   database to use; pgrelay is migrated into it and a `bench`
@@ -18,7 +23,7 @@
 #                  pgrelay_bench is created (and dropped at the end) on the
 #                  libpq default server, host 127.0.0.1 if PGHOST is unset.
 #   ROUNDS=3 SECONDS_PER_RUN=20 CLIENTS="4 16 64"   the shape of the run
-#   CONFIGS="plain fk app pgrelay"                  what to measure
+#   CONFIGS="plain fk app pgrelay wal"              what to measure
 #   RELAY_ADDR=127.0.0.1:18099                      where the relay listens
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +32,7 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
 CLIENTS=${CLIENTS:-4 16 64}
 THREADS=${THREADS:-2}
-CONFIGS=${CONFIGS:-plain fk app pgrelay}
+CONFIGS=${CONFIGS:-plain fk app pgrelay wal}
 RELAY_ADDR=${RELAY_ADDR:-127.0.0.1:18099}
 out=bench/out
 # Fixture scripts are re-runnable; their "does not exist, skipping" notices are noise.
@@ -67,6 +72,19 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# wait_capture MODE waits until MODE is the capture mode in force and, for
+# trigger, until the slot of the last wal run is drained and dropped.
+wait_capture() {
+    local cond="mode = '$1'"
+    [[ $1 == trigger ]] && cond="$cond AND slot_name IS NULL"
+    for _ in $(seq 1 600); do
+        [[ "$(sql "SELECT $cond FROM relay.capture")" == t ]] && return 0
+        sleep 0.1
+    done
+    echo "capture mode $1 not in force after 60 s (see $out/relay.log)" >&2
+    exit 1
+}
+
 # cpu_ticks PID... prints "pid ticks" (user + system CPU time in clock
 # ticks) for each process that is still running.
 cpu_ticks() {
@@ -92,6 +110,10 @@ hz=$(getconf CLK_TCK)
 # connecting and stopping are left out.
 run() {
     local config=$1 clients=$2 script=bench/insert_templates.sql table=public.templates
+    if [[ $config == wal ]]; then
+        sql "SELECT relay.set_capture('wal')" >/dev/null 2>&1
+        wait_capture wal
+    fi
     psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -f bench/reset.sql
     case $config in
     plain) script=bench/insert_plain.sql table=bench.plain ;;
@@ -114,6 +136,12 @@ run() {
     p1=$(cpu_ticks $producers "$bench"); r1=$(cpu_ticks $relays); x1=$(cpu_ticks "$relay_pid")
     n1=$(sql "SELECT count(*) FROM $table")
     wait "$bench" || true
+    if [[ $config == wal ]]; then
+        # How far the capture was behind when the producers stopped.
+        echo "  wal: slot $(sql "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint FROM relay.capture c JOIN pg_replication_slots s ON s.slot_name = c.slot_name") bytes behind at the end of the run, $(sql "SELECT count(*) FROM relay.events") of $(sql "SELECT count(*) FROM public.templates") rows appended" >&2
+        sql "SELECT relay.set_capture('trigger')" >/dev/null
+        wait_capture trigger
+    fi
     local tps
     tps=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$out/pgbench.out")
     case $config in

@@ -35,7 +35,7 @@ GRANT EXECUTE ON FUNCTION relay.filters(text[]), relay.horizon(bigint[]),
 --   ALTER ROLE pgrelay_relay REPLICATION;
 GRANT SELECT, UPDATE ON relay.capture TO pgrelay_relay;
 GRANT EXECUTE ON FUNCTION relay.append_captured(text, jsonb), relay.complete_capture_switch(),
-                          relay.capture_slot_name()
+                          relay.capture_slot_name(), relay.capture_slot_lost(name, text)
    TO pgrelay_relay;
 -- Lets the relay tell other databases' transactions from this one's, so a
 -- long transaction elsewhere on the server does not hold delivery back.

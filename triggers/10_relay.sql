@@ -202,7 +202,6 @@ BEGIN
            slot_name = coalesce(slot, c.slot_name),
            -- A new slot starts before this switch, in trigger mode.
            decoded_mode = CASE WHEN c.slot_name IS NULL THEN 'trigger' ELSE c.decoded_mode END,
-           slot_lost_at = CASE WHEN c.slot_name IS NULL THEN NULL ELSE c.slot_lost_at END,
            changed_at = now();
     -- Last: the decoder applies the switch at this row's place in the
     -- stream, after every change above.
@@ -236,7 +235,8 @@ BEGIN
         PERFORM relay.check_wal_level(current_setting('wal_level'));
     END IF;
     SELECT * INTO cur FROM relay.capture FOR UPDATE;
-    UPDATE relay.capture SET requested = want, changed_at = now();
+    -- Any call acknowledges a slot loss reported since the last one.
+    UPDATE relay.capture SET requested = want, slot_lost_at = NULL, changed_at = now();
     IF cur.mode = want THEN
         RETURN want;
     END IF;
@@ -275,6 +275,46 @@ BEGIN
         RAISE EXCEPTION 'replication slot % does not exist', slot USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM relay.switch_capture('wal', slot);
+    RETURN true;
+END
+$fn$;
+
+-- relay.capture_slot_lost is the sequencer's answer to a replication slot
+-- that can no longer give the changes after applied_lsn (invalidated past
+-- max_slot_wal_keep_size, or dropped): the rows committed between the last
+-- appended transaction and now will never reach the log. In one
+-- transaction it
+--   * appends a reset marker (topic 'pgrelay.reset', no audience), which
+--     every relay turns into `event: reset` for every stream that passes its
+--     position, live or replayed: no subscriber crosses the gap silently;
+--   * falls back to the capture triggers if wal was in force, so the gap
+--     ends at this commit: every row committed later is captured (the switch
+--     locks the topics' tables as any switch does);
+--   * forgets the slot, records the loss (slot_lost_at, until the next
+--     set_capture call acknowledges it) and keeps `requested`: if wal is
+--     still asked for, the sequencer creates a new slot and completes the
+--     switch as for any switch to wal.
+-- It returns false, doing nothing, if relay.capture no longer names that
+-- slot (the loss was handled already). As the owner: the relay's role
+-- cannot alter the topics' tables nor write the log.
+CREATE OR REPLACE FUNCTION relay.capture_slot_lost(lost name, detail text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    cur relay.capture;
+BEGIN
+    SELECT * INTO cur FROM relay.capture FOR UPDATE;
+    IF cur.slot_name IS DISTINCT FROM lost THEN
+        RETURN false;
+    END IF;
+    INSERT INTO relay.events (topic, payload)
+    VALUES ('pgrelay.reset',
+            jsonb_build_object('reason', 'capture slot lost', 'slot', lost,
+                               'applied_lsn', cur.applied_lsn::text, 'detail', detail));
+    IF cur.mode = 'wal' THEN
+        PERFORM relay.switch_capture('trigger', NULL);
+    END IF;
+    UPDATE relay.capture
+       SET slot_name = NULL, decoded_mode = 'trigger', slot_lost_at = now(), changed_at = now();
     RETURN true;
 END
 $fn$;

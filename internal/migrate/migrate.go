@@ -494,12 +494,13 @@ SELECT c.mode, c.requested, coalesce(c.slot_name, ''), s.slot_name IS NOT NULL,
 	}
 	line := fmt.Sprintf("%-8s %-10s", "capture", mode)
 	switch {
-	case lost != nil:
-		line += fmt.Sprintf(" replication slot %s LOST at %s: events are missing; set_capture('trigger') then set_capture('wal') to start again", slot, lost.UTC().Format(time.RFC3339))
 	case slot != "" && slotExists && retained != nil:
 		line += fmt.Sprintf(" replication slot %s, %d bytes of WAL retained", slot, *retained)
 	case slot != "" && !slotExists:
 		line += fmt.Sprintf(" replication slot %s is missing", slot)
+	}
+	if lost != nil {
+		line += fmt.Sprintf(" (a replication slot was LOST at %s: rows committed just before are missing from the log, subscribers were sent a reset; any set_capture call acknowledges it)", lost.UTC().Format(time.RFC3339))
 	}
 	if requested != mode {
 		line += fmt.Sprintf(" (%s requested: a relay's sequencer completes the switch)", requested)

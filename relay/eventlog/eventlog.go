@@ -113,6 +113,17 @@ type Event struct {
 	CreatedAt time.Time       // when the row was inserted (the producer's clock_timestamp)
 }
 
+// ResetTopic is the topic of a reset marker: a row of the log that belongs
+// to no topic's table and says the log has a gap at its position (capture
+// mode wal lost its replication slot, so rows committed around it never
+// reached the log; relay.capture_slot_lost writes it). Every stream that
+// passes it, live or replayed, whatever its topics, is sent a reset there.
+// No topic can have this name (topics are [a-z][a-z0-9_]*).
+const ResetTopic = "pgrelay.reset"
+
+// IsReset reports whether e is a reset marker.
+func (e *Event) IsReset() bool { return e.Topic == ResetTopic }
+
 // Querier is what the log is read through: a pool, a connection or a
 // transaction.
 type Querier interface {
@@ -175,9 +186,8 @@ SELECT xid, id, topic, payload, audience, coalesce(actor, ''), created_at
   FROM relay.events
  WHERE (xid, id) > ($1, $2)
    AND (xid, id) <= ($3, $4)
-   AND topic = ANY ($5)
-   AND audience && $6
-   AND actor IS DISTINCT FROM $7
+   AND ((topic = ANY ($5) AND audience && $6 AND actor IS DISTINCT FROM $7)
+        OR topic = 'pgrelay.reset')
  ORDER BY xid, id
  LIMIT $8`
 
@@ -190,7 +200,8 @@ type Selector struct {
 	Subscriber string
 }
 
-// ReadRange returns the events in (after, upto] that pass sel, in order: at
+// ReadRange returns the events in (after, upto] that pass sel, and every
+// reset marker among them (whatever sel says), in order: at
 // most limit of them, and no more once their payloads reach maxBytes (0: no
 // byte bound), so that one read holds a bounded amount of memory whatever
 // the rows' sizes. It returns at least one event if there is one, however

@@ -303,6 +303,18 @@ func (h *Hub) publishLocked(events []eventlog.Event) {
 		h.position = e.ID
 		h.published.Add(1)
 		var msg *Message
+		if e.IsReset() {
+			// A gap in the log: every live stream must hear of it.
+			msg = NewMessage(*e)
+			for _, set := range h.bySub {
+				for s := range set {
+					if s.active && s.err == nil {
+						h.enqueue(s, msg)
+					}
+				}
+			}
+			continue
+		}
 		h.index.Match(e.Topic, e.Audience, e.Actor, func(entry *match.Entry[*Subscription]) {
 			if msg == nil {
 				msg = NewMessage(*e)

@@ -33,8 +33,9 @@ var ErrUnknownTopic = errors.New("unknown topic")
 type Sink interface {
 	// Event writes one event.
 	Event(m *hub.Message) error
-	// Reset tells the client that events it missed are no longer retained;
-	// the stream continues after position at.
+	// Reset tells the client that events it missed are no longer retained,
+	// or missing from the log (a reset marker, eventlog.ResetTopic); the
+	// stream continues after position at.
 	Reset(at eventlog.ID) error
 	// Heartbeat keeps an idle connection open through proxies.
 	Heartbeat() error
@@ -278,6 +279,14 @@ func (st *Stream) Deliver(sink Sink) error {
 		if !st.last.Less(m.ID) {
 			continue
 		}
+		if m.IsReset() {
+			// The log has a gap here (eventlog.ResetTopic).
+			if err := sink.Reset(m.ID); err != nil {
+				return err
+			}
+			st.last = m.ID
+			continue
+		}
 		if err := sink.Event(m); err != nil {
 			return err
 		}
@@ -333,6 +342,14 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 			e := &events[i]
 			if err := f.check(); err != nil {
 				return cursor, err
+			}
+			if e.IsReset() {
+				// A gap in the log (eventlog.ResetTopic): the client
+				// reloads, and the replay goes on after it.
+				if err := sink.Reset(e.ID); err != nil {
+					return cursor, err
+				}
+				continue
 			}
 			if !match.Matches(f.keys, st.req.Subscriber, e.Topic, e.Audience, e.Actor) {
 				continue

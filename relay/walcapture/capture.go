@@ -42,7 +42,8 @@ type Observer interface {
 	Appended(rows int, commitTime time.Time)
 	// CaughtUp reports that nothing decoded is waiting to be appended.
 	CaughtUp()
-	// SlotLost reports whether the slot was found invalidated.
+	// SlotLost reports whether a loss of the slot is on record (since the
+	// last relay.set_capture call, which acknowledges it).
 	SlotLost(lost bool)
 }
 
@@ -146,6 +147,7 @@ type state struct {
 	slot            string // relay.capture.slot_name
 	ownSlot         string // relay.capture_slot_name()
 	ownSlotExists   bool
+	ownSlotLost     bool
 	applied         pglogrepl.LSN
 	slotExists      bool
 	walStatus       string
@@ -156,7 +158,8 @@ const stateSQL = `
 SELECT c.mode, c.requested, c.decoded_mode, coalesce(c.slot_name, ''), c.applied_lsn::text,
        s.slot_name IS NOT NULL, coalesce(s.wal_status, ''), c.slot_lost_at,
        relay.capture_slot_name(),
-       EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots o WHERE o.slot_name = relay.capture_slot_name())
+       EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots o WHERE o.slot_name = relay.capture_slot_name()),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots o WHERE o.slot_name = relay.capture_slot_name() AND o.wal_status = 'lost')
   FROM relay.capture c
   LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = c.slot_name`
 
@@ -164,7 +167,7 @@ func loadState(ctx context.Context, conn *pgx.Conn) (state, error) {
 	var st state
 	var applied string
 	if err := conn.QueryRow(ctx, stateSQL).Scan(&st.mode, &st.requested, &st.decodedMode, &st.slot, &applied,
-		&st.slotExists, &st.walStatus, &st.lostAt, &st.ownSlot, &st.ownSlotExists); err != nil {
+		&st.slotExists, &st.walStatus, &st.lostAt, &st.ownSlot, &st.ownSlotExists, &st.ownSlotLost); err != nil {
 		return st, fmt.Errorf("read the capture state (the relay's role needs SELECT and UPDATE on relay.capture, see docs/roles.sql): %w", err)
 	}
 	lsn, err := pglogrepl.ParseLSN(applied)
@@ -187,7 +190,15 @@ func (c *Capture) session(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		c.cfg.Observer.SlotLost(st.lostAt != nil)
 		switch {
+		case st.slot != "" && (!st.slotExists || st.walStatus == "lost"):
+			// Whatever the mode: a slot relay.capture still names may hold
+			// changes not yet appended.
+			if err := c.slotLost(ctx, conn, st, ""); err != nil {
+				return err
+			}
+			continue
 		case st.requested == "wal" && st.mode == "trigger":
 			// A switch to wal: the slot first, then the switch.
 			if err := c.createSlotAndSwitch(ctx, conn, st); err != nil {
@@ -201,13 +212,8 @@ func (c *Capture) session(ctx context.Context) error {
 				return err
 			}
 			continue
-		case st.slot == "" || (!st.slotExists && st.mode == "trigger"):
+		case st.slot == "":
 			// Trigger mode, no slot to drain.
-			c.cfg.Observer.SlotLost(false)
-		case !st.slotExists || st.walStatus == "lost":
-			if err := c.slotLost(ctx, conn, st); err != nil {
-				return err
-			}
 		case st.mode == "trigger" && st.decodedMode == "trigger" && st.requested == "trigger":
 			// Everything up to the switch back is in the log.
 			if err := dropDrainedSlot(ctx, conn, c.log); err != nil {
@@ -215,7 +221,6 @@ func (c *Capture) session(ctx context.Context) error {
 			}
 			continue
 		default:
-			c.cfg.Observer.SlotLost(false)
 			if err := c.stream(ctx, conn, st); err != nil {
 				return err
 			}
@@ -227,24 +232,57 @@ func (c *Capture) session(ctx context.Context) error {
 	}
 }
 
-// slotLost records that the slot cannot give the changes any more: the
-// server removed WAL it still needed (max_slot_wal_keep_size) or the slot
-// was dropped by hand. Events of that stretch are gone; this is said as
-// loudly as possible, once per loss, and kept in relay.capture for
-// /readyz and the metrics until capture is switched off and on again.
-func (c *Capture) slotLost(ctx context.Context, conn *pgx.Conn, st state) error {
-	c.cfg.Observer.SlotLost(true)
-	if st.lostAt != nil {
+// slotLost handles a slot that cannot give the changes any more: the server
+// removed WAL it still needed (max_slot_wal_keep_size), or the slot was
+// dropped. The rows committed since the last appended transaction are gone.
+// relay.capture_slot_lost writes a reset marker into the log at that point,
+// so every subscriber that crosses it is told to reload, falls back to the
+// triggers so the gap ends there, and leaves wal requested; the lost slot
+// is dropped in the same transaction, and the session loop then creates a
+// new one and switches back to wal as for any switch. Said as loudly as
+// possible, once per loss; relay.capture.slot_lost_at keeps it for /readyz
+// and the metrics until a set_capture call acknowledges it.
+func (c *Capture) slotLost(ctx context.Context, conn *pgx.Conn, st state, detail string) error {
+	if detail == "" {
+		detail = "wal_status " + st.walStatus
+		if !st.slotExists {
+			detail = "the slot no longer exists"
+		}
+	}
+	var handled bool
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, "SELECT relay.capture_slot_lost($1, $2)", st.slot, detail).Scan(&handled); err != nil {
+			return fmt.Errorf("record the lost replication slot (the relay's role needs EXECUTE on relay.capture_slot_lost, see docs/roles.sql): %w", err)
+		}
+		if !handled {
+			return nil
+		}
+		// An invalidated slot still exists, under the name the next one
+		// takes. Left alone if a session still streams it: the switch to
+		// wal drops it once it is free.
+		if _, err := tx.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND NOT active", st.slot); err != nil {
+			return fmt.Errorf("drop the lost replication slot %s: %w", st.slot, err)
+		}
 		return nil
-	}
-	tag, err := conn.Exec(ctx, "UPDATE relay.capture SET slot_lost_at = now(), changed_at = now() WHERE slot_lost_at IS NULL")
+	})
 	if err != nil {
-		return fmt.Errorf("record the lost replication slot: %w", err)
+		return err
 	}
-	if tag.RowsAffected() == 1 {
-		c.log.Error("REPLICATION SLOT LOST: capture mode wal cannot read the changes it has not yet appended; events committed since the last appended one are missing from the log. "+
-			"Run SELECT relay.set_capture('trigger'); SELECT relay.set_capture('wal'); to start again, and raise max_slot_wal_keep_size (docs/operations.md)",
-			"slot", st.slot, "wal_status", st.walStatus, "exists", st.slotExists, "applied_lsn", st.applied.String())
+	c.cfg.Observer.SlotLost(true)
+	if handled {
+		c.log.Error("REPLICATION SLOT LOST: rows committed since the last appended transaction are missing from the log; subscribers are sent a reset at this point. "+
+			"The triggers capture from now on, and the sequencer creates a new slot and switches back to wal; raise max_slot_wal_keep_size (docs/operations.md), then acknowledge with SELECT relay.set_capture('wal')",
+			"slot", st.slot, "detail", detail, "applied_lsn", st.applied.String())
+	}
+	return nil
+}
+
+// dropLostSlot drops this database's slot if it is invalidated and free: a
+// slot lost while a session still streamed it, which a new switch to wal
+// needs the name of.
+func dropLostSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active", slot); err != nil {
+		return fmt.Errorf("drop the lost replication slot %s: %w", slot, err)
 	}
 	return nil
 }
@@ -253,6 +291,12 @@ func (c *Capture) slotLost(ctx context.Context, conn *pgx.Conn, st state) error 
 // slot over the replication protocol (the slot then decodes from before
 // the switch), and makes wal the mode in force.
 func (c *Capture) createSlotAndSwitch(ctx context.Context, conn *pgx.Conn, st state) error {
+	if st.ownSlotLost {
+		if err := dropLostSlot(ctx, conn, st.ownSlot); err != nil {
+			return err
+		}
+		st.ownSlotExists = false
+	}
 	if !st.ownSlotExists {
 		rc, err := c.cfg.ConnectReplication(ctx)
 		if err != nil {
@@ -360,8 +404,7 @@ func (c *Capture) stream(ctx context.Context, conn *pgx.Conn, st state) error {
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55000" && strings.Contains(pgErr.Message+pgErr.Detail, "invalidated") {
-			st.walStatus = "lost"
-			return c.slotLost(ctx, conn, st)
+			return c.slotLost(ctx, conn, st, pgErr.Message+": "+pgErr.Detail)
 		}
 		return fmt.Errorf("start streaming slot %s: %w", st.slot, err)
 	}
@@ -369,7 +412,7 @@ func (c *Capture) stream(ctx context.Context, conn *pgx.Conn, st state) error {
 	d := &decoder{
 		c: c, conn: conn, rc: rc,
 		applied: st.applied, confirmed: st.applied, mode: st.decodedMode, storedMode: st.decodedMode,
-		rels: map[uint32]*relation{},
+		rels: map[uint32]*relation{}, lostChecked: time.Now(),
 	}
 	return d.run(ctx)
 }
@@ -386,6 +429,10 @@ type decoder struct {
 	mode       string        // the mode in force at the stream's position
 
 	rels map[uint32]*relation
+
+	// lostChecked is when relay.capture.slot_lost_at was last read, so an
+	// acknowledged loss stops showing while the stream runs on.
+	lostChecked time.Time
 
 	inTx     bool          // between a Begin and its Commit
 	skipTx   bool          // the transaction is in the log already
@@ -743,6 +790,14 @@ func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
 	}
 	if err := pglogrepl.SendStandbyStatusUpdate(ctx, d.rc, pglogrepl.StandbyStatusUpdate{WALWritePosition: d.confirmed}); err != nil {
 		return fmt.Errorf("confirm the slot position: %w", err)
+	}
+	if d.tx == nil && time.Since(d.lostChecked) >= d.c.cfg.StatusInterval {
+		var lost bool
+		if err := d.conn.QueryRow(ctx, "SELECT slot_lost_at IS NOT NULL FROM relay.capture").Scan(&lost); err != nil {
+			return fmt.Errorf("read whether a slot loss is on record: %w", err)
+		}
+		d.c.cfg.Observer.SlotLost(lost)
+		d.lostChecked = time.Now()
 	}
 	return nil
 }

@@ -234,25 +234,14 @@ func TestACaptureKilledBetweenTheLogCommitAndTheSlotConfirmationOrInsideABatchLo
 	})
 	pgtest.WaitCapture(t, db, "wal")
 
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for p := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := insertTemplates(ctx, db, fmt.Sprintf("p%d", p), 400); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	// And kill its sessions now and then, whatever they are doing: a log
+	// Kill its sessions now and then, whatever they are doing: a log
 	// transaction in the middle of its appends is rolled back.
+	var terminated atomic.Int64
 	stopKilling := make(chan struct{})
-	killed := make(chan int)
+	killerDone := make(chan struct{})
 	go func() {
-		n := 0
-		defer func() { killed <- n }()
-		for {
+		defer close(killerDone)
+		for terminated.Load() < 5 {
 			select {
 			case <-stopKilling:
 				return
@@ -260,22 +249,43 @@ func TestACaptureKilledBetweenTheLogCommitAndTheSlotConfirmationOrInsideABatchLo
 			}
 			tag, err := db.Pool.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()", appName)
 			if err == nil {
-				n += int(tag.RowsAffected())
+				terminated.Add(tag.RowsAffected())
 			}
 		}
 	}()
+	// Producers insert until both kinds of death happened a few times (the
+	// capture sleeps a second after each, so a fixed number of rows may be
+	// written before any session was there to be killed).
+	deadline := time.Now().Add(60 * time.Second)
+	enough := func() bool {
+		return (deaths.Load() >= 10 && terminated.Load() >= 3) || time.Now().After(deadline)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for p := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for batch := 0; !enough(); batch++ {
+				if err := insertTemplates(ctx, db, fmt.Sprintf("p%d-%d", p, batch), 20); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
 	wg.Wait()
 	close(stopKilling)
-	terminated := <-killed
+	<-killerDone
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
 	}
 	eventuallyLogMatchesTable(t, db, 60*time.Second)
-	if deaths.Load() == 0 || terminated == 0 {
-		t.Fatalf("the capture died %d times after a commit and had %d sessions terminated; the test needs both", deaths.Load(), terminated)
+	if deaths.Load() == 0 || terminated.Load() == 0 {
+		t.Fatalf("the capture died %d times after a commit and had %d sessions terminated; the test needs both", deaths.Load(), terminated.Load())
 	}
-	t.Logf("%d crashes after a log commit, %d sessions terminated", deaths.Load(), terminated)
+	t.Logf("%d crashes after a log commit, %d sessions terminated", deaths.Load(), terminated.Load())
 }
 
 func TestATransactionOfTenThousandRowsAndRowsOfOneMegabyteReachTheLogWhole(t *testing.T) {
