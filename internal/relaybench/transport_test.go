@@ -21,7 +21,7 @@ func open(t *testing.T, tr Transport, h http.Handler) streamclient.Stream {
 	u, _ := url.Parse(srv.URL + "/")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := tr.Open(ctx, (&net.Dialer{Timeout: 5 * time.Second}).DialContext, u, "tok", []string{"templates"})
+	st, err := tr.Open(ctx, (&net.Dialer{Timeout: 5 * time.Second}).DialContext, u, "tok", []string{"templates"}, "")
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
