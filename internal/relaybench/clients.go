@@ -44,6 +44,7 @@ type Clients struct {
 	DeferUnacked bool
 
 	perSeq     []atomic.Int32 // deliveries of each template
+	openedAt   []atomic.Int32 // streams opened per location (a template's audience among them)
 	delivered  atomic.Int64
 	foreign    atomic.Int64 // events that are not this run's templates
 	misordered atomic.Int64 // ids not increasing within a stream (duplicates too)
@@ -104,9 +105,15 @@ func NewClients(t Transport, sent *Sent, templates int) *Clients {
 		perSeq: make([]atomic.Int32, templates), pending: map[int][]pendingDelivery{}, ctx: ctx, stop: stop}
 }
 
+// SetLocations makes the clients count opened streams per location, so
+// that a stream that failed to open is told apart from a lost delivery.
+func (c *Clients) SetLocations(n int) { c.openedAt = make([]atomic.Int32, n) }
+
 // Target is one stream to open: which relay (its index among the run's
-// relays, and its URL), from which source address, as whom.
+// relays, and its URL), from which source address, as whom (and the
+// subscriber's location).
 type Target struct {
+	Loc   int
 	Relay int
 	Base  *url.URL
 	Dial  streamclient.Dialer
@@ -146,6 +153,9 @@ func (c *Clients) Connect(ctx context.Context, targets []Target, concurrency int
 			}
 			c.ConnectTime.Record(time.Since(start))
 			opened.Add(1)
+			if tg.Loc < len(c.openedAt) {
+				c.openedAt[tg.Loc].Add(1)
+			}
 			s := &slot{target: tg, relay: tg.Relay, st: st}
 			c.mu.Lock()
 			c.slots = append(c.slots, s)
@@ -381,20 +391,28 @@ func (c *Clients) Delivered() int64 { return c.delivered.Load() }
 func (c *Clients) Open() int { return int(c.live.Load()) }
 
 // Tally counts, over the committed ones of templates [0, n), deliveries
-// missing against audience recipients each and deliveries beyond that.
-func (c *Clients) Tally(n, audience int) (missing, extra int64) {
+// missing against audience recipients each and deliveries beyond that, and
+// (with SetLocations) the deliveries missing on streams that did open:
+// template seq's audience is the opened streams of location seq mod the
+// locations.
+func (c *Clients) Tally(n, audience int) (missing, extra, missingOpen int64) {
 	for seq := range n {
 		if c.Sent.Acked(seq) == 0 {
 			continue
 		}
-		n := int64(c.perSeq[seq].Load())
-		if n < int64(audience) {
-			missing += int64(audience) - n
+		got := int64(c.perSeq[seq].Load())
+		if got < int64(audience) {
+			missing += int64(audience) - got
 		} else {
-			extra += n - int64(audience)
+			extra += got - int64(audience)
+		}
+		if len(c.openedAt) > 0 {
+			if want := int64(c.openedAt[seq%len(c.openedAt)].Load()); got < want {
+				missingOpen += want - got
+			}
 		}
 	}
-	return missing, extra
+	return missing, extra, missingOpen
 }
 
 func storeMax(v *atomic.Int64, x int64) {
@@ -411,6 +429,7 @@ func storeMax(v *atomic.Int64, x int64) {
 type ClientResult struct {
 	Opened      int          `json:"opened"`
 	PerSeq      []int32      `json:"per_seq"`
+	OpenedAt    []int32      `json:"opened_per_location"`
 	Delivered   int64        `json:"delivered"`
 	Foreign     int64        `json:"foreign"`
 	Misordered  int64        `json:"misordered"`
@@ -453,6 +472,10 @@ func (c *Clients) Result() ClientResult {
 	for i := range c.perSeq {
 		r.PerSeq[i] = c.perSeq[i].Load()
 	}
+	r.OpenedAt = make([]int32, len(c.openedAt))
+	for i := range c.openedAt {
+		r.OpenedAt[i] = c.openedAt[i].Load()
+	}
 	if err, _ := c.lastErr.Load().(error); err != nil {
 		r.LastError = err.Error()
 	}
@@ -467,6 +490,12 @@ func (c *Clients) Merge(r ClientResult) error {
 	}
 	for i, n := range r.PerSeq {
 		c.perSeq[i].Add(n)
+	}
+	if len(r.OpenedAt) != len(c.openedAt) {
+		return fmt.Errorf("merge worker results: streams of %d locations, want %d", len(r.OpenedAt), len(c.openedAt))
+	}
+	for i, n := range r.OpenedAt {
+		c.openedAt[i].Add(n)
 	}
 	c.delivered.Add(r.Delivered)
 	c.foreign.Add(r.Foreign)

@@ -106,3 +106,18 @@ func TestMergedHistogramsEqualOneHistogramOfEveryDurationEvenThroughJSON(t *test
 		t.Error("a bucket beyond the histogram's range was accepted")
 	}
 }
+
+func TestThinnedCDFKeepsTheEndsAndFewPoints(t *testing.T) {
+	var h Histogram
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 100_000 {
+		h.Record(time.Duration(r.ExpFloat64() * float64(time.Second)))
+	}
+	full, thin := h.CDF(), thinCDF(h.CDF())
+	if len(thin) > 450 || len(thin) >= len(full) {
+		t.Errorf("thinned CDF has %d points of %d, want at most 450", len(thin), len(full))
+	}
+	if thin[0] != full[0] || thin[len(thin)-1] != full[len(full)-1] {
+		t.Errorf("thinned CDF lost an end: %v…%v, want %v…%v", thin[0], thin[len(thin)-1], full[0], full[len(full)-1])
+	}
+}

@@ -66,7 +66,7 @@ func TestStreamsSpreadOverTwoProcessesGetEveryTemplateExactlyOnceEach(t *testing
 	}
 	l := rep.Load
 	templates := int64(cfg.Templates())
-	if l.Committed != templates || l.Delivered != templates*int64(cfg.Audience) || l.Missing != 0 || l.Extra != 0 ||
+	if l.Committed != templates || l.Delivered != templates*int64(cfg.Audience) || l.Missing != 0 || l.MissingOpen != 0 || l.Extra != 0 ||
 		l.Misordered != 0 || l.Foreign != 0 {
 		t.Errorf("committed %d of %d, delivered %d of %d (missing %d, extra %d, misordered %d, foreign %d): want exact",
 			l.Committed, templates, l.Delivered, templates*int64(cfg.Audience), l.Missing, l.Extra, l.Misordered, l.Foreign)

@@ -51,15 +51,18 @@ type LatencyResult struct {
 
 // LoadResult is what the producer and the clients saw under load.
 type LoadResult struct {
-	Committed        int64              `json:"templates_committed"`
-	InsertFailures   int64              `json:"insert_failures"`
-	LastInsertError  string             `json:"last_insert_error,omitempty"`
-	ProducerBehind   int64              `json:"producer_behind"`
-	InsertP50        float64            `json:"insert_p50_ms"`
-	InsertP99        float64            `json:"insert_p99_ms"`
-	Expected         int64              `json:"deliveries_expected"`
-	Delivered        int64              `json:"deliveries"`
-	Missing          int64              `json:"deliveries_missing"`
+	Committed       int64   `json:"templates_committed"`
+	InsertFailures  int64   `json:"insert_failures"`
+	LastInsertError string  `json:"last_insert_error,omitempty"`
+	ProducerBehind  int64   `json:"producer_behind"`
+	InsertP50       float64 `json:"insert_p50_ms"`
+	InsertP99       float64 `json:"insert_p99_ms"`
+	Expected        int64   `json:"deliveries_expected"`
+	Delivered       int64   `json:"deliveries"`
+	Missing         int64   `json:"deliveries_missing"`
+	// MissingOpen counts only the streams that opened: deliveries lost,
+	// where Missing also counts those of streams that failed to open.
+	MissingOpen      int64              `json:"deliveries_missing_on_open_streams"`
 	Extra            int64              `json:"deliveries_extra"`
 	Misordered       int64              `json:"ids_not_increasing"`
 	Foreign          int64              `json:"foreign_events"`
@@ -158,7 +161,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	if l := r.Load; l != nil {
 		row("templates committed", "%d (insert p50 %.2f ms, p99 %.2f ms; %d failed; %d started late)", l.Committed, l.InsertP50, l.InsertP99, l.InsertFailures, l.ProducerBehind)
-		row("deliveries", "%d of %d expected (%d missing, %d extra)", l.Delivered, l.Expected, l.Missing, l.Extra)
+		row("deliveries", "%d of %d expected (%d missing, %d of them on streams that opened; %d extra)", l.Delivered, l.Expected, l.Missing, l.MissingOpen, l.Extra)
 		row("deliveries/s", "%.0f", l.DeliveriesPerSec)
 		lt := l.Latency
 		row("commit→client latency", "p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  p99.9 %.2f ms  max %.2f ms  (n=%d)", lt.P50, lt.P90, lt.P99, lt.P999, lt.Max, lt.Count)
@@ -222,4 +225,23 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 func firstWords(s string, n int) string {
 	f := strings.Fields(s)
 	return strings.Join(f[:min(n, len(f))], " ")
+}
+
+// thinCDF keeps the points where the fraction passes a step of 0.5% (0.05%
+// above 99%), and the last: a few hundred points draw the curve and keep
+// the report small, where a long tail has a point per bucket.
+func thinCDF(cdf []CDFPoint) []CDFPoint {
+	var out []CDFPoint
+	next := 0.0
+	for i, p := range cdf {
+		if p.Fraction >= next || i == len(cdf)-1 {
+			out = append(out, p)
+			step := 0.005
+			if p.Fraction >= 0.99 {
+				step = 0.0005
+			}
+			next = p.Fraction + step
+		}
+	}
+	return out
 }

@@ -37,7 +37,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		return nil, err
 	}
 	slices := splitSubscribers(cfg.Subscribers, procs)
-	if _, err := RaiseFileLimit(uint64(slices[0][1]-slices[0][0]) + 4096); err != nil {
+	if _, err := RaiseFileLimit(uint64(slices[0][1]-slices[0][0]) + fileReserve); err != nil {
 		return nil, err
 	}
 	rep := &Report{Config: reportConfig(cfg), Machine: DescribeMachine(ctx, runtime.Version())}
@@ -97,6 +97,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	clients := NewClients(Transports()[cfg.Transport], sent, templates)
 	clients.MeasureFrom = int(cfg.Rate * cfg.Warmup.Seconds())
 	clients.MeasureTo = templates
+	clients.SetLocations(pop.Locations())
 	if err := setReconnect(clients, cfg, relays); err != nil {
 		return nil, err
 	}
@@ -201,7 +202,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		}
 	}
 	if cfg.JSONPath != "" {
-		rep.CDF = clients.Latency.CDF()
+		rep.CDF = thinCDF(clients.Latency.CDF())
 		if err := rep.WriteJSON(cfg.JSONPath); err != nil {
 			return rep, err
 		}
@@ -260,14 +261,17 @@ func (f *fleet) pids() []int {
 	return out
 }
 
+// fileReserve is the descriptors a process keeps for everything but its
+// streams (database connections, pipes, the relays' logs).
+const fileReserve = 2048
+
 // planProcesses decides how many processes hold the streams: --processes,
-// or as few as the open-file limit allows (each process keeps 2048
-// descriptors for everything but its streams).
+// or as few as the open-file limit allows.
 func planProcesses(cfg Config) (int, error) {
 	if cfg.Processes > 0 {
 		return cfg.Processes, nil
 	}
-	const reserve = 2048
+	const reserve = fileReserve
 	limit, err := RaiseFileLimit(uint64(cfg.Subscribers) + reserve)
 	if err == nil {
 		return 1, nil
@@ -418,7 +422,7 @@ measure:
 func fillLoad(rep *Report, cfg Config, clients *Clients, lr *loadRun) {
 	templates := cfg.Templates()
 	prod := lr.prod
-	missing, extra := clients.Tally(templates, cfg.Audience)
+	missing, extra, missingOpen := clients.Tally(templates, cfg.Audience)
 	failed, lastErr := prod.Failed()
 	rep.Load = &LoadResult{
 		Committed:        prod.Committed(),
@@ -429,6 +433,7 @@ func fillLoad(rep *Report, cfg Config, clients *Clients, lr *loadRun) {
 		Expected:         prod.Committed() * int64(cfg.Audience),
 		Delivered:        clients.Delivered(),
 		Missing:          missing,
+		MissingOpen:      missingOpen,
 		Extra:            extra,
 		Misordered:       clients.misordered.Load(),
 		Foreign:          clients.foreign.Load(),
@@ -521,7 +526,7 @@ func targetsFor(cfg Config, relays []Relay, pop Population, from, to int, ttl ti
 			return nil, err
 		}
 		r := i % len(bases)
-		out = append(out, Target{Relay: r, Base: bases[r], Dial: dialers[i/cfg.PerSourceAddr], Token: tok})
+		out = append(out, Target{Loc: i / pop.Audience, Relay: r, Base: bases[r], Dial: dialers[i/cfg.PerSourceAddr], Token: tok})
 	}
 	return out, nil
 }

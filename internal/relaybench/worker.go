@@ -94,6 +94,7 @@ func RunWorker(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	sent := NewSentAt(spec.Templates, spec.ClockStart)
 	clients := NewClients(tr, sent, spec.Templates)
 	clients.MeasureFrom, clients.MeasureTo, clients.DeferUnacked = spec.MeasureFrom, spec.Templates, true
+	clients.SetLocations(spec.Subscribers / spec.Audience)
 	relays := make([]Relay, len(spec.Relays))
 	for i, u := range spec.Relays {
 		relays[i].URL = u
