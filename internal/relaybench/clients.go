@@ -3,6 +3,7 @@ package relaybench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
@@ -58,7 +59,9 @@ type Clients struct {
 	gaveUp     atomic.Int64 // streams that could not be reopened before the run ended
 	lastReopen atomic.Int64 // run clock of the last successful reopen
 	lastReplay atomic.Int64 // run clock of the last delivery, on a reopened stream, of an event committed before it reopened
-	lastErr    atomic.Value
+	// lastErr holds the last stream error as a pointer: errors of
+	// different types cannot share an atomic.Value.
+	lastErr atomic.Pointer[error]
 
 	pendMu  sync.Mutex
 	pending map[int][]pendingDelivery
@@ -191,7 +194,7 @@ func (c *Clients) run(s *slot) {
 		} else {
 			c.ended.Add(1)
 		}
-		c.lastErr.Store(err)
+		c.lastErr.Store(&err)
 		if c.Reconnect == nil {
 			return
 		}
@@ -240,7 +243,8 @@ func (c *Clients) reopen(s *slot, lastID string) bool {
 			return false
 		}
 		c.reopenErrs.Add(1)
-		c.lastErr.Store(fmt.Errorf("reopen stream: %w", err))
+		werr := fmt.Errorf("reopen stream: %w", err)
+		c.lastErr.Store(&werr)
 		s.relay = relay
 		delay = c.Reconnect.Retry/4 + randDuration(c.Reconnect.Retry)
 	}
@@ -384,6 +388,15 @@ func (c *Clients) Close() {
 	c.flushPending()
 }
 
+// LastError returns the last error that ended or failed to reopen a
+// stream, or nil.
+func (c *Clients) LastError() error {
+	if p := c.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // Delivered returns the deliveries of this run's templates so far.
 func (c *Clients) Delivered() int64 { return c.delivered.Load() }
 
@@ -476,7 +489,7 @@ func (c *Clients) Result() ClientResult {
 	for i := range c.openedAt {
 		r.OpenedAt[i] = c.openedAt[i].Load()
 	}
-	if err, _ := c.lastErr.Load().(error); err != nil {
+	if err := c.LastError(); err != nil {
 		r.LastError = err.Error()
 	}
 	return r
@@ -510,7 +523,8 @@ func (c *Clients) Merge(r ClientResult) error {
 	storeMax(&c.lastReopen, r.LastReopen)
 	storeMax(&c.lastReplay, r.LastReplay)
 	if r.LastError != "" {
-		c.lastErr.Store(fmt.Errorf("%s", r.LastError))
+		err := errors.New(r.LastError)
+		c.lastErr.Store(&err)
 	}
 	for _, h := range []struct{ into, from *Histogram }{
 		{c.Latency, r.Latency}, {c.FromSend, r.FromSend}, {c.ConnectTime, r.ConnectTime}, {c.Resumed, r.Resumed},

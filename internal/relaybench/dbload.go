@@ -143,15 +143,19 @@ func cpuTicks(pid int) int64 {
 
 // seconds turns the samples into per-interval load; a process present in
 // only one of two samples is left out of that interval (not counted as
-// negative time).
+// negative time). On a loaded machine the sampler's ticks bunch up: a
+// sample less than minInterval after the last one used is skipped, so
+// that no rate is taken over a sliver of time.
 func (s *dbSampler) seconds(measureStart int64, undisturbed *Timeline) []DBSecond {
+	const minInterval = 900 * time.Millisecond
 	var out []DBSecond
-	for i := 1; i < len(s.samples); i++ {
-		a, b := s.samples[i-1], s.samples[i]
-		dt := float64(b.at-a.at) / float64(time.Second)
-		if dt <= 0 {
+	for i, j := 0, 1; j < len(s.samples); j++ {
+		a, b := s.samples[i], s.samples[j]
+		if time.Duration(b.at-a.at) < minInterval {
 			continue
 		}
+		i = j
+		dt := float64(b.at-a.at) / float64(time.Second)
 		pct := func(ticks int64) float64 { return float64(ticks) / clockTicks / dt * 100 }
 		row := DBSecond{AtS: float64(b.at-measureStart) / float64(time.Second), TxPerSec: float64(b.xact-a.xact) / dt}
 		cpu := map[string]int64{}

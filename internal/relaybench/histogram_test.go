@@ -121,3 +121,18 @@ func TestThinnedCDFKeepsTheEndsAndFewPoints(t *testing.T) {
 		t.Errorf("thinned CDF lost an end: %v…%v, want %v…%v", thin[0], thin[len(thin)-1], full[0], full[len(full)-1])
 	}
 }
+
+func TestTimelineWindowsSplitARunWithoutSharingASecond(t *testing.T) {
+	var tl Timeline
+	sec := int64(time.Second)
+	for s := range int64(10) {
+		tl.Record(s*sec+sec/2, time.Duration(s+1)*time.Millisecond)
+	}
+	before, during, after := tl.Window(0, 3*sec+sec/3), tl.Window(3*sec+sec/3, 6*sec+sec/2), tl.Window(6*sec+sec/2, 10*sec)
+	if before.Count() != 3 || during.Count() != 3 || after.Count() != 4 {
+		t.Errorf("windows hold %d, %d, %d latencies, want 3, 3, 4", before.Count(), during.Count(), after.Count())
+	}
+	if before.Max() != 3*time.Millisecond || during.Max() != 6*time.Millisecond {
+		t.Errorf("window maxima %v, %v, want 3ms and 6ms", before.Max(), during.Max())
+	}
+}

@@ -91,7 +91,7 @@ type Producer struct {
 	committed atomic.Int64
 	failed    atomic.Int64
 	behind    atomic.Int64
-	lastErr   atomic.Value
+	lastErr   atomic.Pointer[error]
 }
 
 const insertSQL = `INSERT INTO public.templates (name, share_location_ids, created_by) VALUES ($1, $2, $3)`
@@ -151,7 +151,8 @@ func (p *Producer) insert(ctx context.Context, seq int) {
 	acked := p.Sent.Now()
 	if err != nil {
 		p.failed.Add(1)
-		p.lastErr.Store(fmt.Errorf("insert template %d: %w", seq, err))
+		werr := fmt.Errorf("insert template %d: %w", seq, err)
+		p.lastErr.Store(&werr)
 		return
 	}
 	p.Sent.acked[seq].Store(acked)
@@ -169,7 +170,10 @@ func (p *Producer) Committed() int64 { return p.committed.Load() }
 
 // Failed returns how many inserts failed, and the last failure.
 func (p *Producer) Failed() (int64, error) {
-	err, _ := p.lastErr.Load().(error)
+	var err error
+	if e := p.lastErr.Load(); e != nil {
+		err = *e
+	}
 	return p.failed.Load(), err
 }
 

@@ -449,7 +449,7 @@ func fillLoad(rep *Report, cfg Config, clients *Clients, lr *loadRun) {
 	if lastErr != nil {
 		rep.Load.LastInsertError = lastErr.Error()
 	}
-	if err, _ := clients.lastErr.Load().(error); err != nil {
+	if err := clients.LastError(); err != nil {
 		rep.Load.LastStreamError = err.Error()
 	}
 	window := lr.window.Seconds()

@@ -33,11 +33,12 @@ func (t *Timeline) second(s int) *Histogram {
 }
 
 // Window returns the latencies observed from from to to (run clock, ns),
-// in whole seconds: those of every second that begins in [from, to).
+// in whole seconds: those of the seconds s with from ≤ s < to, both
+// rounded down to a second. Adjacent windows share no second.
 func (t *Timeline) Window(from, to int64) *Histogram {
 	out := &Histogram{}
-	first := int((from + int64(time.Second) - 1) / int64(time.Second))
-	for s := max(first, 0); s < timelineSeconds && int64(s)*int64(time.Second) < to; s++ {
+	first, end := int(max(from, 0)/int64(time.Second)), int(max(to, 0)/int64(time.Second))
+	for s := first; s < min(end, timelineSeconds); s++ {
 		if h := t.secs[s].Load(); h != nil {
 			out.Merge(h)
 		}

@@ -231,6 +231,7 @@ func startWorkers(ctx context.Context, command []string, base workerSpec, slices
 		}
 		cmd := exec.Command(command[0], command[1:]...)
 		cmd.Env = append(os.Environ(), WorkerEnv+"=1")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		cmd.Stderr = stderr
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
