@@ -206,8 +206,8 @@ func (c *Clients) run(s *slot) {
 	}
 }
 
-// reopen opens s again on another relay after the last id it saw, retrying
-// until it succeeds or the clients are closed.
+// reopen opens s again on a relay other than the one it was on, after the
+// last id it saw, retrying until it succeeds or the clients are closed.
 func (c *Clients) reopen(s *slot, lastID string) bool {
 	if lastID == "" {
 		// Nothing seen yet, so nothing to resume after: what was committed
@@ -245,7 +245,8 @@ func (c *Clients) reopen(s *slot, lastID string) bool {
 		c.reopenErrs.Add(1)
 		werr := fmt.Errorf("reopen stream: %w", err)
 		c.lastErr.Store(&werr)
-		s.relay = relay
+		// The next attempt again avoids the relay the stream was on (it
+		// went away), not the one that just refused: that may be busy.
 		delay = c.Reconnect.Retry/4 + randDuration(c.Reconnect.Retry)
 	}
 }
