@@ -13,6 +13,11 @@
 #   idle       50,000 idle SSE subscribers: relay RSS per subscriber, read
 #              after 130 s so that the runtime's periodic GC (every 2 min)
 #              has run and the figure is live memory, not garbage
+#   scale      50,000 SSE subscribers on 4 relays (12,500 each) on one
+#              database, 200 inserts/s, 100 recipients each; relaybench
+#              spreads the streams over as many processes as its open-file
+#              limit requires (3 at a limit of 20,000)
+# (SCENARIOS="scale" runs only that one; it is not in the default list.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/perf}
@@ -31,6 +36,10 @@ for s in $scenarios; do
     broadcast)
         rb --label broadcast --subscribers 10000 --audience 10000 --rate 15 --warmup 3s --duration 20s \
            --connect-concurrency 128 --relay-flag=--queue-size=4096 --json "$out/broadcast.json" --plot "$out/broadcast.svg" ;;
+    scale)
+        "${TMPDIR:-/tmp}/relaybench" --spawn 4 --jwt-secret "$secret" --label scale-50k-4-relays \
+           --subscribers 50000 --audience 100 --rate 200 --warmup 5s --duration 30s --drain 30s --producers 16 \
+           --connect-concurrency 128 --json "$out/scale-50k-4-relays.json" --plot "$out/scale-50k-4-relays.svg" ;;
     idle)
         rb --label idle --subscribers 50000 --audience 100 --rate 0 --settle 130s \
            --connect-concurrency 256 --json "$out/idle.json" ;;

@@ -16,6 +16,7 @@ const (
 	MaxDuration    = time.Hour
 	MaxRate        = 20_000
 	MaxSpawn       = 16
+	MaxProcesses   = 64
 )
 
 // Config is one run's settings.
@@ -44,6 +45,18 @@ type Config struct {
 	Label     string
 	Keep      bool // keep the bench population (and a spawned database)
 
+	// Processes is how many load-generator processes hold the streams (0:
+	// as many as the open-file limit requires).
+	Processes int
+	// WorkerCommand starts a worker process (default: this executable).
+	WorkerCommand []string
+
+	Reconnect       bool
+	ReconnectWindow time.Duration
+	KillAfter       time.Duration
+	KillRelay       int
+	KillSignal      string
+
 	Spawn      int
 	RelayBin   string
 	MigrateBin string
@@ -66,6 +79,8 @@ func DefaultConfig() Config {
 		ConnectConcurrency: 64,
 		ConnectTimeout:     30 * time.Second,
 		PerSourceAddr:      20_000,
+		ReconnectWindow:    5 * time.Second,
+		KillSignal:         "KILL",
 	}
 }
 
@@ -76,6 +91,26 @@ Drives running relays (--url, repeatable) or relays it starts itself
 (--spawn N) with N subscribers and a producer of templates, and reports
 commit→client latency, deliveries/s, relay memory per subscriber and
 errors. Only loopback targets are accepted.
+
+One process can hold only as many streams as its open-file limit
+(RLIMIT_NOFILE) allows, so relaybench spreads them over several processes
+when it must (--processes, default: as many as the limit requires): the
+process started runs the producer and its share of the streams, and starts
+copies of itself (marked by RELAYBENCH_WORKER in their environment) that
+open the rest, with tokens signed by the same secret. Each commit
+acknowledgement is sent to them as it happens, so every process measures
+commit→client latency alike (on the shared system clock); at the end they
+send their counts and histograms back, and the report is one report of
+every stream.
+
+--reconnect makes streams behave like a resuming client: a stream that ends
+for any reason but the run's end is reopened on another relay after a
+random delay within --reconnect-window, with Last-Event-ID set to the last
+id it saw, and every template is still tallied exactly. --kill-after
+stops a relay (--kill-relay, --kill-signal) that long into the measured
+window: with --reconnect, a reconnect storm; the report then gives the time
+until every stream was back and caught up, and the live streams' latency
+before, during and after.
 
 flags:
 `
@@ -106,6 +141,12 @@ func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (Co
 	fs.StringVar(&c.PlotPath, "plot", "", "draw the latency distribution as SVG to this file")
 	fs.StringVar(&c.Label, "label", "", "a name for this run in the report")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the bench users (and a spawned database) afterwards")
+	fs.IntVar(&c.Processes, "processes", c.Processes, "load-generator processes holding the streams (0: as many as the open-file limit requires)")
+	fs.BoolVar(&c.Reconnect, "reconnect", c.Reconnect, "reopen a stream that ends (its relay went away, slow consumer) on another relay, with Last-Event-ID")
+	fs.DurationVar(&c.ReconnectWindow, "reconnect-window", c.ReconnectWindow, "with --reconnect: a stream waits a random delay up to this long before reopening")
+	fs.DurationVar(&c.KillAfter, "kill-after", c.KillAfter, "stop relay --kill-relay this long into the measured window (0: never)")
+	fs.IntVar(&c.KillRelay, "kill-relay", c.KillRelay, "with --kill-after: index of the relay to stop (in --url/--spawn order, from 0; needs its pid)")
+	fs.StringVar(&c.KillSignal, "kill-signal", c.KillSignal, "with --kill-after: KILL or TERM")
 	fs.IntVar(&c.Spawn, "spawn", 0, "start this many relays on a fresh database migrated by cmd/migrate, instead of --url")
 	fs.StringVar(&c.RelayBin, "relay-bin", "", "with --spawn: relay binary (default: go build ./cmd/relay)")
 	fs.StringVar(&c.MigrateBin, "migrate-bin", "", "with --spawn: migrate binary (default: go build ./cmd/migrate)")
@@ -181,6 +222,29 @@ func (c *Config) Validate() error {
 	}
 	if c.PerSourceAddr < 1 || c.PerSourceAddr > 28_000 {
 		bad("--per-source-addr must be between 1 and 28000 (the ephemeral port range)")
+	}
+	if c.Processes < 0 || c.Processes > MaxProcesses || c.Processes > c.Subscribers {
+		bad("--processes must be between 0 and %d, and at most --subscribers", MaxProcesses)
+	}
+	if c.Reconnect && (c.ReconnectWindow < 0 || c.ReconnectWindow > time.Minute) {
+		bad("--reconnect-window must be between 0 and 1m")
+	}
+	if c.KillAfter < 0 || (c.KillAfter > 0 && c.KillAfter >= c.Duration) {
+		bad("--kill-after must be within the measured window (--duration %s)", c.Duration)
+	}
+	if c.KillAfter > 0 {
+		if n := max(c.Spawn, len(c.URLs)); c.KillRelay < 0 || c.KillRelay >= n {
+			bad("--kill-relay %d: want 0 to %d", c.KillRelay, n-1)
+		}
+		if c.Spawn == 0 && c.KillRelay >= len(c.RelayPIDs) {
+			bad("--kill-relay %d needs its --relay-pid", c.KillRelay)
+		}
+		if c.KillSignal != "KILL" && c.KillSignal != "TERM" {
+			bad("--kill-signal %q: want KILL or TERM", c.KillSignal)
+		}
+	}
+	if c.Transport == "pg_eventserv" && c.Reconnect {
+		bad("--reconnect needs event ids to resume after, which pg_eventserv does not send")
 	}
 	if len(c.RelayPIDs) > 0 && c.Spawn > 0 {
 		bad("--relay-pid is for --url relays; spawned relays are measured anyway")

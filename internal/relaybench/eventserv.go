@@ -29,8 +29,9 @@ const EventservChannel = "relaybench_templates"
 // is given the next number of its stream as its id.
 type Eventserv struct{}
 
-// Open implements Transport; token and topics are ignored.
-func (Eventserv) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, _ string, _ []string) (streamclient.Stream, error) {
+// Open implements Transport; token, topics and lastEventID are ignored
+// (pg_eventserv has no ids to resume after).
+func (Eventserv) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, _ string, _ []string, _ string) (streamclient.Stream, error) {
 	u := *base
 	u.Scheme = "ws"
 	u = *u.JoinPath("listen", EventservChannel)

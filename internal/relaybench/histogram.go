@@ -1,6 +1,8 @@
 package relaybench
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
 	"math/bits"
 	"sync/atomic"
@@ -128,4 +130,63 @@ func (h *Histogram) CDF() []CDFPoint {
 		out = append(out, CDFPoint{Upto: min(time.Duration(bucketHigh(b)), h.Max()), Fraction: float64(seen) / float64(n)})
 	}
 	return out
+}
+
+// Merge adds every duration recorded in o to h, as if they had been
+// recorded in h: how the histograms of several load-generator processes
+// become one.
+func (h *Histogram) Merge(o *Histogram) {
+	var added uint64
+	for b := range o.counts {
+		if c := o.counts[b].Load(); c > 0 {
+			h.counts[b].Add(c)
+			added += c
+		}
+	}
+	h.n.Add(added)
+	v := o.max.Load()
+	for {
+		m := h.max.Load()
+		if v <= m || h.max.CompareAndSwap(m, v) {
+			return
+		}
+	}
+}
+
+// histogramJSON is a histogram on the wire: only the non-empty buckets, as
+// [bucket, count] pairs, so that a latency distribution of a few hundred
+// distinct buckets is a few kilobytes.
+type histogramJSON struct {
+	Max     int64       `json:"max_ns"`
+	Buckets [][2]uint64 `json:"buckets"`
+}
+
+// MarshalJSON encodes the histogram's non-empty buckets and its maximum.
+func (h *Histogram) MarshalJSON() ([]byte, error) {
+	out := histogramJSON{Max: h.max.Load(), Buckets: [][2]uint64{}}
+	for b := range h.counts {
+		if c := h.counts[b].Load(); c > 0 {
+			out.Buckets = append(out.Buckets, [2]uint64{uint64(b), c})
+		}
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON adds the encoded durations to h (normally the zero value).
+func (h *Histogram) UnmarshalJSON(b []byte) error {
+	var in histogramJSON
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fmt.Errorf("decode histogram: %w", err)
+	}
+	var o Histogram
+	for _, bc := range in.Buckets {
+		if bc[0] >= numBuckets {
+			return fmt.Errorf("decode histogram: bucket %d out of range", bc[0])
+		}
+		o.counts[bc[0]].Add(bc[1])
+		o.n.Add(bc[1])
+	}
+	o.max.Store(in.Max)
+	h.Merge(&o)
+	return nil
 }

@@ -57,7 +57,18 @@ func NewSent(n int) *Sent {
 	return &Sent{start: time.Now(), sent: make([]atomic.Int64, n), acked: make([]atomic.Int64, n)}
 }
 
-// Now returns the run's clock (monotonic).
+// NewSentAt returns a record for up to n templates on the clock of another
+// process that started at start (wall clock, ns since the epoch): a worker
+// process reads the parent's clock from the shared system clock.
+func NewSentAt(n int, startUnixNano int64) *Sent {
+	return &Sent{start: time.Unix(0, startUnixNano), sent: make([]atomic.Int64, n), acked: make([]atomic.Int64, n)}
+}
+
+// StartUnixNano returns when the clock started, as wall-clock ns.
+func (s *Sent) StartUnixNano() int64 { return s.start.UnixNano() }
+
+// Now returns the run's clock (monotonic in the process that started it,
+// the wall clock in worker processes).
 func (s *Sent) Now() int64 { return int64(time.Since(s.start)) }
 
 // Acked returns when template seq's commit was acknowledged (0: not yet).
@@ -73,11 +84,14 @@ type Producer struct {
 	Sent       *Sent
 	// InsertTime records each insert's round trip (send to commit ack).
 	InsertTime *Histogram
+	// OnAck, if set, is told of every commit acknowledgement (run clock
+	// of the send and of the acknowledgement), as it happens.
+	OnAck func(seq int, sent, acked int64)
 
 	committed atomic.Int64
 	failed    atomic.Int64
 	behind    atomic.Int64
-	lastErr   atomic.Value
+	lastErr   atomic.Pointer[error]
 }
 
 const insertSQL = `INSERT INTO public.templates (name, share_location_ids, created_by) VALUES ($1, $2, $3)`
@@ -137,10 +151,14 @@ func (p *Producer) insert(ctx context.Context, seq int) {
 	acked := p.Sent.Now()
 	if err != nil {
 		p.failed.Add(1)
-		p.lastErr.Store(fmt.Errorf("insert template %d: %w", seq, err))
+		werr := fmt.Errorf("insert template %d: %w", seq, err)
+		p.lastErr.Store(&werr)
 		return
 	}
 	p.Sent.acked[seq].Store(acked)
+	if p.OnAck != nil {
+		p.OnAck(seq, sent, acked)
+	}
 	p.committed.Add(1)
 	if p.InsertTime != nil {
 		p.InsertTime.Record(time.Duration(acked - sent))
@@ -152,7 +170,10 @@ func (p *Producer) Committed() int64 { return p.committed.Load() }
 
 // Failed returns how many inserts failed, and the last failure.
 func (p *Producer) Failed() (int64, error) {
-	err, _ := p.lastErr.Load().(error)
+	var err error
+	if e := p.lastErr.Load(); e != nil {
+		err = *e
+	}
 	return p.failed.Load(), err
 }
 

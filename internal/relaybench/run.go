@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
+	"os"
 	"runtime"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,7 +32,12 @@ type Relay struct {
 // to progress.
 func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(progress, "relaybench: "+format+"\n", args...) }
-	if _, err := RaiseFileLimit(uint64(cfg.Subscribers) + 4096); err != nil {
+	procs, err := planProcesses(cfg)
+	if err != nil {
+		return nil, err
+	}
+	slices := splitSubscribers(cfg.Subscribers, procs)
+	if _, err := RaiseFileLimit(uint64(slices[0][1]-slices[0][0]) + fileReserve); err != nil {
 		return nil, err
 	}
 	rep := &Report{Config: reportConfig(cfg), Machine: DescribeMachine(ctx, runtime.Version())}
@@ -52,20 +60,19 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	}
 	rep.Relays = relays
 
-	poolCfg, err := pgxpool.ParseConfig(dbURL)
+	pool, err := openPool(ctx, dbURL, int32(cfg.Workers+2), "relaybench")
 	if err != nil {
-		return nil, fmt.Errorf("bad database URL: %w", err)
-	}
-	poolCfg.MaxConns = int32(cfg.Workers + 2)
-	poolCfg.ConnConfig.RuntimeParams["application_name"] = "relaybench"
-	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to database: %w", err)
+		return nil, err
 	}
 	defer pool.Close()
 	if err := pool.QueryRow(ctx, "SELECT version()").Scan(&rep.Machine.PostgreSQL); err != nil {
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
+	monitor, err := openPool(ctx, dbURL, 1, "relaybench-monitor")
+	if err != nil {
+		return nil, err
+	}
+	defer monitor.Close()
 
 	pop, err := NewPopulation(cfg.Subscribers, cfg.Audience)
 	if err != nil {
@@ -90,34 +97,103 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	clients := NewClients(Transports()[cfg.Transport], sent, templates)
 	clients.MeasureFrom = int(cfg.Rate * cfg.Warmup.Seconds())
 	clients.MeasureTo = templates
+	clients.SetLocations(pop.Locations())
+	if err := setReconnect(clients, cfg, relays); err != nil {
+		return nil, err
+	}
 	defer clients.Close()
+	ttl := cfg.Warmup + cfg.Duration + cfg.Drain + time.Hour
+	f := &fleet{local: clients}
+	if procs > 1 {
+		urls := make([]string, len(relays))
+		for i, r := range relays {
+			urls[i] = r.URL
+		}
+		spec := workerSpec{Transport: cfg.Transport, Relays: urls, JWTSecret: cfg.JWTSecret, Prefix: pop.Prefix,
+			Subscribers: cfg.Subscribers, Audience: cfg.Audience, Templates: templates, MeasureFrom: clients.MeasureFrom,
+			ClockStart: sent.StartUnixNano(), ConnectConcurrency: cfg.ConnectConcurrency, ConnectTimeout: cfg.ConnectTimeout,
+			PerSourceAddr: cfg.PerSourceAddr, TokenTTL: ttl, Reconnect: cfg.Reconnect, ReconnectWindow: cfg.ReconnectWindow}
+		cmd, err := workerCommand(cfg)
+		if err != nil {
+			return nil, err
+		}
+		ws, err := startWorkers(ctx, cmd, spec, slices[1:], progress)
+		if ws != nil {
+			defer ws.Stop()
+		}
+		if err != nil {
+			return nil, err
+		}
+		f.workers = ws
+	}
 
-	targets, err := targetsFor(cfg, relays, pop)
+	targets, err := targetsFor(cfg, relays, pop, slices[0][0], slices[0][1], ttl)
 	if err != nil {
 		return nil, err
 	}
-	logf("opening %d %s streams on %d relay(s)", len(targets), cfg.Transport, len(relays))
+	logf("opening %d %s streams on %d relay(s) from %d process(es)", cfg.Subscribers, cfg.Transport, len(relays), procs)
 	connectStart := time.Now()
 	opened, errs := clients.Connect(ctx, targets, cfg.ConnectConcurrency, cfg.ConnectTimeout)
-	rep.Connect = ConnectResult{Opened: opened, Seconds: time.Since(connectStart).Seconds(),
-		P50: ms(clients.ConnectTime.Quantile(0.5)), P99: ms(clients.ConnectTime.Quantile(0.99))}
+	rep.Connect = ConnectResult{Opened: opened}
 	for _, e := range errs {
 		rep.Connect.Errors = append(rep.Connect.Errors, e.Error())
 	}
-	logf("%d streams open in %.1fs", opened, rep.Connect.Seconds)
-	if opened == 0 {
+	localOpened := opened
+	if f.workers != nil {
+		n, werrs, err := f.workers.WaitOpened(ctx)
+		rep.Connect.Opened += n
+		rep.Connect.Errors = append(rep.Connect.Errors, werrs...)
+		if err != nil {
+			return rep, err
+		}
+	}
+	rep.Connect.Seconds = time.Since(connectStart).Seconds()
+	logf("%d streams open in %.1fs", rep.Connect.Opened, rep.Connect.Seconds)
+	if rep.Connect.Opened == 0 {
 		return rep, fmt.Errorf("no stream could be opened: %w", errors.Join(errs...))
 	}
 	if err := sleep(ctx, cfg.Settle); err != nil {
 		return rep, err
 	}
 	rep.MemoryIdle = readMemory(relays)
-	rep.PerSubscriber = perSubscriber(rep.MemoryBefore, rep.MemoryIdle, relays, opened)
+	rep.PerSubscriber = perSubscriber(rep.MemoryBefore, rep.MemoryIdle, relays, rep.Connect.Opened)
 
+	var lr *loadRun
 	if templates > 0 {
-		if err := produce(ctx, cfg, pool, pop, sent, clients, rep, relays, logf); err != nil {
+		sampler := &dbSampler{pool: monitor, clock: sent, relayPIDs: relayPIDs(relays), benchPIDs: f.pids}
+		sctx, stopSampler := context.WithCancel(ctx)
+		sampled := make(chan struct{})
+		go func() { defer close(sampled); sampler.run(sctx, time.Second) }()
+		lr, err = produce(ctx, cfg, pool, pop, sent, f, relays, logf)
+		stopSampler()
+		<-sampled
+		if err != nil {
 			return rep, err
 		}
+		lr.db = sampler.seconds(lr.measureStart, clients.Undisturbed)
+	}
+	// Every process's streams end here, and the workers' counts join the
+	// parent's before anything is tallied.
+	clients.Close()
+	local := selfInfo(localOpened)
+	rep.Processes = append(rep.Processes, *local)
+	if f.workers != nil {
+		results, err := f.workers.Finish(ctx)
+		for _, r := range results {
+			if err := clients.Merge(r); err != nil {
+				return rep, err
+			}
+			if r.Process != nil {
+				rep.Processes = append(rep.Processes, *r.Process)
+			}
+		}
+		if err != nil {
+			return rep, err
+		}
+	}
+	rep.Connect.P50, rep.Connect.P99 = ms(clients.ConnectTime.Quantile(0.5)), ms(clients.ConnectTime.Quantile(0.99))
+	if lr != nil {
+		fillLoad(rep, cfg, clients, lr)
 	}
 	rep.Machine.LoadAfter = LoadAvg()
 	if cfg.PlotPath != "" {
@@ -126,7 +202,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		}
 	}
 	if cfg.JSONPath != "" {
-		rep.CDF = clients.Latency.CDF()
+		rep.CDF = thinCDF(clients.Latency.CDF())
 		if err := rep.WriteJSON(cfg.JSONPath); err != nil {
 			return rep, err
 		}
@@ -134,12 +210,149 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	return rep, nil
 }
 
-// produce runs the producer for warm-up and measurement, waits for the last
-// deliveries and fills in the load part of the report.
-func produce(ctx context.Context, cfg Config, pool *pgxpool.Pool, pop Population, sent *Sent, clients *Clients,
-	rep *Report, relays []Relay, logf func(string, ...any)) error {
+func openPool(ctx context.Context, dbURL string, conns int32, app string) (*pgxpool.Pool, error) {
+	poolCfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("bad database URL: %w", err)
+	}
+	poolCfg.MaxConns = conns
+	poolCfg.ConnConfig.RuntimeParams["application_name"] = app
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	return pool, nil
+}
+
+// fleet is every process's streams, as the parent sees them while the run
+// goes on: its own, and the workers' as they last reported.
+type fleet struct {
+	local   *Clients
+	workers *workers
+}
+
+func (f *fleet) Delivered() int64 {
+	n := f.local.Delivered()
+	if f.workers != nil {
+		n += f.workers.Delivered()
+	}
+	return n
+}
+
+func (f *fleet) Open() int {
+	n := f.local.Open()
+	if f.workers != nil {
+		n += f.workers.Open()
+	}
+	return n
+}
+
+func (f *fleet) Ack(seq int, sent, acked int64) {
+	if f.workers != nil {
+		f.workers.Ack(seq, sent, acked)
+	}
+}
+
+func (f *fleet) pids() []int {
+	out := []int{os.Getpid()}
+	if f.workers != nil {
+		out = append(out, f.workers.PIDs()...)
+	}
+	return out
+}
+
+// fileReserve is the descriptors a process keeps for everything but its
+// streams (database connections, pipes, the relays' logs).
+const fileReserve = 2048
+
+// planProcesses decides how many processes hold the streams: --processes,
+// or as few as the open-file limit allows.
+func planProcesses(cfg Config) (int, error) {
+	if cfg.Processes > 0 {
+		return cfg.Processes, nil
+	}
+	const reserve = fileReserve
+	limit, err := RaiseFileLimit(uint64(cfg.Subscribers) + reserve)
+	if err == nil {
+		return 1, nil
+	}
+	if limit <= 2*reserve {
+		return 0, err
+	}
+	per := int(limit) - reserve
+	n := (cfg.Subscribers + per - 1) / per
+	if n > MaxProcesses {
+		return 0, fmt.Errorf("%d subscribers need %d processes of %d streams (open-file limit %d), more than %d", cfg.Subscribers, n, per, limit, MaxProcesses)
+	}
+	return n, nil
+}
+
+// splitSubscribers cuts [0, n) into k contiguous slices of nearly equal size.
+func splitSubscribers(n, k int) [][2]int {
+	out := make([][2]int, k)
+	for i := range out {
+		out[i] = [2]int{i * n / k, (i + 1) * n / k}
+	}
+	return out
+}
+
+func workerCommand(cfg Config) ([]string, error) {
+	if len(cfg.WorkerCommand) > 0 {
+		return cfg.WorkerCommand, nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this executable to start worker processes: %w", err)
+	}
+	return []string{exe}, nil
+}
+
+func setReconnect(c *Clients, cfg Config, relays []Relay) error {
+	if !cfg.Reconnect {
+		return nil
+	}
+	rc := &Reconnect{Window: cfg.ReconnectWindow, Retry: time.Second}
+	for _, r := range relays {
+		u, err := parseURL(r.URL)
+		if err != nil {
+			return err
+		}
+		rc.Relays = append(rc.Relays, u)
+	}
+	c.Reconnect = rc
+	return nil
+}
+
+func relayPIDs(relays []Relay) []int {
+	var out []int
+	for _, r := range relays {
+		if r.PID > 0 {
+			out = append(out, r.PID)
+		}
+	}
+	return out
+}
+
+// loadRun is what produce saw, for the report once every process's counts
+// are in.
+type loadRun struct {
+	prod                 *Producer
+	startCount, endCount int64
+	window               time.Duration
+	measureStart         int64
+	measureEnd           int64
+	killAt               int64 // run clock of the kill, 0: none
+	peak                 map[int]ProcStatus
+	db                   []DBSecond
+}
+
+// produce runs the producer for warm-up and measurement (stopping a relay
+// on the way, with --kill-after) and waits for the last deliveries.
+func produce(ctx context.Context, cfg Config, pool *pgxpool.Pool, pop Population, sent *Sent, f *fleet,
+	relays []Relay, logf func(string, ...any)) (*loadRun, error) {
 	templates := cfg.Templates()
-	prod := &Producer{Pool: pool, Population: pop, Rate: cfg.Rate, Workers: cfg.Workers, Sent: sent, InsertTime: &Histogram{}}
+	prod := &Producer{Pool: pool, Population: pop, Rate: cfg.Rate, Workers: cfg.Workers, Sent: sent, InsertTime: &Histogram{}, OnAck: f.Ack}
+	lr := &loadRun{prod: prod, peak: map[int]ProcStatus{}}
 	logf("inserting %d templates at %.0f/s (%s warm-up, %s measured), each to %d subscribers",
 		templates, cfg.Rate, cfg.Warmup, cfg.Duration, cfg.Audience)
 	pctx, cancel := context.WithCancel(ctx)
@@ -147,107 +360,173 @@ func produce(ctx context.Context, cfg Config, pool *pgxpool.Pool, pop Population
 	prodDone := make(chan struct{})
 	go func() { defer close(prodDone); prod.Run(pctx, templates) }()
 
-	peak := map[int]ProcStatus{}
 	sample := func() {
 		for _, r := range relays {
 			if r.PID > 0 {
-				if st, err := ReadProcStatus(r.PID); err == nil && st.RSS > peak[r.PID].RSS {
-					peak[r.PID] = st
+				if st, err := ReadProcStatus(r.PID); err == nil && st.RSS > lr.peak[r.PID].RSS {
+					lr.peak[r.PID] = st
 				}
 			}
 		}
 	}
 	if err := sleep(ctx, cfg.Warmup); err != nil {
-		return err
+		return nil, err
 	}
-	startCount, startTime := clients.Delivered(), time.Now()
+	lr.startCount, lr.measureStart = f.Delivered(), sent.Now()
+	startTime := time.Now()
 	ticker := time.NewTicker(time.Second)
 	defer ticker.Stop()
 	end := time.After(cfg.Duration)
+	var kill <-chan time.Time
+	if cfg.KillAfter > 0 {
+		kill = time.After(cfg.KillAfter)
+	}
 measure:
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-ticker.C:
 			sample()
+		case <-kill:
+			sig := syscall.SIGKILL
+			if cfg.KillSignal == "TERM" {
+				sig = syscall.SIGTERM
+			}
+			pid := relays[cfg.KillRelay].PID
+			lr.killAt = sent.Now()
+			if err := syscall.Kill(pid, sig); err != nil {
+				return nil, fmt.Errorf("stop relay %d (pid %d): %w", cfg.KillRelay, pid, err)
+			}
+			logf("sent SIG%s to relay %d (%s, pid %d)", cfg.KillSignal, cfg.KillRelay, relays[cfg.KillRelay].URL, pid)
 		case <-end:
 			break measure
 		}
 	}
-	endCount, window := clients.Delivered(), time.Since(startTime)
+	lr.endCount, lr.window, lr.measureEnd = f.Delivered(), time.Since(startTime), sent.Now()
 	<-prodDone
 	expected := prod.Committed() * int64(cfg.Audience)
 	deadline := time.Now().Add(cfg.Drain)
-	for clients.Delivered() < expected && time.Now().Before(deadline) && clients.Open() > 0 {
+	// Workers' counts are a status report old: the wait errs on the long
+	// side, and the tally uses their final counts.
+	for f.Delivered() < expected && time.Now().Before(deadline) && f.Open() > 0 {
 		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	sample()
-	missing, extra := clients.Tally(templates, cfg.Audience)
+	return lr, nil
+}
+
+// fillLoad writes the load part of the report from every process's counts.
+func fillLoad(rep *Report, cfg Config, clients *Clients, lr *loadRun) {
+	templates := cfg.Templates()
+	prod := lr.prod
+	missing, extra, missingOpen := clients.Tally(templates, cfg.Audience)
 	failed, lastErr := prod.Failed()
-	lat := clients.Latency
 	rep.Load = &LoadResult{
 		Committed:        prod.Committed(),
 		InsertFailures:   failed,
 		ProducerBehind:   prod.Behind(),
 		InsertP50:        ms(prod.InsertTime.Quantile(0.5)),
 		InsertP99:        ms(prod.InsertTime.Quantile(0.99)),
-		Expected:         expected,
+		Expected:         prod.Committed() * int64(cfg.Audience),
 		Delivered:        clients.Delivered(),
 		Missing:          missing,
+		MissingOpen:      missingOpen,
 		Extra:            extra,
 		Misordered:       clients.misordered.Load(),
 		Foreign:          clients.foreign.Load(),
 		BeforeAck:        clients.early.Load(),
 		SlowConsumers:    clients.slow.Load(),
 		StreamsEnded:     clients.ended.Load(),
-		DeliveriesPerSec: float64(endCount-startCount) / window.Seconds(),
-		Latency: LatencyResult{
-			Count: lat.Count(), P50: ms(lat.Quantile(0.5)), P90: ms(lat.Quantile(0.9)), P99: ms(lat.Quantile(0.99)),
-			P999: ms(lat.Quantile(0.999)), Max: ms(lat.Max()), Mean: ms(lat.Mean()),
-		},
-		FromSend: LatencyResult{
-			Count: clients.FromSend.Count(), P50: ms(clients.FromSend.Quantile(0.5)), P90: ms(clients.FromSend.Quantile(0.9)),
-			P99: ms(clients.FromSend.Quantile(0.99)), P999: ms(clients.FromSend.Quantile(0.999)), Max: ms(clients.FromSend.Max()), Mean: ms(clients.FromSend.Mean()),
-		},
-		MemoryPeak: peak,
+		Reopened:         clients.reopened.Load(),
+		DeliveriesPerSec: float64(lr.endCount-lr.startCount) / lr.window.Seconds(),
+		Latency:          latencyOf(clients.Latency),
+		FromSend:         latencyOf(clients.FromSend),
+		MemoryPeak:       lr.peak,
 	}
 	if lastErr != nil {
 		rep.Load.LastInsertError = lastErr.Error()
 	}
-	if err, _ := clients.lastErr.Load().(error); err != nil {
+	if err := clients.LastError(); err != nil {
 		rep.Load.LastStreamError = err.Error()
 	}
-	return nil
+	window := lr.window.Seconds()
+	rep.DB = &DBLoad{Measured: summarize(lr.db, 0, window), Timeline: lr.db}
+	if lr.killAt > 0 {
+		rep.Storm = stormOf(cfg, rep, clients, lr)
+	}
 }
 
-// targetsFor assigns subscriber i to relay i mod len(relays) and to a
-// loopback source address, PerSourceAddr connections per address.
-func targetsFor(cfg Config, relays []Relay, pop Population) ([]Target, error) {
-	bases := make([]Target, len(relays))
+// stormOf describes what followed the kill of a relay.
+func stormOf(cfg Config, rep *Report, c *Clients, lr *loadRun) *StormResult {
+	st := &StormResult{
+		Relay: rep.Relays[cfg.KillRelay].URL, Signal: cfg.KillSignal,
+		KilledAtS: float64(lr.killAt-lr.measureStart) / float64(time.Second),
+		Reopened:  c.reopened.Load(), ReopenErrors: c.reopenErrs.Load(), WithoutID: c.withoutID.Load(), GaveUp: c.gaveUp.Load(),
+		Resumed: latencyOf(c.Resumed),
+	}
+	for i := range cfg.Subscribers {
+		if i%len(rep.Relays) == cfg.KillRelay {
+			st.StreamsOnRelay++
+		}
+	}
+	lastReopen, lastReplay := c.lastReopen.Load(), c.lastReplay.Load()
+	if lastReopen > lr.killAt {
+		st.AllReopenedMS = ms(time.Duration(lastReopen - lr.killAt))
+	}
+	caughtUp := max(lastReopen, lastReplay)
+	if caughtUp > lr.killAt {
+		st.CaughtUpMS = ms(time.Duration(caughtUp - lr.killAt))
+	}
+	stormEnd := max(caughtUp, lr.killAt+int64(time.Second))
+	st.LiveBefore = latencyOf(c.Undisturbed.Window(lr.measureStart, lr.killAt))
+	st.LiveDuring = latencyOf(c.Undisturbed.Window(lr.killAt, stormEnd))
+	st.LiveAfter = latencyOf(c.Undisturbed.Window(stormEnd, lr.measureEnd))
+	if st.LiveBefore.P99 > 0 {
+		st.P99Ratio = st.LiveDuring.P99 / st.LiveBefore.P99
+	}
+	toS := func(t int64) float64 { return float64(t-lr.measureStart) / float64(time.Second) }
+	st.DBBefore = summarize(lr.db, 0, toS(lr.killAt))
+	st.DBDuring = summarize(lr.db, toS(lr.killAt), toS(stormEnd)+1)
+	return st
+}
+
+func latencyOf(h *Histogram) LatencyResult {
+	return LatencyResult{
+		Count: h.Count(), P50: ms(h.Quantile(0.5)), P90: ms(h.Quantile(0.9)), P99: ms(h.Quantile(0.99)),
+		P999: ms(h.Quantile(0.999)), Max: ms(h.Max()), Mean: ms(h.Mean()),
+	}
+}
+
+// targetsFor assigns subscriber i of [from, to) to relay i mod len(relays)
+// and to a loopback source address, PerSourceAddr connections per address:
+// the same subscriber goes to the same relay and address whichever process
+// opens its stream.
+func targetsFor(cfg Config, relays []Relay, pop Population, from, to int, ttl time.Duration) ([]Target, error) {
+	bases := make([]*url.URL, len(relays))
 	for i, r := range relays {
 		u, err := parseURL(r.URL)
 		if err != nil {
 			return nil, err
 		}
-		bases[i].Base = u
+		bases[i] = u
 	}
 	srcs := SourceAddrs((cfg.Subscribers + cfg.PerSourceAddr - 1) / cfg.PerSourceAddr)
 	dialers := make([]streamclient.Dialer, len(srcs))
 	for i, a := range srcs {
 		dialers[i] = Dialer(a, cfg.ConnectTimeout)
 	}
-	ttl := cfg.Warmup + cfg.Duration + cfg.Drain + time.Hour
 	now := time.Now()
-	out := make([]Target, cfg.Subscribers)
-	for i := range out {
+	out := make([]Target, 0, to-from)
+	for i := from; i < to; i++ {
 		tok, err := auth.Issue([]byte(cfg.JWTSecret), pop.Subscriber(i), ttl, now)
 		if err != nil {
 			return nil, err
 		}
-		out[i] = Target{Base: bases[i%len(bases)].Base, Dial: dialers[i/cfg.PerSourceAddr], Token: tok}
+		r := i % len(bases)
+		out = append(out, Target{Loc: i / pop.Audience, Relay: r, Base: bases[r], Dial: dialers[i/cfg.PerSourceAddr], Token: tok})
 	}
 	return out, nil
 }

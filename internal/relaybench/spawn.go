@@ -146,6 +146,8 @@ func (sp *Spawned) startRelay(ctx context.Context, cfg Config, bin string, i int
 	// Not CommandContext: the relay must get SIGTERM and drain, not SIGKILL.
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// A relay outlives no crashed relaybench.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return fmt.Errorf("spawn: start relay: %w", err)

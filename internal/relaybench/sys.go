@@ -71,10 +71,33 @@ func SourceAddrs(n int) []netip.Addr {
 	return out
 }
 
+// ipBindAddressNoPort is Linux's IP_BIND_ADDRESS_NO_PORT socket option.
+const ipBindAddressNoPort = 24
+
 // Dialer returns a streamclient.Dialer whose connections leave from src.
+// The port is chosen at connect time, not when the socket is bound to src
+// (IP_BIND_ADDRESS_NO_PORT): a port bound beforehand is reserved for every
+// destination, so tens of thousands of streams would use up the machine's
+// ephemeral ports for every other program's connections (other tests on the
+// same machine then fail with "cannot assign requested address"); chosen at
+// connect, a port is only taken for connections to the same relay.
 func Dialer(src netip.Addr, timeout time.Duration) streamclient.Dialer {
-	d := &net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+	d := &net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}, Control: bindNoPort}
 	return d.DialContext
+}
+
+func bindNoPort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set IP_BIND_ADDRESS_NO_PORT: %w", serr)
+	}
+	return nil
 }
 
 // ProcStatus is the memory of one process, from /proc/<pid>/status.

@@ -11,8 +11,9 @@ import (
 // implementing this and naming it in Transports.
 type Transport interface {
 	// Open connects to base (a relay URL) as the holder of token and
-	// returns once the relay accepted the stream.
-	Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string) (streamclient.Stream, error)
+	// returns once the relay accepted the stream; a lastEventID resumes
+	// after that event.
+	Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string, lastEventID string) (streamclient.Stream, error)
 }
 
 // Transports are the protocols relaybench speaks, by --transport name.
@@ -27,8 +28,8 @@ func Transports() map[string]Transport {
 type SSE struct{}
 
 // Open implements Transport.
-func (SSE) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string) (streamclient.Stream, error) {
-	s, err := streamclient.OpenSSE(ctx, dial, base.JoinPath("events").String(), streamclient.Options{Topics: topics, Token: token})
+func (SSE) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string, lastEventID string) (streamclient.Stream, error) {
+	s, err := streamclient.OpenSSE(ctx, dial, base.JoinPath("events").String(), streamclient.Options{Topics: topics, Token: token, LastEventID: lastEventID})
 	if err != nil {
 		return nil, err
 	}
@@ -42,8 +43,8 @@ func (SSE) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, to
 type WebSocket struct{}
 
 // Open implements Transport.
-func (WebSocket) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string) (streamclient.Stream, error) {
-	s, err := streamclient.OpenWS(ctx, dial, base.JoinPath("ws").String(), streamclient.Options{Topics: topics, Token: token, TokenInQuery: true})
+func (WebSocket) Open(ctx context.Context, dial streamclient.Dialer, base *url.URL, token string, topics []string, lastEventID string) (streamclient.Stream, error) {
+	s, err := streamclient.OpenWS(ctx, dial, base.JoinPath("ws").String(), streamclient.Options{Topics: topics, Token: token, TokenInQuery: true, LastEventID: lastEventID})
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func open(t *testing.T, tr Transport, h http.Handler) streamclient.Stream {
 	u, _ := url.Parse(srv.URL + "/")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := tr.Open(ctx, (&net.Dialer{Timeout: 5 * time.Second}).DialContext, u, "tok", []string{"templates"})
+	st, err := tr.Open(ctx, (&net.Dialer{Timeout: 5 * time.Second}).DialContext, u, "tok", []string{"templates"}, "")
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -67,5 +68,41 @@ func TestWebSocketAsksForTheTopicWithTheTokenInAccessTokenAndCountsASlowConsumer
 	}
 	if _, err := st.Next(); !streamclient.IsSlowConsumer(err) {
 		t.Errorf("after a slow-consumer close Next = %v, want a slow-consumer close", err)
+	}
+}
+
+func TestStreamsLeaveFromTheirSourceAddressWithoutReservingAPortForEveryDestination(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	src := SourceAddrs(2)[1]
+	conn, err := Dialer(src, 5*time.Second)(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	defer conn.Close()
+	if got := conn.LocalAddr().(*net.TCPAddr).IP.String(); got != src.String() {
+		t.Errorf("connection leaves from %s, want %s", got, src)
+	}
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opt int
+	var gerr error
+	_ = raw.Control(func(fd uintptr) { opt, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort) })
+	if gerr != nil || opt != 1 {
+		t.Errorf("IP_BIND_ADDRESS_NO_PORT = %d (%v), want 1", opt, gerr)
 	}
 }
