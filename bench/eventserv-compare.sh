@@ -33,14 +33,11 @@ relay_addr=127.0.0.1:18110
 es_port=17700
 mkdir -p "$out"
 
-bin=bench/out
-go build -o "$bin/migrate" ./cmd/migrate
-go build -o "$bin/relay" ./cmd/relay
-go build -o "$bin/relaybench" ./cmd/relaybench
+. bench/lib.sh
+build_binaries
 
-pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    stop_pids
     psql -qX "$server" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

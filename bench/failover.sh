@@ -31,17 +31,10 @@ dburl="$server dbname=$db"
 secret=failover-secret-0123456789abcdef
 mkdir -p "$out"
 
-bin=bench/out
-go build -o "$bin/migrate" ./cmd/migrate
-go build -o "$bin/relay" ./cmd/relay
-go build -o "$bin/relaybench" ./cmd/relaybench
+. bench/lib.sh
+build_binaries
 
-pids=()
-stop_all() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    pids=()
-}
-trap 'stop_all; psql -qX "$server" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+trap 'stop_pids; psql -qX "$server" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 
 # readyz ADDR prints "true" if the relay at ADDR is the sequencer.
 readyz() { curl -s --max-time 0.5 "http://$1/readyz" | jq -r '.sequencer' 2>/dev/null || echo false; }
@@ -101,6 +94,6 @@ for sig in $SIGNALS; do
     jq -r --arg s "$sig" --arg t "${took:-none}" --arg seen "${seen:-timeout}" --arg l "$(cut -d' ' -f1 /proc/loadavg)" \
         '[$s, $t, $seen, .load.latency.p50_ms, .load.latency.p99_ms, .load.latency.p999_ms, .load.latency.max_ms, .load.deliveries, .load.deliveries_missing, .load.deliveries_extra, .load.ids_not_increasing, $l] | @tsv' \
         "$json" >>"$out/summary.tsv"
-    stop_all
+    stop_pids
 done
 echo; column -t "$out/summary.tsv"

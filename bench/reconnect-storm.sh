@@ -29,10 +29,8 @@ SIGNAL=${SIGNAL:-KILL}
 server=${DATABASE_URL:-host=127.0.0.1 dbname=postgres}
 secret=storm-secret-0123456789abcdef
 mkdir -p "$out"
-bin=bench/out
-go build -o "$bin/relaybench" ./cmd/relaybench
-go build -o "$bin/relay" ./cmd/relay
-go build -o "$bin/migrate" ./cmd/migrate
+. bench/lib.sh
+build_binaries
 relay_flags=()
 for f in ${RELAY_FLAGS:-}; do relay_flags+=("--relay-flag=$f"); done
 

@@ -24,10 +24,8 @@ DURATION=${DURATION:-20s}
 server=${DATABASE_URL:-host=127.0.0.1 dbname=postgres}
 secret=relaycount-secret-0123456789abcdef
 mkdir -p "$out"
-bin=bench/out
-go build -o "$bin/relaybench" ./cmd/relaybench
-go build -o "$bin/relay" ./cmd/relay
-go build -o "$bin/migrate" ./cmd/migrate
+. bench/lib.sh
+build_binaries
 hz=$(getconf CLK_TCK)
 sql() { psql -qXAt "$server" -c "$1"; }
 

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgrelay/pgrelay/internal/ctxtime"
 	"github.com/pgrelay/pgrelay/internal/streamclient"
 )
 
@@ -216,7 +217,7 @@ func (c *Clients) reopen(s *slot, lastID string) bool {
 	}
 	delay := randDuration(c.Reconnect.Window)
 	for {
-		if err := sleep(c.ctx, delay); err != nil {
+		if err := ctxtime.Sleep(c.ctx, delay); err != nil {
 			c.gaveUp.Add(1)
 			return false
 		}

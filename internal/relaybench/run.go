@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgrelay/pgrelay/internal/ctxtime"
 	"github.com/pgrelay/pgrelay/relay/auth"
 
 	"github.com/pgrelay/pgrelay/internal/streamclient"
@@ -152,7 +153,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if rep.Connect.Opened == 0 {
 		return rep, fmt.Errorf("no stream could be opened: %w", errors.Join(errs...))
 	}
-	if err := sleep(ctx, cfg.Settle); err != nil {
+	if err := ctxtime.Sleep(ctx, cfg.Settle); err != nil {
 		return rep, err
 	}
 	rep.MemoryIdle = readMemory(relays)
@@ -369,7 +370,7 @@ func produce(ctx context.Context, cfg Config, pool *pgxpool.Pool, pop Population
 			}
 		}
 	}
-	if err := sleep(ctx, cfg.Warmup); err != nil {
+	if err := ctxtime.Sleep(ctx, cfg.Warmup); err != nil {
 		return nil, err
 	}
 	lr.startCount, lr.measureStart = f.Delivered(), sent.Now()
@@ -410,7 +411,7 @@ measure:
 	// Workers' counts are a status report old: the wait errs on the long
 	// side, and the tally uses their final counts.
 	for f.Delivered() < expected && time.Now().Before(deadline) && f.Open() > 0 {
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return nil, err
 		}
 	}
@@ -560,17 +561,6 @@ func perSubscriber(before, after map[int]ProcStatus, relays []Relay, opened int)
 		return 0 // not every relay's memory is known: no honest figure
 	}
 	return float64(grew) / float64(opened)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrelay/pgrelay/internal/ctxtime"
 )
 
 // Spawned are relays relaybench started on a database it created.
@@ -174,7 +176,7 @@ func waitReady(ctx context.Context, base string, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready within %s (last: %v)", timeout, err)
 		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+		if err := ctxtime.Sleep(ctx, 100*time.Millisecond); err != nil {
 			return err
 		}
 	}

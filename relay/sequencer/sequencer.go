@@ -23,6 +23,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgrelay/pgrelay/internal/ctxtime"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/seal"
 )
@@ -91,7 +92,7 @@ func (s *Sequencer) Run(ctx context.Context) error {
 		// Retry is the pace of election attempts, kept short for a quick
 		// takeover; a failed connection waits longer, so an unreachable
 		// database is not asked ten times a second.
-		if err := sleep(ctx, max(s.cfg.Retry, reconnectDelay)); err != nil {
+		if err := ctxtime.Sleep(ctx, max(s.cfg.Retry, reconnectDelay)); err != nil {
 			return err
 		}
 	}
@@ -123,7 +124,7 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 		if won {
 			break
 		}
-		if err := sleep(ctx, s.cfg.Retry); err != nil {
+		if err := ctxtime.Sleep(ctx, s.cfg.Retry); err != nil {
 			return err
 		}
 	}
@@ -393,16 +394,4 @@ func (s *Sequencer) announce(ctx context.Context, conn *pgx.Conn, pid uint32, pl
 		return fmt.Errorf("announce events: %w", err)
 	}
 	return nil
-}
-
-// sleep waits for d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -29,6 +29,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgrelay/pgrelay/internal/ctxtime"
 )
 
 // Publication is the publication the slot decodes (migration 0008).
@@ -226,7 +228,7 @@ func (c *Capture) session(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := sleep(ctx, c.cfg.IdleCheck); err != nil {
+		if err := ctxtime.Sleep(ctx, c.cfg.IdleCheck); err != nil {
 			return err
 		}
 	}
@@ -800,17 +802,6 @@ func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
 		d.lostChecked = time.Now()
 	}
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // ReplicationConnector returns a function opening logical replication
