@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Frames up to gatherLimit are gathered into one write; larger ones are
@@ -99,15 +100,50 @@ func (w *Writer) Blocked() bool { return w.blocked }
 // Err returns why the socket failed, or nil.
 func (w *Writer) Err() error { return w.err }
 
-// WriteRest writes, waiting as nc's deadlines allow, what a blocked writer
-// could not write at once.
-func (w *Writer) WriteRest(nc net.Conn) error {
+// WriteRest writes what a blocked writer could not write at once, waiting
+// for the client up to timeout, or until ended or stopping is closed (the
+// stream was ended, the pump stops): a client cut off lets go of its frames
+// at once, not at the timeout. A write cut short fails as a timed-out one
+// does (os.ErrDeadlineExceeded); once everything is written, nc has no write
+// deadline left, since WriteNow honours deadlines too.
+func (w *Writer) WriteRest(nc net.Conn, timeout time.Duration, ended, stopping <-chan struct{}) error {
+	stop, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-ended:
+		case <-stopping:
+		case <-stop:
+			return
+		}
+		_ = nc.SetWriteDeadline(time.Now())
+	}()
+	_ = nc.SetWriteDeadline(time.Now().Add(timeout))
+	if isClosed(ended) || isClosed(stopping) {
+		// The watcher may have cut the deadline short before the line above.
+		_ = nc.SetWriteDeadline(time.Now())
+	}
+	var err error
 	for _, b := range w.pending {
-		if _, err := nc.Write(b); err != nil {
-			return err
+		if _, err = nc.Write(b); err != nil {
+			break
 		}
 	}
-	return nil
+	close(stop)
+	<-watched
+	if err != nil {
+		return err
+	}
+	return nc.SetWriteDeadline(time.Time{})
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // send writes b without waiting; what the socket does not take is pending.

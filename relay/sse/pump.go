@@ -34,47 +34,32 @@ type pump struct {
 	heartbeat time.Duration
 	timeout   time.Duration
 	hangups   *netpump.Poller
-
-	mu       sync.Mutex
-	work     *sync.Cond
-	ready    []*liveConn
-	stopping bool
-	quit     bool
-	drained  chan struct{}
+	sched     *netpump.Scheduler[*liveConn]
 
 	// wheel holds every stream in the pump and spreads their heartbeats
-	// over the interval.
+	// over the interval; mu guards it.
+	mu    sync.Mutex
 	wheel *netpump.Wheel[*liveConn]
 
-	workers sync.WaitGroup
 	blocked sync.WaitGroup
 	bufs    netpump.WriterPool
 }
 
-// connState says who may touch a liveConn's connection and stream.
-type connState uint8
-
+// Why a stream was woken, besides events to write (no flag).
 const (
-	idle    connState = iota // nobody: waiting for events
-	queued                   // in pump.ready
-	running                  // a worker, or a blocked write, owns it
-	rerun                    // running, and woken again since it started
-	gone                     // closed
+	hungUp  netpump.Flags = 1 << iota // the client closed its connection
+	pingDue                           // its heartbeat is due
 )
 
-// liveConn is one stream in the pump's care.
+// liveConn is one stream in the pump's care. Whoever holds it (see
+// netpump.Scheduler) owns its connection.
 type liveConn struct {
-	adm       *stream.Admitted
-	nc        net.Conn
-	raw       syscall.RawConn // nc's descriptor, for writes that must not wait; nil if it has none
-	unwatch   func()
-	blockedOn bool // a blocked write owns the connection; guarded by pump.mu
-
-	// guarded by pump.mu
-	state  connState
-	hungUp bool
-	ping   bool
-	slot   int
+	netpump.Task
+	adm     *stream.Admitted
+	nc      net.Conn
+	raw     syscall.RawConn // nc's descriptor, for writes that must not wait; nil if it has none
+	unwatch func()
+	slot    int // in the wheel; guarded by pump.mu
 }
 
 func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) {
@@ -82,24 +67,18 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 	if err != nil {
 		return nil, fmt.Errorf("watch stream connections for hang-ups: %w", err)
 	}
-	p := &pump{
+	return &pump{
 		log: log, heartbeat: heartbeat, timeout: timeout, hangups: h,
-		drained: make(chan struct{}),
-		wheel:   netpump.NewWheel[*liveConn](),
-	}
-	p.work = sync.NewCond(&p.mu)
-	return p, nil
+		sched: netpump.NewScheduler[*liveConn](),
+		wheel: netpump.NewWheel[*liveConn](),
+	}, nil
 }
 
 // run serves until ctx is done, then ends every stream with a shutdown
 // notice and returns when all are closed.
 func (p *pump) run(ctx context.Context) {
 	go p.hangups.Run()
-	n := 2 * runtime.GOMAXPROCS(0)
-	p.workers.Add(n)
-	for range n {
-		go p.worker()
-	}
+	p.sched.Start(2*runtime.GOMAXPROCS(0), func() func(*liveConn, netpump.Flags) { return p.serve })
 	// Every stream gets a ping each interval, events or not, but a slot at a
 	// time: pinging every stream at once would put thousands of writes in
 	// front of the next event.
@@ -113,8 +92,7 @@ func (p *pump) run(ctx context.Context) {
 		case <-tick.C:
 			p.mu.Lock()
 			for c := range p.wheel.Slot(slot) {
-				c.ping = true
-				p.wakeLocked(c)
+				p.sched.Wake(c, pingDue)
 			}
 			p.mu.Unlock()
 		}
@@ -122,28 +100,18 @@ func (p *pump) run(ctx context.Context) {
 }
 
 // stop ends every stream and waits for the workers and blocked writes.
+// Blocked writes give up at once (the scheduler's Stopping).
 func (p *pump) stop() {
+	drained := p.sched.Drain()
 	p.mu.Lock()
-	p.stopping = true
 	for slot := range netpump.WheelSlots {
 		for c := range p.wheel.Slot(slot) {
-			p.wakeLocked(c)
-			if c.blockedOn {
-				// End the blocked write now; it then closes the stream.
-				_ = c.nc.SetWriteDeadline(time.Now())
-			}
+			p.sched.Wake(c, 0)
 		}
 	}
-	empty := p.wheel.Len() == 0
 	p.mu.Unlock()
-	if !empty {
-		<-p.drained
-	}
-	p.mu.Lock()
-	p.quit = true
-	p.work.Broadcast()
-	p.mu.Unlock()
-	p.workers.Wait()
+	<-drained
+	p.sched.Stop()
 	p.blocked.Wait()
 	p.hangups.Close()
 }
@@ -151,107 +119,35 @@ func (p *pump) stop() {
 // add takes over c, already past its replay. It returns false if the pump is
 // stopping; the caller then still owns c.
 func (p *pump) add(c *liveConn) bool {
-	p.mu.Lock()
-	if p.stopping {
-		p.mu.Unlock()
+	if !p.sched.Admit(c) {
 		return false
 	}
-	c.state = running // until the first notification below
+	p.mu.Lock()
 	c.slot = p.wheel.Add(c)
 	p.mu.Unlock()
-
-	unwatch, err := p.hangups.Watch(c.nc, netpump.HangUp, func() {
-		p.mu.Lock()
-		c.hungUp = true
-		p.wakeLocked(c)
-		p.mu.Unlock()
-	})
+	unwatch, err := p.hangups.Watch(c.nc, netpump.HangUp, func() { p.sched.Wake(c, hungUp) })
 	if err != nil {
 		// Without a watch a closed client is noticed at the next heartbeat.
 		p.log.Warn("watch stream connection", "user", c.adm.Request.Subscriber, "err", err)
 		unwatch = func() {}
 	}
 	c.unwatch = unwatch
-	c.adm.Notify(func() { p.wake(c) })
-	// Events queued during the replay arrived before Notify was set.
-	p.finished(c)
-	p.wake(c)
+	c.adm.Notify(func() { p.sched.Wake(c, 0) })
+	// Events queued during the replay arrived before Notify was set: the
+	// first turn delivers them.
+	p.sched.Wake(c, 0)
+	p.sched.Done(c)
 	return true
 }
 
-func (p *pump) wake(c *liveConn) {
-	p.mu.Lock()
-	p.wakeLocked(c)
-	p.mu.Unlock()
-}
-
-func (p *pump) wakeLocked(c *liveConn) {
-	switch c.state {
-	case idle:
-		c.state = queued
-		p.ready = append(p.ready, c)
-		p.work.Signal()
-	case running:
-		c.state = rerun
-	}
-}
-
-// finished hands c back after a worker or a blocked write is done with it.
-func (p *pump) finished(c *liveConn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c.blockedOn = false
-	if c.state == rerun {
-		c.state = queued
-		p.ready = append(p.ready, c)
-		p.work.Signal()
-		return
-	}
-	c.state = idle
-}
-
-// turn is what a worker learned about a stream when it took it.
-type turn struct {
-	hungUp, ping, stopping bool
-}
-
-func (p *pump) next() (*liveConn, turn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for len(p.ready) == 0 && !p.quit {
-		p.work.Wait()
-	}
-	if len(p.ready) == 0 {
-		return nil, turn{}
-	}
-	c := p.ready[0]
-	p.ready[0] = nil
-	p.ready = p.ready[1:]
-	c.state = running
-	t := turn{hungUp: c.hungUp, ping: c.ping, stopping: p.stopping}
-	c.ping = false
-	return c, t
-}
-
-func (p *pump) worker() {
-	defer p.workers.Done()
-	for {
-		c, t := p.next()
-		if c == nil {
-			return
-		}
-		p.serve(c, t)
-	}
-}
-
-// serve writes what c has to send, or closes it.
-func (p *pump) serve(c *liveConn, t turn) {
-	if t.hungUp {
+// serve writes what c has to send, or closes it. It holds c.
+func (p *pump) serve(c *liveConn, f netpump.Flags) {
+	if f&hungUp != 0 {
 		p.close(c, stream.ErrClientGone, false)
 		return
 	}
 	err := c.adm.Err()
-	if err == nil && t.stopping {
+	if err == nil && p.sched.Draining() {
 		err = hub.ErrShutdown
 	}
 	if err != nil {
@@ -260,7 +156,7 @@ func (p *pump) serve(c *liveConn, t turn) {
 	}
 	w := p.bufs.Get(c.raw)
 	err = c.adm.Deliver(frameSink[liveWriter]{liveWriter{w}})
-	if err == nil && t.ping {
+	if err == nil && f&pingDue != 0 {
 		err = w.Frame(pingFrame)
 	}
 	if err == nil {
@@ -270,89 +166,44 @@ func (p *pump) serve(c *liveConn, t turn) {
 	case w.Err() != nil:
 		p.bufs.Put(w)
 		p.close(c, stream.ErrClientGone, false)
-		return
 	case err != nil:
 		// The hub ended the stream during Deliver. Its notice can follow
 		// only whole frames, so not what a stalled socket cut short.
 		p.bufs.Put(w)
 		p.close(c, err, !w.Blocked())
-		return
 	case !w.Blocked():
 		p.bufs.Put(w)
-		p.finished(c)
-		return
+		p.sched.Done(c)
+	default:
+		// The client's socket buffer is full: wait for it, up to the write
+		// timeout, without holding up a worker.
+		p.blocked.Add(1)
+		go p.writeBlocked(c, w)
 	}
-	// The client's socket buffer is full: wait for it, up to the write
-	// timeout, without holding up a worker.
-	p.mu.Lock()
-	c.blockedOn = true
-	stopping := p.stopping
-	p.mu.Unlock()
-	if stopping {
-		p.bufs.Put(w)
-		p.close(c, hub.ErrShutdown, false)
-		return
-	}
-	p.blocked.Add(1)
-	go p.writeBlocked(c, w)
 }
 
-// writeBlocked writes what the socket did not take at once, waiting for the
-// client up to the write timeout, or until the hub ends the stream: a client
-// cut off as too slow lets go of its frames at once, not at the timeout.
+// writeBlocked writes what the socket did not take at once, then hands c
+// back, or closes it if the write failed.
 func (p *pump) writeBlocked(c *liveConn, w *netpump.Writer) {
 	defer p.blocked.Done()
-	ended := c.adm.Done()
-	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		select {
-		case <-ended:
-			_ = c.nc.SetWriteDeadline(time.Now())
-		case <-stopWatch:
-		}
-	}()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(p.timeout))
-	p.mu.Lock()
-	if p.stopping {
-		// stop may have cut the deadline short before the line above.
-		_ = c.nc.SetWriteDeadline(time.Now())
-	}
-	p.mu.Unlock()
-	select {
-	case <-ended: // and so may the watcher
-		_ = c.nc.SetWriteDeadline(time.Now())
-	default:
-	}
-	err := w.WriteRest(c.nc)
-	close(stopWatch)
-	<-watchDone
+	err := w.WriteRest(c.nc, p.timeout, c.adm.Done(), p.sched.Stopping())
 	p.bufs.Put(w)
-	if err == nil {
-		// WriteNow honours deadlines too: clear this one.
-		err = c.nc.SetWriteDeadline(time.Time{})
+	switch {
+	case err == nil:
+		p.sched.Done(c)
+	case p.sched.Draining():
+		p.close(c, hub.ErrShutdown, false)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Timed out, or cut short because the hub ended the stream:
+		// Classify says which.
+		p.close(c, c.adm.Classify(err), false)
+	default:
+		p.close(c, stream.ErrClientGone, false)
 	}
-	if err != nil {
-		p.mu.Lock()
-		stopping := p.stopping
-		p.mu.Unlock()
-		switch {
-		case stopping:
-			p.close(c, hub.ErrShutdown, false)
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Timed out, or cut short because the hub ended the stream:
-			// Classify says which.
-			p.close(c, c.adm.Classify(err), false)
-		default:
-			p.close(c, stream.ErrClientGone, false)
-		}
-		return
-	}
-	p.finished(c)
 }
 
 // close ends c for err, first telling the client why if notify and the
-// socket takes the notice at once. The caller owns c.
+// socket takes the notice at once. The caller holds c.
 func (p *pump) close(c *liveConn, err error, notify bool) {
 	if n := notice(stream.Ending(err)); notify && n != nil {
 		_, _ = netpump.WriteNow(c.raw, n)
@@ -360,7 +211,12 @@ func (p *pump) close(c *liveConn, err error, notify bool) {
 	if c.unwatch != nil {
 		c.unwatch()
 	}
-	p.end(c, err)
+	_ = c.nc.Close()
+	c.adm.End(err)
+	p.mu.Lock()
+	p.wheel.Remove(c, c.slot)
+	p.mu.Unlock()
+	p.sched.Drop(c)
 }
 
 // closeUnowned ends a stream that never reached the pump (its replay failed
@@ -371,23 +227,8 @@ func (p *pump) closeUnowned(c *liveConn, err error, notify bool) {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.nc.Write(n)
 	}
-	p.end(c, err)
-}
-
-func (p *pump) end(c *liveConn, err error) {
 	_ = c.nc.Close()
 	c.adm.End(err)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c.state = gone
-	p.wheel.Remove(c, c.slot)
-	if p.stopping && p.wheel.Len() == 0 {
-		select {
-		case <-p.drained:
-		default:
-			close(p.drained)
-		}
-	}
 }
 
 // liveWriter is the pump's writer as a frameWriter.

@@ -39,21 +39,15 @@ type pump struct {
 	heartbeat time.Duration
 	timeout   time.Duration
 	poller    *netpump.Poller
+	sched     *netpump.Scheduler[*conn]
 
-	mu       sync.Mutex
-	work     *sync.Cond
-	ready    []*conn
-	stopping bool
-	quit     bool
-	conns    int // in the pump, open or closing
-	drained  chan struct{}
-	// wheel holds the open connections and spreads their pings over the
-	// heartbeat interval; closing holds those waiting for the client's
-	// close frame.
+	// mu guards wheel, which holds the open connections and spreads their
+	// pings over the heartbeat interval, and closing, which holds those
+	// waiting for the client's close frame.
+	mu      sync.Mutex
 	wheel   *netpump.Wheel[*conn]
 	closing map[*conn]struct{}
 
-	workers sync.WaitGroup
 	blocked sync.WaitGroup
 	bufs    netpump.WriterPool
 }
@@ -69,19 +63,17 @@ const maxReadPerTurn = 64 << 10
 // readBuffer is the size of each worker's read buffer.
 const readBuffer = 16 << 10
 
-// connState says who may touch a conn's socket and its runner-owned fields.
-type connState uint8
-
+// Why a connection was woken, besides events to write (no flag).
 const (
-	idle    connState = iota // nobody: waiting for events
-	queued                   // in pump.ready
-	running                  // a worker, or a blocked write, owns it
-	rerun                    // running, and woken again since it started
-	gone                     // closed
+	readable netpump.Flags = 1 << iota // the client sent something
+	pingDue                            // its heartbeat is due
+	expired                            // the close handshake took longer than closeWait
 )
 
-// conn is one upgraded connection.
+// conn is one upgraded connection. Whoever holds it (see netpump.Scheduler)
+// owns its socket and the fields below slot.
 type conn struct {
+	netpump.Task
 	adm     *stream.Admitted
 	nc      net.Conn
 	raw     syscall.RawConn // nc's descriptor, for reads and writes that must not wait
@@ -90,15 +82,9 @@ type conn struct {
 	unwatch func()
 
 	// guarded by pump.mu
-	state     connState
-	readable  bool
-	ping      bool
-	expired   bool // the close handshake took longer than closeWait
-	blockedOn bool // a blocked write owns the connection
-	slot      int
-	closeBy   time.Time
+	slot    int
+	closeBy time.Time
 
-	// owned by whoever runs the connection (see connState)
 	frames    frameReader
 	pingSent  time.Time // zero: no ping unanswered
 	closeSent bool
@@ -110,14 +96,12 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 	if err != nil {
 		return nil, fmt.Errorf("watch websocket connections: %w", err)
 	}
-	p := &pump{
+	return &pump{
 		log: log, heartbeat: heartbeat, timeout: timeout, poller: poller,
-		drained: make(chan struct{}),
+		sched:   netpump.NewScheduler[*conn](),
 		wheel:   netpump.NewWheel[*conn](),
 		closing: map[*conn]struct{}{},
-	}
-	p.work = sync.NewCond(&p.mu)
-	return p, nil
+	}, nil
 }
 
 // run serves until ctx is done, then calls detach (no new connections are
@@ -125,35 +109,35 @@ func newPump(log *slog.Logger, heartbeat, timeout time.Duration) (*pump, error) 
 // once all are closed.
 func (p *pump) run(ctx context.Context, detach func()) {
 	go p.poller.Run()
-	n := 2 * runtime.GOMAXPROCS(0)
-	p.workers.Add(n)
-	for range n {
-		go p.worker()
-	}
+	p.sched.Start(2*runtime.GOMAXPROCS(0), func() func(*conn, netpump.Flags) {
+		buf := make([]byte, readBuffer)
+		return func(c *conn, f netpump.Flags) { p.turn(c, f, buf) }
+	})
 	// The ticker keeps turning while the pump stops: it is what ends close
 	// handshakes the clients do not complete.
 	tick := time.NewTicker(netpump.Tick(p.heartbeat))
 	defer tick.Stop()
 	done := ctx.Done()
+	var drained <-chan struct{}
 	for slot := 0; ; {
 		select {
 		case <-done:
 			done = nil
 			detach()
-			p.beginStop()
-		case <-p.drained:
-			p.finish()
+			drained = p.beginStop()
+		case <-drained:
+			p.sched.Stop()
+			p.blocked.Wait()
+			p.poller.Close()
 			return
 		case now := <-tick.C:
 			p.mu.Lock()
 			for c := range p.wheel.Slot(slot) {
-				c.ping = true
-				p.wakeLocked(c)
+				p.sched.Wake(c, pingDue)
 			}
 			for c := range p.closing {
 				if now.After(c.closeBy) {
-					c.expired = true
-					p.wakeLocked(c)
+					p.sched.Wake(c, expired)
 				}
 			}
 			p.mu.Unlock()
@@ -162,67 +146,33 @@ func (p *pump) run(ctx context.Context, detach func()) {
 	}
 }
 
-// beginStop makes every open connection close with 1012 at its next turn,
-// and cuts short the writes that wait for their clients.
-func (p *pump) beginStop() {
+// beginStop makes every open connection close with 1012 at its next turn
+// (writes that wait for their clients give up at once: the scheduler's
+// Stopping), and returns what is closed once every connection is.
+func (p *pump) beginStop() <-chan struct{} {
+	drained := p.sched.Drain()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.stopping = true
 	for slot := range netpump.WheelSlots {
 		for c := range p.wheel.Slot(slot) {
-			p.wakeLocked(c)
-			if c.blockedOn {
-				_ = c.nc.SetWriteDeadline(time.Now())
-			}
+			p.sched.Wake(c, 0)
 		}
 	}
-	p.drainedLocked()
-}
-
-// finish stops the workers once every connection is closed.
-func (p *pump) finish() {
-	p.mu.Lock()
-	p.quit = true
-	p.work.Broadcast()
-	p.mu.Unlock()
-	p.workers.Wait()
-	p.blocked.Wait()
-	p.poller.Close()
-}
-
-func (p *pump) drainedLocked() {
-	if !p.stopping || p.conns > 0 {
-		return
-	}
-	select {
-	case <-p.drained:
-	default:
-		close(p.drained)
-	}
+	return drained
 }
 
 // add takes over c, past its replay. If endErr is set the replay ended the
 // stream, and the pump only closes it. add returns false if the pump is
 // stopping; the caller then still owns c.
 func (p *pump) add(c *conn, endErr error) bool {
-	p.mu.Lock()
-	if p.stopping {
-		p.mu.Unlock()
+	if !p.sched.Admit(c) {
 		return false
 	}
-	p.conns++
-	c.state = running // until the first turn is queued below
-	c.slot = p.wheel.Add(c)
-	c.readable = true // whatever the client sent meanwhile
 	c.endErr = endErr
+	p.mu.Lock()
+	c.slot = p.wheel.Add(c)
 	p.mu.Unlock()
-
-	unwatch, err := p.poller.Watch(c.nc, netpump.Readable, func() {
-		p.mu.Lock()
-		c.readable = true
-		p.wakeLocked(c)
-		p.mu.Unlock()
-	})
+	unwatch, err := p.poller.Watch(c.nc, netpump.Readable, func() { p.sched.Wake(c, readable) })
 	if err != nil {
 		// Unwatched, the client's pongs go unread: it is dropped as
 		// unresponsive after the write timeout.
@@ -230,94 +180,32 @@ func (p *pump) add(c *conn, endErr error) bool {
 		unwatch = func() {}
 	}
 	c.unwatch = unwatch
-	c.adm.Notify(func() { p.wake(c) })
-	p.finished(c)
-	p.wake(c)
+	c.adm.Notify(func() { p.sched.Wake(c, 0) })
+	// The first turn reads whatever the client sent meanwhile and delivers
+	// the events queued during the replay, before Notify was set.
+	p.sched.Wake(c, readable)
+	p.sched.Done(c)
 	return true
 }
 
-func (p *pump) wake(c *conn) {
-	p.mu.Lock()
-	p.wakeLocked(c)
-	p.mu.Unlock()
-}
-
-func (p *pump) wakeLocked(c *conn) {
-	switch c.state {
-	case idle:
-		c.state = queued
-		p.ready = append(p.ready, c)
-		p.work.Signal()
-	case running:
-		c.state = rerun
-	}
-}
-
-// finished hands c back after a worker or a blocked write is done with it.
-func (p *pump) finished(c *conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	c.blockedOn = false
-	if c.state == rerun {
-		c.state = queued
-		p.ready = append(p.ready, c)
-		p.work.Signal()
-		return
-	}
-	c.state = idle
-}
-
-// turn is what a worker learned about a connection when it took it.
-type turn struct {
-	readable, ping, expired, stopping bool
-}
-
-func (p *pump) next() (*conn, turn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for len(p.ready) == 0 && !p.quit {
-		p.work.Wait()
-	}
-	if len(p.ready) == 0 {
-		return nil, turn{}
-	}
-	c := p.ready[0]
-	p.ready[0] = nil
-	p.ready = p.ready[1:]
-	c.state = running
-	t := turn{readable: c.readable, ping: c.ping, expired: c.expired, stopping: p.stopping}
-	c.readable, c.ping, c.expired = false, false, false
-	return c, t
-}
-
-func (p *pump) worker() {
-	defer p.workers.Done()
-	buf := make([]byte, readBuffer)
-	for {
-		c, t := p.next()
-		if c == nil {
-			return
-		}
-		w := p.bufs.Get(c.raw)
-		if c.closeSent {
-			p.serveClosing(c, t, w, buf)
-		} else {
-			p.serve(c, t, w, buf)
-		}
+// turn serves c, which the caller holds, for the reasons in f.
+func (p *pump) turn(c *conn, f netpump.Flags, buf []byte) {
+	w := p.bufs.Get(c.raw)
+	if c.closeSent {
+		p.serveClosing(c, f, w, buf)
+	} else {
+		p.serve(c, f, w, buf)
 	}
 }
 
 // serve reads what the client sent, writes what c has to send, or starts
 // closing it. It owns w.
-func (p *pump) serve(c *conn, t turn, w *netpump.Writer, buf []byte) {
-	if t.readable {
+func (p *pump) serve(c *conn, f netpump.Flags, w *netpump.Writer, buf []byte) {
+	if f&readable != 0 {
 		switch err := p.read(c, w, buf); {
 		case err == nil:
 		case errors.Is(err, errMoreToRead):
-			p.mu.Lock()
-			c.readable = true
-			p.wakeLocked(c) // a rerun: epoll reports only what arrives later
-			p.mu.Unlock()
+			p.sched.Wake(c, readable) // a rerun: epoll reports only what arrives later
 		case errors.Is(err, errClientClosed):
 			_ = w.Flush() // the close frame that answers the client's
 			p.bufs.Put(w)
@@ -335,7 +223,7 @@ func (p *pump) serve(c *conn, t turn, w *netpump.Writer, buf []byte) {
 		}
 	}
 	err := c.adm.Err()
-	if err == nil && t.stopping {
+	if err == nil && p.sched.Draining() {
 		err = hub.ErrShutdown
 	}
 	if err == nil {
@@ -346,7 +234,7 @@ func (p *pump) serve(c *conn, t turn, w *netpump.Writer, buf []byte) {
 		return
 	}
 	err = c.adm.Deliver(liveSink{w})
-	if err == nil && t.ping {
+	if err == nil && f&pingDue != 0 {
 		switch {
 		case c.pingSent.IsZero():
 			err = w.Frame(pingFrame)
@@ -372,22 +260,22 @@ func (p *pump) serve(c *conn, t turn, w *netpump.Writer, buf []byte) {
 		p.end(c, w, err)
 	case !w.Blocked():
 		p.bufs.Put(w)
-		p.finished(c)
+		p.sched.Done(c)
 	default:
-		p.block(c, w)
+		// The client's socket buffer is full: wait for it, up to the write
+		// timeout, without holding up a worker.
+		p.blocked.Add(1)
+		go p.writeBlocked(c, w)
 	}
 }
 
 // serveClosing waits, reading, for the client's close frame.
-func (p *pump) serveClosing(c *conn, t turn, w *netpump.Writer, buf []byte) {
-	if t.readable {
+func (p *pump) serveClosing(c *conn, f netpump.Flags, w *netpump.Writer, buf []byte) {
+	if f&readable != 0 {
 		err := p.read(c, w, buf)
 		switch {
 		case errors.Is(err, errMoreToRead):
-			p.mu.Lock()
-			c.readable = true
-			p.wakeLocked(c)
-			p.mu.Unlock()
+			p.sched.Wake(c, readable)
 		case err != nil:
 			// The client's close frame, or it left, or it sent garbage:
 			// the handshake is over either way.
@@ -397,11 +285,11 @@ func (p *pump) serveClosing(c *conn, t turn, w *netpump.Writer, buf []byte) {
 		}
 	}
 	p.bufs.Put(w)
-	if t.expired {
+	if f&expired != 0 {
 		p.terminate(c, c.endErr)
 		return
 	}
-	p.finished(c)
+	p.sched.Done(c)
 }
 
 // end closes c for err, with the close frame that tells the client why, or
@@ -436,80 +324,30 @@ func (p *pump) startClose(c *conn, w *netpump.Writer, code uint16, reason string
 	p.closing[c] = struct{}{}
 	c.closeBy = time.Now().Add(closeWait)
 	p.mu.Unlock()
-	p.finished(c)
+	p.sched.Done(c)
 }
 
-// block hands c, whose socket is full, to a goroutine that waits for the
-// client up to the write timeout, so that no worker waits.
-func (p *pump) block(c *conn, w *netpump.Writer) {
-	p.mu.Lock()
-	c.blockedOn = true
-	stopping := p.stopping
-	p.mu.Unlock()
-	if stopping {
-		p.bufs.Put(w)
-		p.terminate(c, hub.ErrShutdown)
-		return
-	}
-	p.blocked.Add(1)
-	go p.writeBlocked(c, w)
-}
-
-// writeBlocked writes what the socket did not take at once, waiting for the
-// client up to the write timeout, or until the hub ends the stream: a client
-// cut off as too slow lets go of its frames at once, not at the timeout.
+// writeBlocked writes what the socket did not take at once, then hands c
+// back, or closes it if the write failed.
 func (p *pump) writeBlocked(c *conn, w *netpump.Writer) {
 	defer p.blocked.Done()
-	ended := c.adm.Done()
-	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		select {
-		case <-ended:
-			_ = c.nc.SetWriteDeadline(time.Now())
-		case <-stopWatch:
-		}
-	}()
-	_ = c.nc.SetWriteDeadline(time.Now().Add(p.timeout))
-	p.mu.Lock()
-	if p.stopping {
-		// beginStop may have cut the deadline short before the line above.
-		_ = c.nc.SetWriteDeadline(time.Now())
-	}
-	p.mu.Unlock()
-	select {
-	case <-ended: // and so may the watcher
-		_ = c.nc.SetWriteDeadline(time.Now())
-	default:
-	}
-	err := w.WriteRest(c.nc)
-	close(stopWatch)
-	<-watchDone
+	err := w.WriteRest(c.nc, p.timeout, c.adm.Done(), p.sched.Stopping())
 	p.bufs.Put(w)
-	if err == nil {
-		// WriteNow honours deadlines too: clear this one.
-		err = c.nc.SetWriteDeadline(time.Time{})
+	switch {
+	case err == nil:
+		p.sched.Done(c)
+	case p.sched.Draining():
+		p.terminate(c, hub.ErrShutdown)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Timed out, or cut short because the hub ended the stream:
+		// Classify says which.
+		p.terminate(c, c.adm.Classify(err))
+	default:
+		p.terminate(c, writeFailed(err))
 	}
-	if err != nil {
-		p.mu.Lock()
-		stopping := p.stopping
-		p.mu.Unlock()
-		switch {
-		case stopping:
-			p.terminate(c, hub.ErrShutdown)
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Timed out, or cut short because the hub ended the stream:
-			// Classify says which.
-			p.terminate(c, c.adm.Classify(err))
-		default:
-			p.terminate(c, writeFailed(err))
-		}
-		return
-	}
-	p.finished(c)
 }
 
-// terminate closes c's socket and ends its stream. The caller owns c.
+// terminate closes c's socket and ends its stream. The caller holds c.
 func (p *pump) terminate(c *conn, err error) {
 	if c.unwatch != nil {
 		c.unwatch()
@@ -518,12 +356,10 @@ func (p *pump) terminate(c *conn, err error) {
 	c.adm.End(err)
 	c.untrack()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	c.state = gone
 	p.wheel.Remove(c, c.slot)
 	delete(p.closing, c)
-	p.conns--
-	p.drainedLocked()
+	p.mu.Unlock()
+	p.sched.Drop(c)
 }
 
 var (
