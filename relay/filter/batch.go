@@ -15,7 +15,9 @@ import (
 // per query: the first request is loaded at once, and requests that arrive
 // while a load runs wait for it and go into the next one together. A relay
 // restart that sends thousands of clients reconnecting at once then costs a
-// few queries, not one per client.
+// few queries, not one per client. Up to loadsAtOnce queries run at once,
+// so that a slow one (a busy database, a large batch) does not hold every
+// other opening stream in line behind it.
 type Batcher struct {
 	q       Querier
 	gen     func() uint64
@@ -24,8 +26,14 @@ type Batcher struct {
 
 	mu      sync.Mutex
 	queue   []*batch
-	running bool
+	running int // drivers running
 }
+
+// loadsAtOnce bounds the filter queries one relay runs at the same time: a
+// few use the pool's spare connections (--pool-size, 10 by default) while
+// opens queue up; more would take connections the replays need and add
+// load to a database that is already the bottleneck.
+const loadsAtOnce = 3
 
 type batch struct {
 	subscribers []string
@@ -56,8 +64,12 @@ func (b *Batcher) Load(ctx context.Context, subscriber string) (Filter, uint64, 
 	if !slices.Contains(bt.subscribers, subscriber) {
 		bt.subscribers = append(bt.subscribers, subscriber)
 	}
-	start := !b.running
-	b.running = true
+	// Requests share queries once loadsAtOnce are running: until then a
+	// request is loaded at once, and a burst fills the queue behind them.
+	start := b.running < loadsAtOnce
+	if start {
+		b.running++
+	}
 	b.mu.Unlock()
 	if start {
 		// Ends as soon as the queue is empty; every request it serves waits
@@ -80,7 +92,7 @@ func (b *Batcher) drive() {
 	for {
 		b.mu.Lock()
 		if len(b.queue) == 0 {
-			b.running = false
+			b.running--
 			b.mu.Unlock()
 			return
 		}

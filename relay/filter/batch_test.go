@@ -113,19 +113,17 @@ INSERT INTO users (id, name, user_type, org_id, location_id) VALUES ('u1', 'U', 
 }
 
 // poisonQuerier rejects, as the server rejects data it cannot take, every
-// filter query that includes the subscriber "poison"; its first query closes
-// entered and waits for gate.
+// filter query that includes the subscriber "poison"; every query waits for
+// gate, and entered counts those that reached it.
 type poisonQuerier struct {
 	filter.Querier
-	entered, gate chan struct{}
-	first         sync.Once
+	entered atomic.Int64
+	gate    chan struct{}
 }
 
 func (p *poisonQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	p.first.Do(func() {
-		close(p.entered)
-		<-p.gate
-	})
+	p.entered.Add(1)
+	<-p.gate
 	if ids, ok := args[0].([]string); ok && slices.Contains(ids, "poison") {
 		return nil, &pgconn.PgError{Code: "22021", Message: "invalid byte sequence for encoding \"UTF8\""}
 	}
@@ -139,13 +137,14 @@ func TestASubscriberTheServerRejectsFailsOnlyItsOwnLoadNotItsBatch(t *testing.T)
 INSERT INTO orgs VALUES ('o', 'O');
 INSERT INTO locations VALUES ('l1', 'o', 'L1');
 INSERT INTO users (id, name, user_type, org_id, location_id)
-SELECT 'u' || i, 'U', 'ZOLO', 'o', 'l1' FROM generate_series(0, 20) AS i;`)
-	q := &poisonQuerier{Querier: db.Pool, entered: make(chan struct{}), gate: make(chan struct{})}
+SELECT 'u' || i, 'U', 'ZOLO', 'o', 'l1' FROM generate_series(0, 30) AS i;`)
+	q := &poisonQuerier{Querier: db.Pool, gate: make(chan struct{})}
 	var gen atomic.Uint64
 	b := filter.NewBatcher(q, func() uint64 { return gen.Add(1) }, 50)
 
-	// u0's load holds the first query; everyone else, poison included,
-	// queues behind it and goes into the next query together.
+	// The first loads hold every query the Batcher runs at once; everyone
+	// else, poison included, queues behind them and goes into the next
+	// query together.
 	var wg sync.WaitGroup
 	results := make(map[string]error)
 	var mu sync.Mutex
@@ -159,11 +158,20 @@ SELECT 'u' || i, 'U', 'ZOLO', 'o', 'l1' FROM generate_series(0, 20) AS i;`)
 		results[sub] = err
 		mu.Unlock()
 	}
-	wg.Add(1)
-	go load("u0")
-	<-q.entered
+	holders := []string{}
+	for i := range filter.LoadsAtOnce {
+		holders = append(holders, "u"+itoa(21+i))
+		wg.Add(1)
+		go load(holders[i])
+		// One at a time, so that each is a query of its own.
+		for deadline := time.Now().Add(10 * time.Second); q.entered.Load() < int64(i+1); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("load %d of %d did not reach the database", i+1, filter.LoadsAtOnce)
+			}
+		}
+	}
 	subs := []string{"poison"}
-	for i := 1; i <= 20; i++ {
+	for i := 0; i <= 20; i++ {
 		subs = append(subs, "u"+itoa(i))
 	}
 	for _, s := range subs {
@@ -182,9 +190,69 @@ SELECT 'u' || i, 'U', 'ZOLO', 'o', 'l1' FROM generate_series(0, 20) AS i;`)
 	if results["poison"] == nil {
 		t.Error("the rejected subscriber's load succeeded")
 	}
-	for _, s := range append(subs[1:], "u0") {
+	for _, s := range append(subs[1:], holders...) {
 		if err := results[s]; err != nil {
 			t.Errorf("%s, batched with the rejected subscriber: %v", s, err)
 		}
+	}
+}
+
+// slowQuerier holds every filter query until release is closed, counting
+// how many wait at once.
+type slowQuerier struct {
+	filter.Querier
+	release  chan struct{}
+	inFlight atomic.Int64
+	most     atomic.Int64
+}
+
+func (s *slowQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for {
+		m := s.most.Load()
+		if n <= m || s.most.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	<-s.release
+	return s.Querier.Query(ctx, sql, args...)
+}
+
+// A slow filter query must not hold every opening stream in line behind
+// it, and a burst must not turn into a query per stream either.
+func TestASlowFilterQueryDoesNotHoldEveryOtherOpenBehindItButLoadsStayBounded(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `
+INSERT INTO orgs VALUES ('o', 'O');
+INSERT INTO locations VALUES ('l1', 'o', 'L1');
+INSERT INTO users (id, name, user_type, org_id, location_id)
+SELECT 'u' || i, 'U', 'ZOLO', 'o', 'l1' FROM generate_series(1, 100) AS i;`)
+	q := &slowQuerier{Querier: db.Pool, release: make(chan struct{})}
+	var gen atomic.Uint64
+	b := filter.NewBatcher(q, func() uint64 { return gen.Add(1) }, 50)
+	var wg sync.WaitGroup
+	for i := 1; i <= 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if f, _, err := b.Load(context.Background(), "u"+itoa(i)); err != nil || !f.Exists {
+				t.Errorf("u%d: %+v, %v", i, f, err)
+			}
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for q.inFlight.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // room for more than the bound to start, were there no bound
+	if got := q.inFlight.Load(); got < 2 || got > 3 {
+		t.Errorf("%d filter queries in flight behind a slow one, want 2 or 3", got)
+	}
+	close(q.release)
+	wg.Wait()
+	if got := q.most.Load(); got > 3 {
+		t.Errorf("at most %d queries ran at once, want at most 3", got)
 	}
 }

@@ -10,3 +10,6 @@ func (b *Batcher) Queued() int {
 	}
 	return n
 }
+
+// LoadsAtOnce is how many filter queries a Batcher runs at the same time.
+const LoadsAtOnce = loadsAtOnce
