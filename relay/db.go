@@ -13,6 +13,7 @@ import (
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
+	"github.com/pgrelay/pgrelay/relay/reader"
 	"github.com/pgrelay/pgrelay/relay/seal"
 )
 
@@ -105,3 +106,12 @@ func (l poolLog) ReadAfter(ctx context.Context, after eventlog.ID, b eventlog.Ba
 }
 
 func (l poolLog) Forget() { l.events.Forget() }
+
+// listenHandler hands announcements and connection changes to the reader,
+// and filter changes to the refresher.
+type listenHandler struct {
+	*reader.Reader
+	refresher *filter.Refresher
+}
+
+func (h listenHandler) FiltersChanged(c filter.Change) { h.refresher.Notify(c) }

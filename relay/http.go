@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -42,4 +45,13 @@ func (s *Server) routes(verifier *auth.Verifier) chi.Router {
 	r.Mount("/api", &api.Handler{Auth: verifier, DB: s.pool, Log: s.log, ListUsers: s.cfg.InsecureDev, Write: s.cfg.WriteAPI})
 	r.Handle("/*", web.Handler())
 	return r
+}
+
+// ListenAndRun listens on the configured address and runs.
+func (s *Server) ListenAndRun(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Run(ctx, ln)
 }

@@ -227,21 +227,3 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	s.log.Info("relay stopped")
 	return err
 }
-
-// ListenAndRun listens on the configured address and runs.
-func (s *Server) ListenAndRun(ctx context.Context) error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
-	}
-	return s.Run(ctx, ln)
-}
-
-// listenHandler hands announcements and connection changes to the reader,
-// and filter changes to the refresher.
-type listenHandler struct {
-	*reader.Reader
-	refresher *filter.Refresher
-}
-
-func (h listenHandler) FiltersChanged(c filter.Change) { h.refresher.Notify(c) }
