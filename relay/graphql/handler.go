@@ -20,7 +20,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -96,7 +95,7 @@ type Handler struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	stopping bool
-	drained  chan struct{} // closed when conns empties, if someone waits
+	open     stream.Drain // len(conns), for shutdown to wait on
 }
 
 // Defaults for the bounds left zero.
@@ -131,22 +130,7 @@ func (h *Handler) Run(ctx context.Context) error {
 
 // Wait blocks until every connection has closed, or ctx is done.
 func (h *Handler) Wait(ctx context.Context) error {
-	h.mu.Lock()
-	if len(h.conns) == 0 {
-		h.mu.Unlock()
-		return nil
-	}
-	if h.drained == nil {
-		h.drained = make(chan struct{})
-	}
-	drained := h.drained
-	h.mu.Unlock()
-	select {
-	case <-drained:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("wait for graphql connections to close: %w", ctx.Err())
-	}
+	return h.open.Wait(ctx, "graphql connections")
 }
 
 func (h *Handler) track(c *conn) bool {
@@ -159,16 +143,16 @@ func (h *Handler) track(c *conn) bool {
 		h.conns = map[*conn]struct{}{}
 	}
 	h.conns[c] = struct{}{}
+	h.open.Add()
 	return true
 }
 
 func (h *Handler) untrack(c *conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.conns, c)
-	if len(h.conns) == 0 && h.drained != nil {
-		close(h.drained)
-		h.drained = nil
+	if _, ok := h.conns[c]; ok {
+		delete(h.conns, c)
+		h.open.Done()
 	}
 }
 

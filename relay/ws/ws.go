@@ -120,13 +120,10 @@ type Handler struct {
 	// allows any origin).
 	OriginPatterns []string
 
-	// active counts upgraded connections, so shutdown can wait for their
-	// close handshakes: net/http's Shutdown does not track hijacked
-	// connections. (Not a WaitGroup: connections may still arrive while
-	// Wait waits.)
+	// open counts upgraded connections, so shutdown can wait for their
+	// close handshakes.
+	open    stream.Drain
 	mu      sync.Mutex
-	active  int
-	drained chan struct{} // closed when active drops to zero, if someone waits
 	pump    *pump
 	writers sync.Pool // *bufio.Writer, for replays
 }
@@ -380,39 +377,14 @@ func acceptKey(key string) string {
 
 // track counts one upgraded connection until the returned func is called.
 func (h *Handler) track() (untrack func()) {
-	h.mu.Lock()
-	h.active++
-	h.mu.Unlock()
-	return func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		h.active--
-		if h.active == 0 && h.drained != nil {
-			close(h.drained)
-			h.drained = nil
-		}
-	}
+	h.open.Add()
+	return h.open.Done
 }
 
 // Wait blocks until every upgraded connection has finished its close
 // handshake, or ctx is done.
 func (h *Handler) Wait(ctx context.Context) error {
-	h.mu.Lock()
-	if h.active == 0 {
-		h.mu.Unlock()
-		return nil
-	}
-	if h.drained == nil {
-		h.drained = make(chan struct{})
-	}
-	drained := h.drained
-	h.mu.Unlock()
-	select {
-	case <-drained:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("wait for websocket streams to close: %w", ctx.Err())
-	}
+	return h.open.Wait(ctx, "websocket streams")
 }
 
 func (h *Handler) writer(w io.Writer) *bufio.Writer {
