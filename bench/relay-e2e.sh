@@ -18,13 +18,19 @@
 #              spreads the streams over as many processes as its open-file
 #              limit requires (3 at a limit of 20,000)
 # (SCENARIOS="scale" runs only that one; it is not in the default list.)
+# CAPTURE=wal runs them with the database in capture mode wal
+# (relaybench --capture; the server needs wal_level = logical); TRANSPORT=ws
+# over WebSocket instead of SSE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-docs/perf}
 mkdir -p "$out"
 secret=${RELAY_JWT_SECRET:-relaybench-secret-0123456789}
 go build -o "${TMPDIR:-/tmp}/relaybench" ./cmd/relaybench
-rb() { "${TMPDIR:-/tmp}/relaybench" --spawn 1 --jwt-secret "$secret" "$@"; }
+mode=()
+if [[ -n "${CAPTURE:-}" ]]; then mode+=(--capture "$CAPTURE"); fi
+if [[ -n "${TRANSPORT:-}" ]]; then mode+=(--transport "$TRANSPORT"); fi
+rb() { "${TMPDIR:-/tmp}/relaybench" --spawn 1 --jwt-secret "$secret" "${mode[@]}" "$@"; }
 
 scenarios=${SCENARIOS:-latency broadcast idle}
 for s in $scenarios; do
@@ -37,7 +43,7 @@ for s in $scenarios; do
         rb --label broadcast --subscribers 10000 --audience 10000 --rate 15 --warmup 3s --duration 20s \
            --connect-concurrency 128 --relay-flag=--queue-size=4096 --json "$out/broadcast.json" --plot "$out/broadcast.svg" ;;
     scale)
-        "${TMPDIR:-/tmp}/relaybench" --spawn 4 --jwt-secret "$secret" --label scale-50k-4-relays \
+        "${TMPDIR:-/tmp}/relaybench" --spawn 4 --jwt-secret "$secret" "${mode[@]}" --label scale-50k-4-relays \
            --subscribers 50000 --audience 100 --rate 200 --warmup 5s --duration 30s --drain 30s --producers 16 \
            --connect-concurrency 128 --json "$out/scale-50k-4-relays.json" --plot "$out/scale-50k-4-relays.svg" ;;
     idle)

@@ -25,6 +25,9 @@ type Config struct {
 	URLs        []*url.URL
 	JWTSecret   string
 	Transport   string
+	// Capture is the capture mode to put the database in before the run
+	// ("trigger" or "wal"; empty: leave it as it is).
+	Capture string
 
 	Subscribers int
 	Audience    int
@@ -125,6 +128,7 @@ func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (Co
 	fs.Var(&urls, "url", "relay base URL, e.g. http://127.0.0.1:8080 (repeatable; subscribers are spread over them)")
 	fs.StringVar(&c.JWTSecret, "jwt-secret", c.JWTSecret, "the relays' HS256 secret, to sign subscriber tokens [$RELAY_JWT_SECRET]")
 	fs.StringVar(&c.Transport, "transport", c.Transport, "sse or ws; pg_eventserv drives a running pg_eventserv at --url instead (bench/eventserv-compare.sh)")
+	fs.StringVar(&c.Capture, "capture", "", "trigger or wal: switch the served database to this capture mode (relay.set_capture) and wait until it is in force before connecting (default: leave the mode as it is)")
 	fs.IntVar(&c.Subscribers, "subscribers", c.Subscribers, "number of subscribers (each a user and a stream)")
 	fs.IntVar(&c.Audience, "audience", c.Audience, "subscribers each template reaches (must divide --subscribers)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "templates inserted per second (0: connect only, to measure idle memory)")
@@ -201,6 +205,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Transport == "pg_eventserv" && (c.Spawn > 0 || c.Audience != c.Subscribers) {
 		bad("--transport pg_eventserv needs --url of a running pg_eventserv and --audience equal to --subscribers: it sends every event to every stream")
+	}
+	if c.Capture != "" && c.Capture != "trigger" && c.Capture != "wal" {
+		bad("--capture %q: want trigger or wal", c.Capture)
+	}
+	if c.Capture != "" && c.Transport == "pg_eventserv" {
+		bad("--capture is pgrelay's capture mode; pg_eventserv reads its own trigger")
 	}
 	if c.Subscribers < 1 || c.Subscribers > MaxSubscribers {
 		bad("--subscribers must be between 1 and %d", MaxSubscribers)

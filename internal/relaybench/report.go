@@ -114,7 +114,7 @@ func reportConfig(c Config) map[string]any {
 		urls[i] = (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 	}
 	return map[string]any{
-		"transport": c.Transport, "subscribers": c.Subscribers, "audience": c.Audience, "rate": c.Rate,
+		"transport": c.Transport, "capture": c.Capture, "subscribers": c.Subscribers, "audience": c.Audience, "rate": c.Rate,
 		"warmup": c.Warmup.String(), "duration": c.Duration.String(), "producers": c.Workers,
 		"spawn": c.Spawn, "urls": urls, "processes": c.Processes, "reconnect": c.Reconnect,
 		"reconnect_window": c.ReconnectWindow.String(), "kill_after": c.KillAfter.String(), "kill_relay": c.KillRelay, "kill_signal": c.KillSignal, "relay_flags": c.RelayFlags, "label": c.Label,
@@ -144,7 +144,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	row("machine", "%d CPUs (%s), %.1f GiB, kernel %s, %s", m.CPUs, m.CPUModel, float64(m.MemoryBytes)/(1<<30), m.Kernel, m.GoVersion)
 	row("postgresql", "%s", firstWords(m.PostgreSQL, 2))
 	row("load average", "before %s, after %s", m.LoadBefore, m.LoadAfter)
-	row("run", "%s %v subscribers via %v, audience %v, %v inserts/s, %v measured", r.Prefix, r.Config["subscribers"], r.Config["transport"], r.Config["audience"], r.Config["rate"], r.Config["duration"])
+	via := fmt.Sprint(r.Config["transport"])
+	if c, _ := r.Config["capture"].(string); c != "" {
+		via += ", capture " + c
+	}
+	row("run", "%s %v subscribers via %s, audience %v, %v inserts/s, %v measured", r.Prefix, r.Config["subscribers"], via, r.Config["audience"], r.Config["rate"], r.Config["duration"])
 	row("relays", "%d", len(r.Relays))
 	row("streams opened", "%d in %.1fs (open p50 %.1f ms, p99 %.1f ms)", r.Connect.Opened, r.Connect.Seconds, r.Connect.P50, r.Connect.P99)
 	for _, e := range r.Connect.Errors {

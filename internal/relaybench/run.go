@@ -69,6 +69,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if err := pool.QueryRow(ctx, "SELECT version()").Scan(&rep.Machine.PostgreSQL); err != nil {
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
+	if cfg.Capture != "" {
+		if err := SetCapture(ctx, pool, cfg.Capture, logf); err != nil {
+			return nil, err
+		}
+	}
 	monitor, err := openPool(ctx, dbURL, 1, "relaybench-monitor")
 	if err != nil {
 		return nil, err

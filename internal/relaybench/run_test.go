@@ -189,3 +189,40 @@ func TestRaiseFileLimitReportsALimitItCannotReach(t *testing.T) {
 		t.Errorf("RaiseFileLimit(64) = %d, %v; want at least 64", got, err)
 	}
 }
+
+func TestARunWithCaptureWalSwitchesTheDatabaseFirstAndDeliversExactly(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	r := relaytest.Start(t, db.URL)
+	cfg := testConfig(t, r)
+	cfg.DatabaseURL, cfg.Capture = db.URL, "wal"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), cfg, io.Discard)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var mode string
+	if err := db.Pool.QueryRow(context.Background(), "SELECT mode FROM relay.capture").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("capture mode after the run: %q (%v), want wal", mode, err)
+	}
+	// In wal mode the capture triggers are off: whatever was delivered came
+	// through the replication slot.
+	l := rep.Load
+	templates := int64(cfg.Templates())
+	if l == nil || l.Committed != templates || l.Delivered != templates*int64(cfg.Audience) || l.Missing+l.Extra+l.Misordered+l.Foreign != 0 {
+		t.Fatalf("load %+v: want %d templates each delivered to its %d subscribers exactly", l, templates, cfg.Audience)
+	}
+	if rep.Config["capture"] != "wal" {
+		t.Errorf("report config capture = %v, want wal", rep.Config["capture"])
+	}
+}
+
+func TestConfigNamesAnUnknownCaptureMode(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.JWTSecret, cfg.Spawn, cfg.Capture = "x", 1, "logical"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `--capture "logical": want trigger or wal`) {
+		t.Errorf("Validate = %v, want the capture mode named", err)
+	}
+}
