@@ -58,13 +58,27 @@ SQL
 "$bin/relay" --addr "$relay_addr" --database-url "$dburl" --jwt-secret "$secret" \
     --max-connections 20000 >"$out/relay.log" 2>&1 &
 relay_pid=$!; pids+=("$relay_pid")
-ES_DBCONNECTION="$dburl" ES_HTTPHOST=127.0.0.1 ES_HTTPPORT=$es_port ES_HTTPSPORT=$((es_port + 1)) \
-    "$PG_EVENTSERV_BIN" >"$out/pg_eventserv.log" 2>&1 &
-es_pid=$!; pids+=("$es_pid")
 for _ in $(seq 1 100); do
-    curl -sf "http://$relay_addr/readyz" >/dev/null && curl -s -o /dev/null "http://127.0.0.1:$es_port/" && break
+    curl -sf "http://$relay_addr/readyz" >/dev/null && break
     sleep 0.1
 done
+
+# start_eventserv starts a fresh pg_eventserv for each of its runs: one that
+# fell behind keeps its backlog (and, seen here, stops delivering to the
+# streams of the next run), which would be measured instead of the run.
+es_pid=""
+start_eventserv() {
+    if [[ -n "$es_pid" ]]; then kill "$es_pid" 2>/dev/null || true; wait "$es_pid" 2>/dev/null || true; fi
+    ES_DBCONNECTION="$dburl" ES_HTTPHOST=127.0.0.1 ES_HTTPPORT=$es_port ES_HTTPSPORT=$((es_port + 1)) \
+        "$PG_EVENTSERV_BIN" >>"$out/pg_eventserv.log" 2>&1 &
+    es_pid=$!; pids+=("$es_pid")
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$es_port/" && return
+        sleep 0.1
+    done
+    echo "pg_eventserv did not answer on port $es_port (log: $out/pg_eventserv.log)" >&2
+    exit 1
+}
 
 # trigger_for SYSTEM leaves on only the trigger that SYSTEM reads.
 trigger_for() {
@@ -83,7 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
         for system in $SYSTEMS; do
             trigger_for "$system"
             url=http://$relay_addr pid=$relay_pid transport=$system
-            if [[ $system == pg_eventserv ]]; then url=http://127.0.0.1:$es_port pid=$es_pid; fi
+            if [[ $system == pg_eventserv ]]; then start_eventserv; url=http://127.0.0.1:$es_port pid=$es_pid; fi
             json="$out/$system-$n-r$round.json"
             echo "== round $round, $n subscribers, $system (load $(cut -d' ' -f1-3 /proc/loadavg))"
             "$bin/relaybench" --url "$url" --relay-pid "$pid" --transport "$transport" \
