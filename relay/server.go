@@ -111,13 +111,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, key, s.log)
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
 	s.listener = listen.New(connector(cfg.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
+	// The capture tells the sequencer of each log transaction it committed,
+	// so the poll that announces its events follows at once.
+	appended := make(chan struct{}, 1)
 	s.sequencer = sequencer.New(connector(cfg.listenURL(), ApplicationName), key, sequencer.Config{
 		Poll: cfg.PollInterval, IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
-		OnLeader: s.isLeader.Store, Duties: s.pruneLog,
+		OnLeader: s.isLeader.Store, Duties: s.pruneLog, News: appended,
 		Capture: walcapture.New(walcapture.Config{
 			Connect:            connector(cfg.listenURL(), ApplicationName),
 			ConnectReplication: walcapture.ReplicationConnector(cfg.listenURL(), ApplicationName),
 			Observer:           &s.capture,
+			Wake: func() {
+				select {
+				case appended <- struct{}{}:
+				default:
+				}
+			},
 		}, s.log).Run,
 	}, s.log)
 	s.metrics = s.newMetrics()

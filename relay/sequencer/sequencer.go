@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,6 +62,13 @@ type Config struct {
 	// the log, where the poll loop finds and announces them as any others.
 	// It returns only when its context ends.
 	Capture func(ctx context.Context) error
+	// News, if set, says that this process has just appended events to the
+	// log (the capture does, after each log transaction): the sequencer
+	// polls at once instead of at the end of its Poll wait, so an appended
+	// event does not also wait out the poll interval. Send without
+	// blocking into a channel of capacity 1: news that is not taken yet
+	// already stands for any that follows.
+	News <-chan struct{}
 }
 
 // Sequencer runs the election and, while elected, the announce loop.
@@ -244,7 +252,7 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 		if idle {
 			wait = s.cfg.IdlePoll
 		}
-		woken, err = waitForWake(ctx, conn, wait)
+		woken, err = waitForWake(ctx, conn, wait, s.cfg.News)
 		if err != nil {
 			return err
 		}
@@ -320,10 +328,29 @@ func (s *Sequencer) rearmWake(ctx context.Context, conn *pgx.Conn) error {
 // such nap costs the producers another round of wake-ups.
 const idleAfterPolls = 10
 
-// waitForWake waits up to d for a wake-up notification.
-func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, error) {
+// waitForWake waits up to d for a wake-up notification or news from this
+// process; either is a wake-up.
+func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration, news <-chan struct{}) (bool, error) {
+	select {
+	case <-news:
+		return true, nil
+	default:
+	}
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	var nudged atomic.Bool
+	if news != nil {
+		waited := make(chan struct{})
+		defer close(waited)
+		go func() {
+			select {
+			case <-news:
+				nudged.Store(true)
+				cancel()
+			case <-waited:
+			}
+		}()
+	}
 	_, err := conn.WaitForNotification(wctx)
 	if err == nil {
 		return true, nil
@@ -334,7 +361,7 @@ func waitForWake(ctx context.Context, conn *pgx.Conn, d time.Duration) (bool, er
 	if wctx.Err() != nil {
 		// pgx may have had to cancel a read in progress; the connection
 		// stays usable, as pgx documents for WaitForNotification timeouts.
-		return false, nil
+		return nudged.Load(), nil
 	}
 	return false, fmt.Errorf("wait for wake-up: %w", err)
 }

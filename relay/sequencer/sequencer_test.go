@@ -29,9 +29,15 @@ type candidate struct {
 // run starts a sequencer candidate connecting to url.
 func run(t *testing.T, url string, key *seal.Key) *candidate {
 	t.Helper()
+	return runWith(t, url, key, cfg)
+}
+
+// runWith starts a sequencer candidate with config c.
+func runWith(t *testing.T, url string, key *seal.Key, c0 sequencer.Config) *candidate {
+	t.Helper()
 	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) }
 	c := &candidate{done: make(chan error, 1)}
-	withHooks := cfg
+	withHooks := c0
 	withHooks.OnLeader = c.leading.Store
 	s := sequencer.New(connect, key, withHooks, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -285,5 +291,73 @@ func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAg
 		db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('t', '{l}', 'u')`)
 		announced(t, listener, key, "templates", 10*time.Second)
 		eventually(t, fmt.Sprintf("the sequencer sleeps again with its tickets rewound (round %d)", round), rewound)
+	}
+}
+
+func TestNewsFromTheCaptureMakesTheSequencerAnnounceAtOnceInsteadOfAfterItsPollInterval(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	listener, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
+		t.Fatal(err)
+	}
+	// A poll interval and idle delay far beyond the test: only news can
+	// make this sequencer look at the log again (a busy sequencer is not
+	// woken by the producers' triggers).
+	news := make(chan struct{}, 1)
+	slow := cfg
+	slow.Poll, slow.IdleAfter, slow.IdlePoll, slow.News = time.Hour, time.Hour, time.Hour, news
+	a := runWith(t, db.URL, key, slow)
+	eventually(t, "a leads", a.leading.Load)
+	if _, err := listener.WaitForNotification(ctx); err != nil {
+		t.Fatalf("no announcement on taking over: %v", err)
+	}
+	// Its first poll comes right after the announcement on taking over;
+	// from then on it waits out its hour.
+	time.Sleep(100 * time.Millisecond)
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('news', '{l}', 'u')`)
+	var newest eventlog.ID
+	if err := db.Pool.QueryRow(ctx, "SELECT xid, id FROM relay.events").Scan(&newest.Xid, &newest.Seq); err != nil {
+		t.Fatal(err)
+	}
+	quiet, stop := context.WithTimeout(ctx, 300*time.Millisecond)
+	n, err := listener.WaitForNotification(quiet)
+	stop()
+	if err == nil {
+		t.Fatalf("announcement %q before any news: the poll interval was not waited out, so this test shows nothing", n.Payload)
+	}
+	sent := time.Now()
+	news <- struct{}{}
+	for {
+		n, err := listener.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("no announcement after news: %v", err)
+		}
+		plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ann, err := eventlog.DecodeAnnouncement(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ann.Upto.Less(newest) {
+			if waited := time.Since(sent); waited > 5*time.Second {
+				t.Errorf("announced %s after the news, want at once", waited)
+			}
+			return
+		}
 	}
 }

@@ -60,7 +60,10 @@ type Config struct {
 	IdleCheck time.Duration
 	// Gather is how long a pause in the stream must be before what was
 	// received is appended (at most 10ms after the first of it): one log
-	// transaction per burst, not per source transaction.
+	// transaction per burst, not per source transaction. Short, because
+	// every event waits for it: under load, batches grow by themselves,
+	// since what arrives while a log transaction commits is read back to
+	// back, without a pause, once it has.
 	Gather time.Duration
 	// BatchRows and BatchBytes bound what one append call carries (and,
 	// for a source transaction larger than that, what is held in memory:
@@ -94,7 +97,7 @@ func New(cfg Config, log *slog.Logger) *Capture {
 		cfg.IdleCheck = 500 * time.Millisecond
 	}
 	if cfg.Gather <= 0 {
-		cfg.Gather = time.Millisecond
+		cfg.Gather = 200 * time.Microsecond
 	}
 	if cfg.BatchRows <= 0 {
 		cfg.BatchRows = 1000
