@@ -135,22 +135,9 @@ func TestASequencerWhoseRoleWasTakenStopsLeading(t *testing.T) {
 func TestAnnouncementsAreSealedForTheSequencersSession(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
-	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
-	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
-	key, err := seal.Load(context.Background(), db.Pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, listener := watchAnnouncements(t, db)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	listener, err := pgx.Connect(ctx, db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close(context.Background())
-	if _, err := listener.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
-		t.Fatal(err)
-	}
 	a := run(t, db.URL, key)
 	eventually(t, "a leads", a.leading.Load)
 	// The announcement on taking over names the tail the sequencer starts
@@ -294,25 +281,32 @@ func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAg
 	}
 }
 
-func TestNewsFromTheCaptureMakesTheSequencerAnnounceAtOnceInsteadOfAfterItsPollInterval(t *testing.T) {
-	t.Parallel()
-	db := pgtest.New(t)
+// watchAnnouncements gives db a user at a location (so templates can be
+// inserted), and returns the announcement key and a session listening for
+// announcements.
+func watchAnnouncements(t *testing.T, db *pgtest.DB) (*seal.Key, *pgx.Conn) {
+	t.Helper()
 	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
 	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
 	key, err := seal.Load(context.Background(), db.Pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	listener, err := pgx.Connect(ctx, db.URL)
+	listener, err := pgx.Connect(context.Background(), db.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer listener.Close(context.Background())
-	if _, err := listener.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
+	t.Cleanup(func() { listener.Close(context.Background()) })
+	if _, err := listener.Exec(context.Background(), "LISTEN "+eventlog.AnnounceChannel); err != nil {
 		t.Fatal(err)
 	}
+	return key, listener
+}
+
+func TestNewsFromTheCaptureMakesTheSequencerAnnounceAtOnceInsteadOfAfterItsPollInterval(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	key, listener := watchAnnouncements(t, db)
 	// A poll interval and idle delay far beyond the test: only news can
 	// make this sequencer look at the log again (a busy sequencer is not
 	// woken by the producers' triggers).
@@ -321,6 +315,8 @@ func TestNewsFromTheCaptureMakesTheSequencerAnnounceAtOnceInsteadOfAfterItsPollI
 	slow.Poll, slow.IdleAfter, slow.IdlePoll, slow.News = time.Hour, time.Hour, time.Hour, news
 	a := runWith(t, db.URL, key, slow)
 	eventually(t, "a leads", a.leading.Load)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	if _, err := listener.WaitForNotification(ctx); err != nil {
 		t.Fatalf("no announcement on taking over: %v", err)
 	}
@@ -328,36 +324,12 @@ func TestNewsFromTheCaptureMakesTheSequencerAnnounceAtOnceInsteadOfAfterItsPollI
 	// from then on it waits out its hour.
 	time.Sleep(100 * time.Millisecond)
 	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('news', '{l}', 'u')`)
-	var newest eventlog.ID
-	if err := db.Pool.QueryRow(ctx, "SELECT xid, id FROM relay.events").Scan(&newest.Xid, &newest.Seq); err != nil {
-		t.Fatal(err)
-	}
 	quiet, stop := context.WithTimeout(ctx, 300*time.Millisecond)
 	n, err := listener.WaitForNotification(quiet)
 	stop()
 	if err == nil {
 		t.Fatalf("announcement %q before any news: the poll interval was not waited out, so this test shows nothing", n.Payload)
 	}
-	sent := time.Now()
 	news <- struct{}{}
-	for {
-		n, err := listener.WaitForNotification(ctx)
-		if err != nil {
-			t.Fatalf("no announcement after news: %v", err)
-		}
-		plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ann, err := eventlog.DecodeAnnouncement(plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ann.Upto.Less(newest) {
-			if waited := time.Since(sent); waited > 5*time.Second {
-				t.Errorf("announced %s after the news, want at once", waited)
-			}
-			return
-		}
-	}
+	announced(t, listener, key, "templates", 5*time.Second)
 }
