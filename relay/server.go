@@ -112,7 +112,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
 	s.listener = listen.New(connector(cfg.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
 	s.sequencer = sequencer.New(connector(cfg.listenURL(), ApplicationName), key, sequencer.Config{
-		Poll: cfg.PollInterval, IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
+		Poll: cfg.PollInterval, PollMax: cfg.PollIntervalMax, StretchRate: float64(cfg.PollStretchRate),
+		IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
 		OnLeader: s.isLeader.Store, Duties: s.pruneLog,
 		Capture: walcapture.New(walcapture.Config{
 			Connect:            connector(cfg.listenURL(), ApplicationName),

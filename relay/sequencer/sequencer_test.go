@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -286,4 +287,142 @@ func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAg
 		announced(t, listener, key, "templates", 10*time.Second)
 		eventually(t, fmt.Sprintf("the sequencer sleeps again with its tickets rewound (round %d)", round), rewound)
 	}
+}
+
+func TestABurstStretchesThePollIntervalAndATrickleKeepsItShort(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5,000 events a second to stretch: far above the trickle below, even
+	// if a transaction of another test's database holds a few of its
+	// events back and they are found together; far below the burst. Never
+	// idle in this test, so every poll is a busy one.
+	paced := sequencer.Config{
+		Poll: 2 * time.Millisecond, PollMax: 8 * time.Millisecond, StretchRate: 5000,
+		IdleAfter: time.Minute, IdlePoll: time.Minute, Retry: 20 * time.Millisecond,
+	}
+	heard := listenToAnnouncements(t, db.URL, key)
+	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, db.URL) }
+	s := sequencer.New(connect, key, paced, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "the sequencer polls", func() bool { return s.Stats().Polls > 0 })
+	if w := s.Stats().Wait; w != paced.Poll {
+		t.Fatalf("with nothing to announce the sequencer waits %v between polls, want %v", w, paced.Poll)
+	}
+
+	// A trickle: one insert every 25 ms, 40 events a second.
+	before := s.Stats()
+	for range 40 {
+		db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('t', '{l}', 'u')`)
+		time.Sleep(25 * time.Millisecond) // the trickle's pace, not a synchronisation
+	}
+	after := s.Stats()
+	if after.Polls <= before.Polls+40 {
+		t.Fatalf("%d polls during a second of trickle, want more than one per insert", after.Polls-before.Polls)
+	}
+	if n := after.StretchedPolls - before.StretchedPolls; n != 0 {
+		t.Fatalf("%d of %d polls during the trickle were followed by a stretched wait, want none", n, after.Polls-before.Polls)
+	}
+
+	// A burst: producers inserting 20 rows at a time as fast as they can.
+	// The wait stretches to PollMax.
+	burst, stopBurst := context.WithCancel(context.Background())
+	producers := make(chan error, 4)
+	for range cap(producers) {
+		go func() {
+			for burst.Err() == nil {
+				if _, err := db.Pool.Exec(burst, `INSERT INTO templates (name, share_location_ids, created_by)
+				                                  SELECT 'b', '{l}', 'u' FROM generate_series(1, 20)`); err != nil && burst.Err() == nil {
+					producers <- err
+					return
+				}
+			}
+			producers <- nil
+		}()
+	}
+	stretched := func() bool { return s.Stats().Wait == paced.PollMax }
+	deadline := time.Now().Add(10 * time.Second)
+	for !stretched() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	reached := stretched()
+	stopBurst()
+	for range cap(producers) {
+		if err := <-producers; err != nil {
+			t.Fatalf("burst insert: %v", err)
+		}
+	}
+	if !reached {
+		t.Fatalf("the wait never reached %v during the burst (last %v, %d of %d polls stretched)", paced.PollMax,
+			s.Stats().Wait, s.Stats().StretchedPolls-after.StretchedPolls, s.Stats().Polls-after.Polls)
+	}
+
+	// The first polls after the burst find nothing: the wait is short
+	// again, and the burst's last event was announced, not left behind a
+	// stretched wait.
+	eventually(t, "the wait shrinks back after the burst", func() bool { return s.Stats().Wait == paced.Poll })
+	var newest eventlog.ID
+	if err := db.Pool.QueryRow(context.Background(), "SELECT xid, id FROM relay.events ORDER BY xid DESC, id DESC LIMIT 1").Scan(&newest.Xid, &newest.Seq); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the burst's last event is announced", func() bool { return !heard.upto().Less(newest) })
+}
+
+// announcements follows the sealed announcements on a connection of its
+// own until the test ends, remembering the newest position announced.
+type announcements struct {
+	mu     sync.Mutex
+	newest eventlog.ID
+}
+
+func listenToAnnouncements(t *testing.T, url string, key *seal.Key) *announcements {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
+		t.Fatal(err)
+	}
+	a := &announcements{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			n, err := conn.WaitForNotification(ctx)
+			if err != nil {
+				return
+			}
+			plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
+			if err != nil {
+				continue
+			}
+			ann, err := eventlog.DecodeAnnouncement(plain)
+			if err != nil {
+				continue
+			}
+			a.mu.Lock()
+			if a.newest.Less(ann.Upto) {
+				a.newest = ann.Upto
+			}
+			a.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; conn.Close(context.Background()) })
+	return a
+}
+
+func (a *announcements) upto() eventlog.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.newest
 }
