@@ -3,11 +3,11 @@
 // that session is alive. While events flow it polls the log every few
 // milliseconds (longer while they flow fast, see Pace) and sends one sealed
 // notification per batch; as soon as a few polls have found nothing it
-// marks itself idle, and the first few inserts
-// after that wake it with a notification. So a busy system pays no NOTIFY
-// per inserted row, a burst after a quiet period pays a handful, and a
-// quiet or slow one (a few inserts a second) costs a slow poll instead of
-// hundreds of empty ones a second.
+// marks itself idle, and the first few inserts after that wake it with a
+// notification. So a busy system pays no NOTIFY per inserted row, a burst
+// after a quiet period pays a handful, and a quiet or slow one (a few
+// inserts a second) costs a slow poll instead of hundreds of empty ones a
+// second.
 //
 // The election is a row only the relay's role may write, not an advisory
 // lock: any login can take an advisory lock, and a session squatting on it
@@ -87,10 +87,10 @@ type Sequencer struct {
 }
 
 // DefaultStretchRate is the arrival rate, in events per second, from which
-// the poll interval stretches unless Config.StretchRate says otherwise: five
-// times the 200 inserts a second of the latency benchmark, so that load and
-// anything slower keep the short interval, while the write benchmark's
-// thousands a second get the long one.
+// the poll interval stretches unless Config.StretchRate says otherwise. At a
+// few hundred a second a poll finds one event or none and latency is all it
+// buys; at thousands a second, where the producers fill the database's
+// cores, each poll's cost is what a longer wait saves.
 const DefaultStretchRate = 1000
 
 // Stats is what the sequencer reports about its polling.
