@@ -211,7 +211,7 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 }
 
 func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
-	// Every announcement is a transaction of its own (NOTIFY takes an xid),
+	// Every poll's announcements are a transaction (NOTIFY takes an xid),
 	// and with synchronous commit each would wait for a WAL flush before
 	// PostgreSQL delivers it: a flush on every event's way to the clients,
 	// and the slowest part of it when the disk is busy. Nothing this session
@@ -346,10 +346,8 @@ func (s *Sequencer) poll(ctx context.Context, conn *pgx.Conn, pid uint32, log *e
 	if err != nil {
 		return 0, err
 	}
-	for _, p := range payloads {
-		if err := s.announce(ctx, conn, pid, p); err != nil {
-			return 0, err
-		}
+	if err := s.announceAll(ctx, conn, pid, payloads); err != nil {
+		return 0, err
 	}
 	*cursor = newest
 	return len(events), nil
@@ -452,9 +450,31 @@ func setIdle(ctx context.Context, conn *pgx.Conn, idle bool) error {
 // beyond that (a burst) relays are told the position and read the log.
 const announceLimit = 64
 
+// announceAll sends one poll's announcements in one round trip and one
+// transaction: the statements of a pipeline up to its one Sync commit
+// together, so PostgreSQL delivers the notifications together and in
+// order, and a poll whose events fill several payloads (the longer the
+// poll interval, the more often) pays one commit, not one per payload.
+func (s *Sequencer) announceAll(ctx context.Context, conn *pgx.Conn, pid uint32, payloads []string) error {
+	if len(payloads) == 1 {
+		return s.announce(ctx, conn, pid, payloads[0])
+	}
+	var b pgx.Batch
+	for _, p := range payloads {
+		b.Queue(announceSQL, eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(p)))
+	}
+	if err := conn.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("announce events in %d notifications: %w", len(payloads), err)
+	}
+	return nil
+}
+
+// announceSQL sends one notification on the events channel.
+const announceSQL = "SELECT pg_notify($1, $2)"
+
 // announce sends one announcement, sealed for this session.
 func (s *Sequencer) announce(ctx context.Context, conn *pgx.Conn, pid uint32, plain string) error {
-	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(plain))); err != nil {
+	if _, err := conn.Exec(ctx, announceSQL, eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(plain))); err != nil {
 		return fmt.Errorf("announce events: %w", err)
 	}
 	return nil

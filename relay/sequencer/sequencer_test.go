@@ -427,3 +427,93 @@ func (a *announcements) upto() eventlog.ID {
 	defer a.mu.Unlock()
 	return a.newest
 }
+
+func TestEventsThatFillSeveralPayloadsAreAnnouncedInOrderEachChainedToTheLast(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	listener, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
+		t.Fatal(err)
+	}
+	a := run(t, db.URL, key)
+	eventually(t, "a leads", a.leading.Load)
+	first, err := listener.WaitForNotification(ctx)
+	if err != nil {
+		t.Fatalf("no announcement on taking over: %v", err)
+	}
+	plain, err := key.Open(eventlog.AnnounceChannel, first.PID, first.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := eventlog.DecodeAnnouncement(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// 40 rows of 400 bytes in one transaction: one poll finds them all
+	// (fewer than it announces with their rows), and they fill several
+	// payloads.
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
+	            SELECT repeat('x', 400) || i, '{l}', 'u' FROM generate_series(1, 40) i`)
+	var want []eventlog.ID
+	rows, err := db.Pool.Query(ctx, "SELECT xid, id FROM relay.events ORDER BY xid, id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id eventlog.ID
+		if err := rows.Scan(&id.Xid, &id.Seq); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	var got []eventlog.ID
+	payloads, prev := 0, taken.Upto
+	for len(got) < len(want) {
+		n, err := listener.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("announced %d of %d events: %v", len(got), len(want), err)
+		}
+		plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
+		if err != nil {
+			t.Fatalf("announcement does not open: %v", err)
+		}
+		ann, err := eventlog.DecodeAnnouncement(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ann.Events) == 0 {
+			t.Fatalf("announcement %d names only a position (%s): the events fit in notifications", payloads+1, ann.Upto)
+		}
+		if ann.Prev != prev {
+			t.Fatalf("announcement %d follows %s, want the previous one's last event %s", payloads+1, ann.Prev, prev)
+		}
+		for _, e := range ann.Events {
+			got = append(got, e.ID)
+		}
+		prev = ann.Events[len(ann.Events)-1].ID
+		payloads++
+	}
+	if payloads < 2 {
+		t.Fatalf("40 events of 400 bytes in %d payload, want several", payloads)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("announced %v, want the log's %v", got, want)
+	}
+}
