@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/sequencer"
 )
 
 // Config is everything a relay can be told. Precedence: defaults, then
@@ -74,9 +75,17 @@ type Config struct {
 	GraphQLMaxSubscriptions int
 
 	PollInterval time.Duration // sequencer poll while events flow
-	IdleAfter    time.Duration // sequencer goes idle after this long without events
-	IdlePoll     time.Duration // sequencer poll while idle
-	SafetyPoll   time.Duration // every relay reads the log at least this often
+	// PollIntervalMax is the longest the sequencer's poll interval
+	// stretches to while events arrive at PollStretchRate or faster; at
+	// or below PollInterval (a configuration that only raised
+	// PollInterval), it never stretches.
+	PollIntervalMax time.Duration
+	// PollStretchRate is the arrival rate, in events per second, from
+	// which the poll interval stretches.
+	PollStretchRate int
+	IdleAfter       time.Duration // sequencer goes idle after this long without events
+	IdlePoll        time.Duration // sequencer poll while idle
+	SafetyPoll      time.Duration // every relay reads the log at least this often
 	// ElectionInterval is how often a relay that is not the sequencer tries
 	// to become it: it bounds how long the role stays empty after the
 	// sequencer's session ends.
@@ -121,6 +130,8 @@ func DefaultConfig() Config {
 		GraphQLInitTimeout:      10 * time.Second,
 		GraphQLMaxSubscriptions: 64,
 		PollInterval:            2 * time.Millisecond,
+		PollIntervalMax:         10 * time.Millisecond,
+		PollStretchRate:         sequencer.DefaultStretchRate,
 		IdleAfter:               50 * time.Millisecond,
 		IdlePoll:                100 * time.Millisecond,
 		SafetyPoll:              time.Second,
@@ -169,6 +180,8 @@ func (c *Config) settings() []setting {
 		{"graphql-init-timeout", "RELAY_GRAPHQL_INIT_TIMEOUT", "how long a GraphQL client may take to send connection_init after connecting to /graphql (then it is closed with 4408)", (*durationValue)(&c.GraphQLInitTimeout)},
 		{"graphql-max-subscriptions", "RELAY_GRAPHQL_MAX_SUBSCRIPTIONS", "maximum subscriptions on one /graphql connection (each is also a stream under --max-connections-per-user)", (*intValue)(&c.GraphQLMaxSubscriptions)},
 		{"poll-interval", "RELAY_POLL_INTERVAL", "sequencer log poll interval while events flow", (*durationValue)(&c.PollInterval)},
+		{"poll-interval-max", "RELAY_POLL_INTERVAL_MAX", "longest sequencer poll interval: it doubles towards this while polls find events arriving at --poll-stretch-rate or faster, and returns to --poll-interval at the first poll that does not, so it adds at most the difference to an event's delay (at most --poll-interval: never stretch)", (*durationValue)(&c.PollIntervalMax)},
+		{"poll-stretch-rate", "RELAY_POLL_STRETCH_RATE", "events per second from which the sequencer's poll interval stretches towards --poll-interval-max", (*intValue)(&c.PollStretchRate)},
 		{"idle-after", "RELAY_IDLE_AFTER", "sequencer goes idle after this long without events", (*durationValue)(&c.IdleAfter)},
 		{"idle-poll", "RELAY_IDLE_POLL", "sequencer log poll interval while idle", (*durationValue)(&c.IdlePoll)},
 		{"safety-poll", "RELAY_SAFETY_POLL", "every relay reads the log at least this often", (*durationValue)(&c.SafetyPoll)},
@@ -244,6 +257,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Heartbeat > 15*time.Second {
 		bad("--heartbeat %s: at most 15s, or proxies may close idle streams", c.Heartbeat)
+	}
+	if c.PollIntervalMax < 0 {
+		bad("--poll-interval-max must not be negative (at most --poll-interval: never stretch), got %s", c.PollIntervalMax)
+	}
+	if c.PollStretchRate < 1 || c.PollStretchRate > maxStretchRate {
+		bad("--poll-stretch-rate must be between 1 and %d events per second, got %d", maxStretchRate, c.PollStretchRate)
 	}
 	if c.QueueSize < 1 || c.QueueSize > 1<<20 {
 		bad("--queue-size must be between 1 and %d, got %d", 1<<20, c.QueueSize)
@@ -411,6 +430,11 @@ func (v *intValue) Set(s string) error {
 	*v = intValue(n)
 	return nil
 }
+
+// maxStretchRate bounds --poll-stretch-rate: far beyond what one database
+// commits, so any higher value would only mean "never stretch", which
+// --poll-interval-max equal to --poll-interval says plainly.
+const maxStretchRate = 1_000_000
 
 // Bounds of --queue-bytes: below the minimum, ordinary bursts of small
 // events would cut off clients that keep up; above the maximum, one stalled

@@ -183,6 +183,8 @@ func TestValidateNamesEveryBadValue(t *testing.T) {
 		{"retention interval", func(c *Config) { c.RetentionInterval = 0 }, "--retention-interval"},
 		{"shutdown wait", func(c *Config) { c.ShutdownWait = 0 }, "--shutdown-wait"},
 		{"poll interval", func(c *Config) { c.PollInterval = 0 }, "--poll-interval"},
+		{"poll interval max", func(c *Config) { c.PollIntervalMax = -time.Millisecond }, "--poll-interval-max"},
+		{"poll stretch rate", func(c *Config) { c.PollStretchRate = 0 }, "--poll-stretch-rate must be between 1 and 1000000 events per second, got 0"},
 		{"idle after", func(c *Config) { c.IdleAfter = 0 }, "--idle-after"},
 		{"idle poll", func(c *Config) { c.IdlePoll = 0 }, "--idle-poll"},
 		{"safety poll", func(c *Config) { c.SafetyPoll = 0 }, "--safety-poll"},

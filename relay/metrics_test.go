@@ -77,8 +77,9 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
 	r := relaytest.Start(t, db.URL)
-	relaytest.Eventually(t, 10*time.Second, "relay elected sequencer", func() bool {
-		return sample(scrape(t, r.URL), "pgrelay_sequencer_leader") == 1
+	relaytest.Eventually(t, 10*time.Second, "relay elected sequencer, polling", func() bool {
+		m := scrape(t, r.URL)
+		return sample(m, "pgrelay_sequencer_leader") == 1 && sample(m, "pgrelay_sequencer_polls_total") >= 1
 	})
 
 	before := scrape(t, r.URL)
@@ -86,6 +87,7 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 		"pgrelay_events_received_total", "pgrelay_slow_consumer_disconnects_total", "pgrelay_listener_reconnects_total",
 		"pgrelay_catchup_events_total", "pgrelay_filter_reloads_total", "pgrelay_notification_queue_usage_ratio",
 		"pgrelay_ready", "pgrelay_subscriptions", "go_goroutines", "process_resident_memory_bytes",
+		"pgrelay_sequencer_polls_total", "pgrelay_sequencer_stretched_polls_total", "pgrelay_sequencer_poll_interval_seconds",
 	} {
 		if sample(before, name) < 0 {
 			t.Errorf("/metrics has no %s", name)
@@ -96,6 +98,11 @@ func TestMetricsCountADeliveredEvent(t *testing.T) {
 	}
 	if got := sample(before, "pgrelay_ready"); got != 1 {
 		t.Errorf("pgrelay_ready = %v on a ready relay", got)
+	}
+	// The sequencer waits between polls no less than the shortest
+	// interval (busy) and no more than the idle poll.
+	if got := sample(before, "pgrelay_sequencer_poll_interval_seconds"); got < 0.002 || got > 0.1 {
+		t.Errorf("pgrelay_sequencer_poll_interval_seconds = %v on the sequencer, want between --poll-interval and --idle-poll", got)
 	}
 	if got := sample(before, "pgrelay_notification_queue_usage_ratio"); got < 0 || got > 1 {
 		t.Errorf("notification queue usage %v, want a fraction", got)

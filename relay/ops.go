@@ -49,6 +49,9 @@ func (s *Server) newMetrics() *metrics.Metrics {
 		FilterReloadedSubscribers: s.refresher.ReloadedSubscribers,
 		Ready:                     s.Ready,
 		Leader:                    s.isLeader.Load,
+		SequencerPolls:            func() uint64 { return s.sequencer.Stats().Polls },
+		SequencerStretchedPolls:   func() uint64 { return s.sequencer.Stats().StretchedPolls },
+		SequencerPollInterval:     func() float64 { return s.sequencer.Stats().Wait.Seconds() },
 		NotificationQueueUsage: func(ctx context.Context) (float64, error) {
 			var usage float64
 			if err := s.pool.QueryRow(ctx, "SELECT pg_notification_queue_usage()").Scan(&usage); err != nil {

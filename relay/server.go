@@ -115,7 +115,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	// so the poll that announces its events follows at once.
 	appended := make(chan struct{}, 1)
 	s.sequencer = sequencer.New(connector(cfg.listenURL(), ApplicationName), key, sequencer.Config{
-		Poll: cfg.PollInterval, IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
+		Poll: cfg.PollInterval, PollMax: cfg.PollIntervalMax, StretchRate: float64(cfg.PollStretchRate),
+		IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
 		OnLeader: s.isLeader.Store, Duties: s.pruneLog, News: appended,
 		Capture: walcapture.New(walcapture.Config{
 			Connect:            connector(cfg.listenURL(), ApplicationName),

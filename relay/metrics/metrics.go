@@ -49,6 +49,13 @@ type Sources struct {
 	Ready func() bool
 	// Leader reports whether this relay is the sequencer.
 	Leader func() bool
+	// SequencerPolls counts this relay's polls of the log as the
+	// sequencer, and SequencerStretchedPolls those after which it waited
+	// longer than --poll-interval because events arrived fast.
+	SequencerPolls, SequencerStretchedPolls func() uint64
+	// SequencerPollInterval is the sequencer's current wait between polls,
+	// in seconds (0 on a relay that is not the sequencer).
+	SequencerPollInterval func() float64
 	// NotificationQueueUsage returns pg_notification_queue_usage(), the
 	// fraction of PostgreSQL's NOTIFY queue in use. It is called with a
 	// context that expires after QueryTimeout.
@@ -159,6 +166,11 @@ func (m *Metrics) registerSources(src Sources) {
 	}
 	if src.Leader != nil {
 		gauge("pgrelay_sequencer_leader", "1 while this relay is the sequencer (announces events and prunes the log).", func() float64 { return boolFloat(src.Leader()) })
+	}
+	counter("pgrelay_sequencer_polls_total", "Polls of the log by this relay as the sequencer.", src.SequencerPolls)
+	counter("pgrelay_sequencer_stretched_polls_total", "Sequencer polls after which the wait was longer than --poll-interval because events arrived at --poll-stretch-rate or faster.", src.SequencerStretchedPolls)
+	if src.SequencerPollInterval != nil {
+		gauge("pgrelay_sequencer_poll_interval_seconds", "The sequencer's wait after its latest poll: --poll-interval up to --poll-interval-max while events flow, --idle-poll while idle, 0 on a relay that is not the sequencer.", src.SequencerPollInterval)
 	}
 	if src.CaptureLagSeconds != nil {
 		gauge("pgrelay_capture_lag_seconds", "Capture mode wal: how long the newest transaction this relay appended had been committed when its events reached the log (0 once caught up).", src.CaptureLagSeconds)

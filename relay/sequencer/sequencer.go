@@ -1,12 +1,13 @@
 // Package sequencer announces new events. Exactly one relay per database is
 // the sequencer at a time: the one whose session relay.sequencer names while
 // that session is alive. While events flow it polls the log every few
-// milliseconds and sends one sealed notification per batch; as soon as a few
-// polls have found nothing it marks itself idle, and the first few inserts
-// after that wake it with a notification. So a busy system pays no NOTIFY
-// per inserted row, a burst after a quiet period pays a handful, and a
-// quiet or slow one (a few inserts a second) costs a slow poll instead of
-// hundreds of empty ones a second.
+// milliseconds (longer while they flow fast, see Pace) and sends one sealed
+// notification per batch; as soon as a few polls have found nothing it
+// marks itself idle, and the first few inserts after that wake it with a
+// notification. So a busy system pays no NOTIFY per inserted row, a burst
+// after a quiet period pays a handful, and a quiet or slow one (a few
+// inserts a second) costs a slow poll instead of hundreds of empty ones a
+// second.
 //
 // The election is a row only the relay's role may write, not an advisory
 // lock: any login can take an advisory lock, and a session squatting on it
@@ -41,6 +42,13 @@ var ErrLostElection = errors.New("another session is the sequencer now")
 type Config struct {
 	// Poll is the interval between log polls while events flow.
 	Poll time.Duration
+	// PollMax is the longest interval between polls while events arrive
+	// at StretchRate or faster (see Pace). Zero, or at most Poll: the
+	// interval is always Poll.
+	PollMax time.Duration
+	// StretchRate is the arrival rate, in events per second, from which
+	// the interval stretches towards PollMax (zero: DefaultStretchRate).
+	StretchRate float64
 	// IdleAfter is how long without new events before going idle. Short
 	// (a few polls): every empty poll costs PostgreSQL a query that the
 	// producers' cores pay for, while going idle costs the next insert one
@@ -79,6 +87,44 @@ type Sequencer struct {
 	log     *slog.Logger
 
 	warnedRearm bool // the missing privilege to rewind wake-up tickets was logged
+
+	// Read by Stats from other goroutines (the metrics' scrapes).
+	polls, stretchedPolls atomic.Uint64
+	wait                  atomic.Int64 // nanoseconds; 0 while not leading
+}
+
+// DefaultStretchRate is the arrival rate, in events per second, from which
+// the poll interval stretches unless Config.StretchRate says otherwise. At a
+// few hundred a second a poll finds one event or none and latency is all it
+// buys; at thousands a second, where the producers fill the database's
+// cores, each poll's cost is what a longer wait saves.
+const DefaultStretchRate = 1000
+
+// Stats is what the sequencer reports about its polling.
+type Stats struct {
+	// Polls counts this relay's polls of the log as the sequencer.
+	Polls uint64
+	// StretchedPolls counts the polls after which the sequencer waited
+	// longer than Config.Poll, because events arrived fast.
+	StretchedPolls uint64
+	// Wait is the wait chosen after the latest poll: from Poll to PollMax
+	// while events flow, IdlePoll while idle, 0 while this relay is not
+	// the sequencer.
+	Wait time.Duration
+}
+
+// Stats returns the polling counts and the current wait.
+func (s *Sequencer) Stats() Stats {
+	return Stats{Polls: s.polls.Load(), StretchedPolls: s.stretchedPolls.Load(), Wait: time.Duration(s.wait.Load())}
+}
+
+// pace is the rule for the interval between polls that cfg asks for.
+func (c Config) pace() Pace {
+	rate := c.StretchRate
+	if rate <= 0 {
+		rate = DefaultStretchRate
+	}
+	return Pace{Short: c.Poll, Long: max(c.PollMax, c.Poll), StretchRate: rate}
 }
 
 // New returns a Sequencer using connections from connect (which must log in
@@ -172,7 +218,7 @@ func (s *Sequencer) runOnce(ctx context.Context) error {
 }
 
 func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
-	// Every announcement is a transaction of its own (NOTIFY takes an xid),
+	// Every poll's announcements are a transaction (NOTIFY takes an xid),
 	// and with synchronous commit each would wait for a WAL flush before
 	// PostgreSQL delivers it: a flush on every event's way to the clients,
 	// and the slowest part of it when the disk is busy. Nothing this session
@@ -199,8 +245,13 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	if err := s.announce(ctx, conn, pid, eventlog.EncodePosition(cursor)); err != nil {
 		return err
 	}
+	defer s.wait.Store(0)
 	idle, woken := false, false
 	lastNews, emptyPolls := time.Now(), 0
+	pace := s.cfg.pace()
+	// busyWait is the interval between polls while events flow, as Pace
+	// chose it after the latest poll; lastPoll is when that poll began.
+	busyWait, lastPoll := pace.Short, time.Now()
 	// awaited is when a wake-up came that no poll has answered yet: its
 	// event may still sit behind the horizon (a transaction of another
 	// database this session's list does not know yet). Its ticket is spent,
@@ -208,24 +259,28 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	var awaited time.Time
 	log := eventlog.NewReader(eventlog.ForeignListAge)
 	for {
+		began := time.Now()
 		found, err := s.poll(ctx, conn, pid, log, &cursor)
 		if err != nil {
 			return err
 		}
+		s.polls.Add(1)
+		elapsed := began.Sub(lastPoll)
+		lastPoll = began
 		switch {
-		case found:
+		case found > 0:
 			awaited = time.Time{}
 		case woken && awaited.IsZero():
 			awaited = time.Now()
 		}
-		if found || woken {
+		if found > 0 || woken {
 			lastNews, emptyPolls = time.Now(), 0
 		} else {
 			emptyPolls++
 		}
 		waiting := !awaited.IsZero() && time.Since(awaited) < awaitWake
 		switch {
-		case idle && (found || woken):
+		case idle && (found > 0 || woken):
 			// Announced first, flag cleared after: the events that woke
 			// the sequencer are not kept waiting for this write. Until it
 			// commits, producers that find it idle draw tickets that are
@@ -242,16 +297,22 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 				return err
 			}
 			idle, woken = true, false
+			busyWait = pace.Short
 			// Once more at once: a producer that read the flag just before
 			// it changed did not notify, and its event may have committed
 			// since the last poll. Only one still running now waits for
 			// the idle poll.
 			continue
 		}
-		wait := s.cfg.Poll
-		if idle {
-			wait = s.cfg.IdlePoll
+		wait := s.cfg.IdlePoll
+		if !idle {
+			busyWait = pace.Next(busyWait, found, elapsed)
+			wait = busyWait
+			if wait > pace.Short {
+				s.stretchedPolls.Add(1)
+			}
 		}
+		s.wait.Store(int64(wait))
 		woken, err = waitForWake(ctx, conn, wait, s.cfg.News)
 		if err != nil {
 			return err
@@ -259,44 +320,44 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	}
 }
 
-// poll announces the events settled after *cursor, if any, and moves
-// *cursor past them. One query while events trickle in: the events
-// themselves, which are the news and the announcement at once; a burst
-// larger than announceLimit costs a second one, for the newest position.
-func (s *Sequencer) poll(ctx context.Context, conn *pgx.Conn, pid uint32, log *eventlog.Reader, cursor *eventlog.ID) (bool, error) {
+// poll announces the events settled after *cursor, if any, moves *cursor
+// past them, and returns how many it found (announceLimit+1 for a burst
+// larger than announceLimit, which it does not count). One query while
+// events trickle in: the events themselves, which are the news and the
+// announcement at once; a larger burst costs a second one, for the newest
+// position.
+func (s *Sequencer) poll(ctx context.Context, conn *pgx.Conn, pid uint32, log *eventlog.Reader, cursor *eventlog.ID) (int, error) {
 	events, err := log.ReadAfter(ctx, conn, *cursor, announceLimit+1)
 	if err != nil {
-		return false, fmt.Errorf("poll the log after %s: %w", *cursor, err)
+		return 0, fmt.Errorf("poll the log after %s: %w", *cursor, err)
 	}
 	if len(events) == 0 {
-		return false, nil
+		return 0, nil
 	}
 	if len(events) > announceLimit {
 		newest, ok, err := log.Newest(ctx, conn, *cursor)
 		if err != nil {
-			return false, err
+			return 0, err
 		}
 		if !ok { // pruned meanwhile: what was read is still settled
 			newest = events[len(events)-1].ID
 		}
 		if err := s.announce(ctx, conn, pid, eventlog.EncodePosition(newest)); err != nil {
-			return false, err
+			return 0, err
 		}
 		*cursor = newest
-		return true, nil
+		return len(events), nil
 	}
 	newest := events[len(events)-1].ID
 	payloads, err := eventlog.EncodeAnnouncements(*cursor, events, newest)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	for _, p := range payloads {
-		if err := s.announce(ctx, conn, pid, p); err != nil {
-			return false, err
-		}
+	if err := s.announceAll(ctx, conn, pid, payloads); err != nil {
+		return 0, err
 	}
 	*cursor = newest
-	return true, nil
+	return len(events), nil
 }
 
 // rearmWake rewinds the wake-up tickets (relay.wake_tickets), so that the
@@ -415,9 +476,31 @@ func setIdle(ctx context.Context, conn *pgx.Conn, idle bool) error {
 // beyond that (a burst) relays are told the position and read the log.
 const announceLimit = 64
 
+// announceAll sends one poll's announcements in one round trip and one
+// transaction: the statements of a pipeline up to its one Sync commit
+// together, so PostgreSQL delivers the notifications together and in
+// order, and a poll whose events fill several payloads (the longer the
+// poll interval, the more often) pays one commit, not one per payload.
+func (s *Sequencer) announceAll(ctx context.Context, conn *pgx.Conn, pid uint32, payloads []string) error {
+	if len(payloads) == 1 {
+		return s.announce(ctx, conn, pid, payloads[0])
+	}
+	var b pgx.Batch
+	for _, p := range payloads {
+		b.Queue(announceSQL, eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(p)))
+	}
+	if err := conn.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("announce events in %d notifications: %w", len(payloads), err)
+	}
+	return nil
+}
+
+// announceSQL sends one notification on the events channel.
+const announceSQL = "SELECT pg_notify($1, $2)"
+
 // announce sends one announcement, sealed for this session.
 func (s *Sequencer) announce(ctx context.Context, conn *pgx.Conn, pid uint32, plain string) error {
-	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, $2)", eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(plain))); err != nil {
+	if _, err := conn.Exec(ctx, announceSQL, eventlog.AnnounceChannel, s.key.Seal(eventlog.AnnounceChannel, pid, []byte(plain))); err != nil {
 		return fmt.Errorf("announce events: %w", err)
 	}
 	return nil

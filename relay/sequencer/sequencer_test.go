@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func run(t *testing.T, url string, key *seal.Key) *candidate {
 	return runWith(t, url, key, cfg)
 }
 
-// runWith starts a sequencer candidate with config c.
+// runWith starts a sequencer candidate with config c0.
 func runWith(t *testing.T, url string, key *seal.Key, c0 sequencer.Config) *candidate {
 	t.Helper()
 	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) }
@@ -278,6 +279,235 @@ func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAg
 		db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('t', '{l}', 'u')`)
 		announced(t, listener, key, "templates", 10*time.Second)
 		eventually(t, fmt.Sprintf("the sequencer sleeps again with its tickets rewound (round %d)", round), rewound)
+	}
+}
+
+func TestABurstStretchesThePollIntervalAndATrickleKeepsItShort(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3,000 events a second to stretch: far above the trickle below, even
+	// if a transaction of another test's database holds its events back
+	// for a quarter of a second (eventlog.ForeignListAge) and one poll
+	// finds five of them at once; far below the burst. Never idle in this
+	// test, so every wait is a busy one.
+	paced := sequencer.Config{
+		Poll: 2 * time.Millisecond, PollMax: 8 * time.Millisecond, StretchRate: 3000,
+		IdleAfter: time.Minute, IdlePoll: time.Minute, Retry: 20 * time.Millisecond,
+	}
+	heard := listenToAnnouncements(t, db.URL, key)
+	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, db.URL) }
+	s := sequencer.New(connect, key, paced, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "the sequencer polls", func() bool { return s.Stats().Polls > 0 })
+	if w := s.Stats().Wait; w != paced.Poll {
+		t.Fatalf("with nothing to announce the sequencer waits %v between polls, want %v", w, paced.Poll)
+	}
+
+	// A trickle: one insert every 50 ms, 20 events a second.
+	before := s.Stats()
+	for range 20 {
+		db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ('t', '{l}', 'u')`)
+		time.Sleep(50 * time.Millisecond) // the trickle's pace, not a synchronisation
+	}
+	after := s.Stats()
+	if after.Polls <= before.Polls+20 {
+		t.Fatalf("%d polls during a second of trickle, want more than one per insert", after.Polls-before.Polls)
+	}
+	if n := after.StretchedPolls - before.StretchedPolls; n != 0 {
+		t.Fatalf("%d of %d polls during the trickle were followed by a stretched wait, want none", n, after.Polls-before.Polls)
+	}
+
+	// A burst: producers inserting 20 rows at a time as fast as they can.
+	// The wait stretches to PollMax.
+	burst, stopBurst := context.WithCancel(context.Background())
+	producers := make(chan error, 4)
+	for range cap(producers) {
+		go func() {
+			for burst.Err() == nil {
+				if _, err := db.Pool.Exec(burst, `INSERT INTO templates (name, share_location_ids, created_by)
+				                                  SELECT 'b', '{l}', 'u' FROM generate_series(1, 20)`); err != nil && burst.Err() == nil {
+					producers <- err
+					return
+				}
+			}
+			producers <- nil
+		}()
+	}
+	stretched := func() bool { return s.Stats().Wait == paced.PollMax }
+	deadline := time.Now().Add(10 * time.Second)
+	for !stretched() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	reached := stretched()
+	stopBurst()
+	for range cap(producers) {
+		if err := <-producers; err != nil {
+			t.Fatalf("burst insert: %v", err)
+		}
+	}
+	if !reached {
+		t.Fatalf("the wait never reached %v during the burst (last %v, %d of %d polls stretched)", paced.PollMax,
+			s.Stats().Wait, s.Stats().StretchedPolls-after.StretchedPolls, s.Stats().Polls-after.Polls)
+	}
+
+	// The first polls after the burst find nothing: the wait is short
+	// again, and the burst's last event was announced, not left behind a
+	// stretched wait.
+	eventually(t, "the wait shrinks back after the burst", func() bool { return s.Stats().Wait == paced.Poll })
+	var newest eventlog.ID
+	if err := db.Pool.QueryRow(context.Background(), "SELECT xid, id FROM relay.events ORDER BY xid DESC, id DESC LIMIT 1").Scan(&newest.Xid, &newest.Seq); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the burst's last event is announced", func() bool { return !heard.upto().Less(newest) })
+}
+
+// announcements follows the sealed announcements on a connection of its
+// own until the test ends, remembering the newest position announced.
+type announcements struct {
+	mu     sync.Mutex
+	newest eventlog.ID
+}
+
+func listenToAnnouncements(t *testing.T, url string, key *seal.Key) *announcements {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
+		t.Fatal(err)
+	}
+	a := &announcements{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			n, err := conn.WaitForNotification(ctx)
+			if err != nil {
+				return
+			}
+			plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
+			if err != nil {
+				continue
+			}
+			ann, err := eventlog.DecodeAnnouncement(plain)
+			if err != nil {
+				continue
+			}
+			a.mu.Lock()
+			if a.newest.Less(ann.Upto) {
+				a.newest = ann.Upto
+			}
+			a.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; conn.Close(context.Background()) })
+	return a
+}
+
+func (a *announcements) upto() eventlog.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.newest
+}
+
+func TestEventsThatFillSeveralPayloadsAreAnnouncedInOrderEachChainedToTheLast(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
+	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
+	key, err := seal.Load(context.Background(), db.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	listener, err := pgx.Connect(ctx, db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(context.Background())
+	if _, err := listener.Exec(ctx, "LISTEN "+eventlog.AnnounceChannel); err != nil {
+		t.Fatal(err)
+	}
+	a := run(t, db.URL, key)
+	eventually(t, "a leads", a.leading.Load)
+	first, err := listener.WaitForNotification(ctx)
+	if err != nil {
+		t.Fatalf("no announcement on taking over: %v", err)
+	}
+	plain, err := key.Open(eventlog.AnnounceChannel, first.PID, first.Payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := eventlog.DecodeAnnouncement(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// 40 rows of 400 bytes in one transaction: one poll finds them all
+	// (fewer than it announces with their rows), and they fill several
+	// payloads.
+	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
+	            SELECT repeat('x', 400) || i, '{l}', 'u' FROM generate_series(1, 40) i`)
+	var want []eventlog.ID
+	rows, err := db.Pool.Query(ctx, "SELECT xid, id FROM relay.events ORDER BY xid, id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id eventlog.ID
+		if err := rows.Scan(&id.Xid, &id.Seq); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	var got []eventlog.ID
+	payloads, prev := 0, taken.Upto
+	for len(got) < len(want) {
+		n, err := listener.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("announced %d of %d events: %v", len(got), len(want), err)
+		}
+		plain, err := key.Open(eventlog.AnnounceChannel, n.PID, n.Payload)
+		if err != nil {
+			t.Fatalf("announcement does not open: %v", err)
+		}
+		ann, err := eventlog.DecodeAnnouncement(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ann.Events) == 0 {
+			t.Fatalf("announcement %d names only a position (%s): the events fit in notifications", payloads+1, ann.Upto)
+		}
+		if ann.Prev != prev {
+			t.Fatalf("announcement %d follows %s, want the previous one's last event %s", payloads+1, ann.Prev, prev)
+		}
+		for _, e := range ann.Events {
+			got = append(got, e.ID)
+		}
+		prev = ann.Events[len(ann.Events)-1].ID
+		payloads++
+	}
+	if payloads < 2 {
+		t.Fatalf("40 events of 400 bytes in %d payload, want several", payloads)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("announced %v, want the log's %v", got, want)
 	}
 }
 
