@@ -188,24 +188,30 @@ $fn$;
 -- row this writes to relay.capture_switches is decoded at exactly that
 -- point of the commit order, so the decoder knows from which transaction on
 -- it captures, and up to which.
+--
+-- relay.capture.last_switch names the switch row, so that the decoder can
+-- tell when it has reached the last switch (decoded_switch): only then is a
+-- slot drained after a switch back.
 CREATE OR REPLACE FUNCTION relay.switch_capture(want text, slot name) RETURNS void
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    t relay.topics;
+    t  relay.topics;
+    id bigint;
 BEGIN
     FOR t IN SELECT * FROM relay.topics ORDER BY relay.topics.topic LOOP
         EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.source,
                        CASE want WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END, 'pgrelay_' || t.topic);
     END LOOP;
+    -- The decoder applies the switch at this row's place in the stream,
+    -- which is this transaction's commit: after every change above.
+    INSERT INTO relay.capture_switches (mode) VALUES (want) RETURNING relay.capture_switches.id INTO id;
     UPDATE relay.capture c
        SET mode = want,
            slot_name = coalesce(slot, c.slot_name),
            -- A new slot starts before this switch, in trigger mode.
            decoded_mode = CASE WHEN c.slot_name IS NULL THEN 'trigger' ELSE c.decoded_mode END,
+           last_switch = id,
            changed_at = now();
-    -- Last: the decoder applies the switch at this row's place in the
-    -- stream, after every change above.
-    INSERT INTO relay.capture_switches (mode) VALUES (want);
 END
 $fn$;
 
@@ -257,8 +263,10 @@ END
 $fn$;
 
 -- relay.complete_capture_switch is the sequencer's half of a switch to wal:
--- it has created the slot, and this makes wal the mode in force. As the
--- owner: the relay's role cannot alter the topics' tables.
+-- it has created the slot, and this makes wal the mode in force. It returns
+-- whether it switched: false if no switch to wal is pending, or if the slot
+-- is still being created (by another relay that was the sequencer before).
+-- As the owner: the relay's role cannot alter the topics' tables.
 CREATE OR REPLACE FUNCTION relay.complete_capture_switch() RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -273,6 +281,16 @@ BEGIN
                     WHERE s.slot_name = slot AND s.database = current_database()
                       AND s.plugin = 'pgoutput' AND s.wal_status IS DISTINCT FROM 'lost') THEN
         RAISE EXCEPTION 'replication slot % does not exist', slot USING ERRCODE = 'undefined_object';
+    END IF;
+    -- A slot shows in pg_replication_slots as soon as its creation begins,
+    -- and decodes only transactions that commit after the creation ends
+    -- (once every transaction running when it began has ended). Until then
+    -- the session creating it holds it (active) and it has no confirmed
+    -- position: a switch now would precede the slot's start, and the
+    -- decoder would never see it nor the rows after it. Not yet, then.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s
+                WHERE s.slot_name = slot AND (s.active OR s.confirmed_flush_lsn IS NULL)) THEN
+        RETURN false;
     END IF;
     PERFORM relay.switch_capture('wal', slot);
     RETURN true;
