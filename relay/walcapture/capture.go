@@ -150,18 +150,21 @@ type state struct {
 	// lastSwitch is the newest switch row's id, decodedSwitch the newest
 	// at or before applied: equal once the decoder reached the last switch.
 	lastSwitch, decodedSwitch int64
-	slot                      string // relay.capture.slot_name
-	ownSlot                   string // relay.capture_slot_name()
-	ownSlotExists             bool
-	ownSlotLost               bool
-	applied                   pglogrepl.LSN
-	slotExists                bool
-	walStatus                 string
-	lostAt                    *time.Time
+	// resetPending: a slot was lost while wal was in force, and its reset
+	// marker waits for the transactions running then to end.
+	resetPending  bool
+	slot          string // relay.capture.slot_name
+	ownSlot       string // relay.capture_slot_name()
+	ownSlotExists bool
+	ownSlotLost   bool
+	applied       pglogrepl.LSN
+	slotExists    bool
+	walStatus     string
+	lostAt        *time.Time
 }
 
 const stateSQL = `
-SELECT c.mode, c.requested, c.decoded_mode, c.last_switch, c.decoded_switch, coalesce(c.slot_name, ''), c.applied_lsn::text,
+SELECT c.mode, c.requested, c.decoded_mode, c.last_switch, c.decoded_switch, c.reset_pending IS NOT NULL, coalesce(c.slot_name, ''), c.applied_lsn::text,
        s.slot_name IS NOT NULL, coalesce(s.wal_status, ''), c.slot_lost_at,
        relay.capture_slot_name(),
        EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots o WHERE o.slot_name = relay.capture_slot_name()),
@@ -172,7 +175,7 @@ SELECT c.mode, c.requested, c.decoded_mode, c.last_switch, c.decoded_switch, coa
 func loadState(ctx context.Context, conn *pgx.Conn) (state, error) {
 	var st state
 	var applied string
-	if err := conn.QueryRow(ctx, stateSQL).Scan(&st.mode, &st.requested, &st.decodedMode, &st.lastSwitch, &st.decodedSwitch, &st.slot, &applied,
+	if err := conn.QueryRow(ctx, stateSQL).Scan(&st.mode, &st.requested, &st.decodedMode, &st.lastSwitch, &st.decodedSwitch, &st.resetPending, &st.slot, &applied,
 		&st.slotExists, &st.walStatus, &st.lostAt, &st.ownSlot, &st.ownSlotExists, &st.ownSlotLost); err != nil {
 		return st, fmt.Errorf("read the capture state (the relay's role needs SELECT and UPDATE on relay.capture, see docs/roles.sql): %w", err)
 	}
@@ -205,6 +208,12 @@ func (c *Capture) session(ctx context.Context) error {
 				return err
 			}
 			continue
+		case st.resetPending && st.slot == "":
+			// A lost slot's marker, first: it must precede the rows of the
+			// next switch to wal.
+			if err := completeSwitch(ctx, conn, c.log); err != nil {
+				return err
+			}
 		case st.requested == "wal" && st.mode == "trigger":
 			// A switch to wal: the slot first, then the switch.
 			if err := c.createSlotAndSwitch(ctx, conn, st); err != nil {
@@ -490,6 +499,8 @@ type decoder struct {
 	// lostChecked is when relay.capture.slot_lost_at was last read, so an
 	// acknowledged loss stops showing while the stream runs on.
 	lostChecked time.Time
+	// settled is when a pending switch back was last looked for.
+	settled time.Time
 
 	inTx     bool          // between a Begin and its Commit
 	skipTx   bool          // the transaction is in the log already
@@ -513,7 +524,15 @@ func (d *decoder) run(ctx context.Context) error {
 	}()
 	lastStatus := time.Now()
 	for {
+		if d.idle() && time.Since(d.settled) >= d.c.cfg.IdleCheck {
+			if err := d.settle(ctx); err != nil {
+				return err
+			}
+		}
 		deadline := lastStatus.Add(d.c.cfg.StatusInterval)
+		if next := d.settled.Add(d.c.cfg.IdleCheck); d.idle() && next.Before(deadline) {
+			deadline = next
+		}
 		if d.pending && !d.inTx {
 			// Appended once the stream pauses for Gather, or has run on
 			// for maxGather: a backlog goes in large batches, a trickle
@@ -539,6 +558,9 @@ func (d *decoder) run(ctx context.Context) error {
 					return err
 				}
 				continue
+			}
+			if time.Since(lastStatus) < d.c.cfg.StatusInterval {
+				continue // woken to look at the pending step only
 			}
 			if err := d.status(ctx, 0); err != nil {
 				return err
@@ -640,6 +662,41 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// idle reports whether nothing received is waiting for the log and no log
+// transaction is open: the session's connection is free for other queries.
+func (d *decoder) idle() bool {
+	return !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil
+}
+
+// settle completes a pending step back to triggers (or a pending reset
+// marker) once the transactions it waits for have ended. It looks at most
+// every IdleCheck, and the decoder goes on appending meanwhile: the switch
+// row it writes is decoded like any other, and ends the stream there.
+func (d *decoder) settle(ctx context.Context) error {
+	d.settled = time.Now()
+	var pending bool
+	if err := d.conn.QueryRow(ctx, "SELECT switch_back_pending OR reset_pending IS NOT NULL FROM relay.capture").Scan(&pending); err != nil {
+		return fmt.Errorf("read whether a switch back to triggers is pending: %w", err)
+	}
+	if !pending {
+		return nil
+	}
+	return completeSwitch(ctx, d.conn, d.c.log)
+}
+
+// completeSwitch calls relay.complete_capture_switch for a step that waits
+// for older transactions to end.
+func completeSwitch(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
+	var done bool
+	if err := conn.QueryRow(ctx, "SELECT relay.complete_capture_switch()").Scan(&done); err != nil {
+		return fmt.Errorf("complete the pending capture switch (the relay's role needs EXECUTE on relay.complete_capture_switch, see docs/roles.sql): %w", err)
+	}
+	if done {
+		log.Info("every transaction older than the step back to capture mode trigger has ended: the step is complete")
+	}
+	return nil
 }
 
 func (d *decoder) rowsBuffered() int {

@@ -115,7 +115,15 @@ func TestASwitchToWalAndBackThatNoCaptureDecodedYetIsDecodedBeforeTheSlotIsDropp
 	if err := insertTemplates(ctx, db, "wal", 5); err != nil {
 		t.Fatal(err)
 	}
-	pgtest.SetCapture(t, db, "trigger")
+	// The switch back, completed as a sequencer would (the step waits for
+	// older transactions; there are none).
+	pgtest.RequestCapture(t, db, "trigger")
+	relaytest.Eventually(t, 10*time.Second, "the switch back to trigger is complete", func() bool {
+		var done bool
+		err := db.Pool.QueryRow(ctx, "SELECT relay.complete_capture_switch()").Scan(&done)
+		return err == nil && done
+	})
+	pgtest.WaitCapture(t, db, "trigger")
 	if err := insertTemplates(ctx, db, "trigger", 5); err != nil {
 		t.Fatal(err)
 	}
