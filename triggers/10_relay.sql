@@ -188,24 +188,33 @@ $fn$;
 -- row this writes to relay.capture_switches is decoded at exactly that
 -- point of the commit order, so the decoder knows from which transaction on
 -- it captures, and up to which.
+--
+-- relay.capture.last_switch names the switch row, so that the decoder can
+-- tell when it has reached the last switch (decoded_switch): only then is a
+-- slot drained after a switch back.
 CREATE OR REPLACE FUNCTION relay.switch_capture(want text, slot name) RETURNS void
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    t relay.topics;
+    t  relay.topics;
+    id bigint;
 BEGIN
     FOR t IN SELECT * FROM relay.topics ORDER BY relay.topics.topic LOOP
         EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.source,
                        CASE want WHEN 'wal' THEN 'DISABLE' ELSE 'ENABLE' END, 'pgrelay_' || t.topic);
     END LOOP;
+    -- The decoder applies the switch at this row's place in the stream,
+    -- which is this transaction's commit: after every change above.
+    INSERT INTO relay.capture_switches (mode) VALUES (want) RETURNING relay.capture_switches.id INTO id;
     UPDATE relay.capture c
        SET mode = want,
            slot_name = coalesce(slot, c.slot_name),
            -- A new slot starts before this switch, in trigger mode.
            decoded_mode = CASE WHEN c.slot_name IS NULL THEN 'trigger' ELSE c.decoded_mode END,
+           last_switch = id,
+           -- A switch ends any pending step back to triggers.
+           switch_back_pending = false,
+           settle_xmax = CASE WHEN c.reset_pending IS NULL THEN NULL ELSE c.settle_xmax END,
            changed_at = now();
-    -- Last: the decoder applies the switch at this row's place in the
-    -- stream, after every change above.
-    INSERT INTO relay.capture_switches (mode) VALUES (want);
 END
 $fn$;
 
@@ -215,12 +224,22 @@ $fn$;
 -- both; nothing is lost or repeated by a switch in either direction. Run
 -- it as the owner of the topics' tables. It returns the mode in force.
 --
--- Back to triggers takes effect at this call's commit. A switch to wal
--- needs the replication slot to exist before the switch point, and a slot
--- cannot be created inside a function (nor by a role without REPLICATION):
--- the call records the request, and the sequencer creates the slot and
--- completes the switch (relay.complete_capture_switch) within a second;
--- until then the triggers keep capturing. `migrate status` shows both.
+-- Both directions are completed by the sequencer (`migrate status` shows
+-- where a switch stands):
+--   * to wal: the replication slot must exist before the switch point, and
+--     a slot cannot be created inside a function (nor by a role without
+--     REPLICATION). The call records the request; the sequencer creates the
+--     slot and completes the switch (relay.complete_capture_switch) within
+--     a second. Until then the triggers keep capturing.
+--   * back to trigger: while wal is in force, the horizon ignores the
+--     transactions of roles that cannot write the log, so delivery may
+--     already be past a producer's older transaction; with its triggers
+--     enabled, that transaction could still write an event behind every
+--     subscriber. So the call only makes the switch pending: readers return
+--     to the full horizon at its commit, the triggers stay disabled and the
+--     sequencer keeps appending, and once every transaction that was running
+--     then has ended the sequencer enables the triggers. A long transaction
+--     delays the switch, not delivery.
 CREATE OR REPLACE FUNCTION relay.set_capture(mode text) RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -238,11 +257,18 @@ BEGIN
     -- Any call acknowledges a slot loss reported since the last one.
     UPDATE relay.capture SET requested = want, slot_lost_at = NULL, changed_at = now();
     IF cur.mode = want THEN
+        IF want = 'wal' AND cur.switch_back_pending THEN
+            -- Called off before the triggers were enabled: wal goes on.
+            UPDATE relay.capture SET switch_back_pending = false, settle_xmax = NULL;
+        END IF;
         RETURN want;
     END IF;
     IF want = 'trigger' THEN
-        PERFORM relay.switch_capture('trigger', NULL);
-        RETURN 'trigger';
+        IF NOT cur.switch_back_pending THEN
+            UPDATE relay.capture SET switch_back_pending = true, settle_xmax = NULL;
+            RAISE NOTICE 'capture mode trigger requested: the sequencer enables the triggers once every transaction running now has ended, and captures from the slot until then';
+        END IF;
+        RETURN 'wal';
     END IF;
     -- A slot not yet drained since the last switch back serves again.
     IF cur.slot_name IS NOT NULL
@@ -256,9 +282,22 @@ BEGIN
 END
 $fn$;
 
--- relay.complete_capture_switch is the sequencer's half of a switch to wal:
--- it has created the slot, and this makes wal the mode in force. As the
--- owner: the relay's role cannot alter the topics' tables.
+-- relay.complete_capture_switch is the sequencer's half of a switch, called
+-- while one is asked for. It returns whether it switched (or wrote the
+-- pending reset marker). As the owner: the relay's role can neither alter
+-- the topics' tables nor write the log.
+--
+-- To wal: the sequencer has created the slot, and this makes wal the mode
+-- in force; false if the slot is still being created (by another relay that
+-- was the sequencer before).
+--
+-- Back to trigger, and the reset marker of a slot lost while wal was in
+-- force: both wait until no transaction that was running when the step
+-- committed (set_capture, capture_slot_lost) can still write the log. The
+-- first call after the step records the next xid to be assigned
+-- (settle_xmax): its snapshot sees the step committed, so every transaction
+-- that was running then has a smaller xid. A later call whose horizon has
+-- passed settle_xmax finds them all ended, and completes.
 CREATE OR REPLACE FUNCTION relay.complete_capture_switch() RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -266,6 +305,23 @@ DECLARE
     slot name := relay.capture_slot_name();
 BEGIN
     SELECT * INTO cur FROM relay.capture FOR UPDATE;
+    IF cur.switch_back_pending OR cur.reset_pending IS NOT NULL THEN
+        IF cur.settle_xmax IS NULL THEN
+            UPDATE relay.capture SET settle_xmax = pg_snapshot_xmax(pg_current_snapshot())::text::bigint;
+            RETURN false;
+        END IF;
+        IF relay.horizon(NULL) < cur.settle_xmax THEN
+            RETURN false;
+        END IF;
+        IF cur.reset_pending IS NOT NULL THEN
+            INSERT INTO relay.events (topic, payload) VALUES ('pgrelay.reset', cur.reset_pending);
+        END IF;
+        IF cur.switch_back_pending AND cur.mode = 'wal' THEN
+            PERFORM relay.switch_capture('trigger', NULL);
+        END IF;
+        UPDATE relay.capture SET switch_back_pending = false, reset_pending = NULL, settle_xmax = NULL;
+        RETURN true;
+    END IF;
     IF cur.requested <> 'wal' OR cur.mode = 'wal' THEN
         RETURN false;
     END IF;
@@ -273,6 +329,16 @@ BEGIN
                     WHERE s.slot_name = slot AND s.database = current_database()
                       AND s.plugin = 'pgoutput' AND s.wal_status IS DISTINCT FROM 'lost') THEN
         RAISE EXCEPTION 'replication slot % does not exist', slot USING ERRCODE = 'undefined_object';
+    END IF;
+    -- A slot shows in pg_replication_slots as soon as its creation begins,
+    -- and decodes only transactions that commit after the creation ends
+    -- (once every transaction running when it began has ended). Until then
+    -- the session creating it holds it (active) and it has no confirmed
+    -- position: a switch now would precede the slot's start, and the
+    -- decoder would never see it nor the rows after it. Not yet, then.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s
+                WHERE s.slot_name = slot AND (s.active OR s.confirmed_flush_lsn IS NULL)) THEN
+        RETURN false;
     END IF;
     PERFORM relay.switch_capture('wal', slot);
     RETURN true;
@@ -286,7 +352,10 @@ $fn$;
 -- transaction it
 --   * appends a reset marker (topic 'pgrelay.reset', no audience), which
 --     every relay turns into `event: reset` for every stream that passes its
---     position, live or replayed: no subscriber crosses the gap silently;
+--     position, live or replayed: no subscriber crosses the gap silently.
+--     If wal was in force, the marker is left pending instead, and
+--     relay.complete_capture_switch writes it once every transaction running
+--     at this commit has ended (see there);
 --   * falls back to the capture triggers if wal was in force, so the gap
 --     ends at this commit: every row committed later is captured (the switch
 --     locks the topics' tables as any switch does);
@@ -300,18 +369,26 @@ $fn$;
 CREATE OR REPLACE FUNCTION relay.capture_slot_lost(lost name, detail text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
-    cur relay.capture;
+    cur    relay.capture;
+    marker jsonb;
 BEGIN
     SELECT * INTO cur FROM relay.capture FOR UPDATE;
     IF cur.slot_name IS DISTINCT FROM lost THEN
         RETURN false;
     END IF;
-    INSERT INTO relay.events (topic, payload)
-    VALUES ('pgrelay.reset',
-            jsonb_build_object('reason', 'capture slot lost', 'slot', lost,
-                               'applied_lsn', cur.applied_lsn::text, 'detail', detail));
+    marker := jsonb_build_object('reason', 'capture slot lost', 'slot', lost,
+                                 'applied_lsn', cur.applied_lsn::text, 'detail', detail);
     IF cur.mode = 'wal' THEN
         PERFORM relay.switch_capture('trigger', NULL);
+        -- Delivery may be past a producer's transaction that is still
+        -- open (the horizon ignored it while wal was in force), which can
+        -- now write through the enabled trigger, behind every subscriber.
+        -- The marker waits until every transaction running now has ended
+        -- (relay.complete_capture_switch), so that it follows those rows
+        -- too: a subscriber reset there reloads after they committed.
+        UPDATE relay.capture SET reset_pending = marker, settle_xmax = NULL;
+    ELSE
+        INSERT INTO relay.events (topic, payload) VALUES ('pgrelay.reset', marker);
     END IF;
     UPDATE relay.capture
        SET slot_name = NULL, decoded_mode = 'trigger', slot_lost_at = now(), changed_at = now();
@@ -426,17 +503,45 @@ END
 $fn$;
 
 -- relay.foreign_xids returns the ids (low 32 bits) of the transactions
--- running now that are known to belong to other databases: sessions of other
--- databases (pg_stat_activity) and their prepared transactions. They cannot
--- write this database's log. Reading pg_stat_activity costs far more than
--- the rest of a log read, so relays call this every few hundred milliseconds
--- and pass the result to relay.horizon(foreign_xids): an xid never changes
--- database, so a stale list is still right, it only misses newer foreign
--- transactions (which then count as this database's until the next call).
+-- running now that cannot write this database's log, in two kinds:
+--   * below 2^32: transactions of other databases (their sessions in
+--     pg_stat_activity, their prepared transactions), which never can;
+--   * 2^32 plus the id: transactions of this database whose role cannot
+--     write the log while capture mode wal is in force, when no capture
+--     trigger fires; relay.horizon ignores them only then.
+-- The roles that can are the members (direct or not, inheriting or not:
+-- SET ROLE counts) of any role that is a superuser, may insert into
+-- relay.events, may run the functions that write it as their owner
+-- (relay.append_captured, capture_slot_lost, complete_capture_switch: the
+-- relay's role), owns this database, or owns a topic's table (it could
+-- enable a capture trigger). Every other login, producers included,
+-- cannot: its rows reach the log through the slot, in the sequencer's
+-- transactions. (A SECURITY DEFINER function of your own that wrote
+-- relay.events on behalf of other roles would make them writers this
+-- cannot see: write the log only through pgrelay's functions.)
+--
+-- Reading pg_stat_activity costs far more than the rest of a log read, so
+-- relays call this every few hundred milliseconds and pass the result to
+-- relay.horizon(foreign_xids): a transaction never changes database or
+-- login, so a stale list is still right, it only misses newer transactions
+-- (which then count until the next call). Where a session's xid cannot be
+-- seen (the caller lacks pg_read_all_stats), it is in neither kind, and
+-- counts.
 CREATE OR REPLACE FUNCTION relay.foreign_xids() RETURNS bigint[]
 LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
-    RETURN (SELECT coalesce(array_agg(xid32), '{}') FROM (
+    RETURN (WITH writers AS MATERIALIZED (
+        -- Looked up once per call, not once per session.
+        SELECT g.oid
+          FROM pg_roles g
+         WHERE g.rolsuper
+            OR has_table_privilege(g.oid, 'relay.events', 'INSERT')
+            OR has_function_privilege(g.oid, 'relay.append_captured(text, jsonb)', 'EXECUTE')
+            OR has_function_privilege(g.oid, 'relay.capture_slot_lost(name, text)', 'EXECUTE')
+            OR has_function_privilege(g.oid, 'relay.complete_capture_switch()', 'EXECUTE')
+            OR g.oid = (SELECT d.datdba FROM pg_database d WHERE d.datname = current_database())
+            OR g.oid IN (SELECT c.relowner FROM relay.topics t JOIN pg_class c ON c.oid = t.source))
+    SELECT coalesce(array_agg(xid32), '{}') FROM (
         SELECT backend_xid::text::bigint AS xid32
           FROM pg_stat_activity
          WHERE backend_xid IS NOT NULL
@@ -445,7 +550,18 @@ BEGIN
         SELECT transaction::text::bigint
           FROM pg_prepared_xacts
          WHERE database <> current_database()
-    ) AS elsewhere);
+        UNION ALL
+        SELECT 4294967296 + here.xid32
+          FROM (SELECT a.backend_xid::text::bigint AS xid32, a.usesysid AS role
+                  FROM pg_stat_activity a
+                 WHERE a.backend_xid IS NOT NULL AND a.datname = current_database()
+                UNION ALL
+                SELECT p.transaction::text::bigint, r.oid
+                  FROM pg_prepared_xacts p JOIN pg_roles r ON r.rolname = p.owner
+                 WHERE p.database = current_database()) AS here
+         WHERE here.role IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM writers w WHERE pg_has_role(here.role, w.oid, 'MEMBER'))
+    ) AS cannot_write);
 END
 $fn$;
 
@@ -453,14 +569,22 @@ $fn$;
 -- transaction with a smaller xid that could have written to this database
 -- has ended, so no event can appear there any more. It is the oldest
 -- transaction still running in the current snapshot, ignoring the given
--- transactions of other databases (NULL: look them up now), so a long
--- transaction in another database of the same server does not hold delivery
--- back. Transactions whose database cannot be seen (the role lacks
--- pg_read_all_stats, or the session ended meanwhile) count as this
--- database's: the horizon errs towards waiting, never towards skipping.
+-- transactions that cannot write the log (relay.foreign_xids; NULL: look
+-- them up now): those of other databases always, so a long transaction in
+-- another database of the same server does not hold delivery back, and
+-- those of roles that cannot write the log while capture mode wal is in
+-- force and no switch back is pending (as this statement's snapshot sees
+-- relay.capture), so a producer's or another login's long transaction does
+-- not hold delivery back in wal mode. Transactions whose database or role
+-- cannot be seen (the role lacks pg_read_all_stats, or the session ended
+-- meanwhile) count: the horizon errs towards waiting, never towards
+-- skipping.
 --
 -- STABLE, so it sees the calling statement's snapshot: the horizon and the
--- rows the statement reads must come from the same snapshot.
+-- rows the statement reads must come from the same snapshot. So does the
+-- mode: a read that sees the step back to triggers committed applies the
+-- full horizon, and the triggers are enabled only once every transaction
+-- that was running at that step has ended (relay.complete_capture_switch).
 --
 -- PL/pgSQL, not SQL: it runs in every log read, hundreds of times a second,
 -- and a SQL function that is not inlined is planned again on every call
@@ -469,17 +593,27 @@ $fn$;
 CREATE OR REPLACE FUNCTION relay.horizon(foreign_xids bigint[]) RETURNS bigint
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
-    snap   pg_snapshot := pg_current_snapshot();
-    oldest bigint;
+    snap    pg_snapshot := pg_current_snapshot();
+    wal     boolean := false;
+    ignored bigint[];
+    oldest  bigint;
 BEGIN
     IF foreign_xids IS NULL THEN
         foreign_xids := relay.foreign_xids();
     END IF;
+    -- A deployment that has not granted SELECT on relay.capture to the
+    -- reading role keeps the full horizon.
+    IF pg_catalog.has_table_privilege('relay.capture', 'SELECT') THEN
+        SELECT c.mode = 'wal' AND NOT c.switch_back_pending INTO wal FROM relay.capture c;
+    END IF;
+    SELECT coalesce(array_agg(f % 4294967296), '{}') INTO ignored
+      FROM unnest(foreign_xids) AS f
+     WHERE f < 4294967296 OR coalesce(wal, false);
     -- xid is 32 bits in pg_stat_activity and 64 in the snapshot: compare
     -- the low half.
     SELECT min(x::text::bigint) INTO oldest
       FROM pg_snapshot_xip(snap) AS x
-     WHERE NOT (x::text::bigint % 4294967296 = ANY (foreign_xids));
+     WHERE NOT (x::text::bigint % 4294967296 = ANY (ignored));
     RETURN coalesce(oldest, pg_snapshot_xmax(snap)::text::bigint);
 END
 $fn$;

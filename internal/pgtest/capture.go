@@ -11,9 +11,9 @@ import (
 var CaptureModes = []string{"trigger", "wal"}
 
 // RequestCapture calls relay.set_capture(mode) on db and fails the test on
-// error. A switch to trigger is in force when it returns; a switch to wal
-// once a relay's sequencer has created the replication slot and completed
-// it (SetCapture waits for that). A database in mode wal holds a slot; it
+// error. A switch is in force once a relay's sequencer has completed it
+// (SetCapture waits for that): to wal once it has created the replication
+// slot, back to trigger once every transaction open at the call has ended. A database in mode wal holds a slot; it
 // goes with the database (DROP DATABASE drops a database's slots once no
 // session streams them).
 func RequestCapture(t testing.TB, db *DB, mode string) {

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -149,18 +150,24 @@ func (c *Capture) Run(ctx context.Context) error {
 type state struct {
 	mode, requested string
 	decodedMode     string
-	slot            string // relay.capture.slot_name
-	ownSlot         string // relay.capture_slot_name()
-	ownSlotExists   bool
-	ownSlotLost     bool
-	applied         pglogrepl.LSN
-	slotExists      bool
-	walStatus       string
-	lostAt          *time.Time
+	// lastSwitch is the newest switch row's id, decodedSwitch the newest
+	// at or before applied: equal once the decoder reached the last switch.
+	lastSwitch, decodedSwitch int64
+	// resetPending: a slot was lost while wal was in force, and its reset
+	// marker waits for the transactions running then to end.
+	resetPending  bool
+	slot          string // relay.capture.slot_name
+	ownSlot       string // relay.capture_slot_name()
+	ownSlotExists bool
+	ownSlotLost   bool
+	applied       pglogrepl.LSN
+	slotExists    bool
+	walStatus     string
+	lostAt        *time.Time
 }
 
 const stateSQL = `
-SELECT c.mode, c.requested, c.decoded_mode, coalesce(c.slot_name, ''), c.applied_lsn::text,
+SELECT c.mode, c.requested, c.decoded_mode, c.last_switch, c.decoded_switch, c.reset_pending IS NOT NULL, coalesce(c.slot_name, ''), c.applied_lsn::text,
        s.slot_name IS NOT NULL, coalesce(s.wal_status, ''), c.slot_lost_at,
        relay.capture_slot_name(),
        EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots o WHERE o.slot_name = relay.capture_slot_name()),
@@ -171,7 +178,7 @@ SELECT c.mode, c.requested, c.decoded_mode, coalesce(c.slot_name, ''), c.applied
 func loadState(ctx context.Context, conn *pgx.Conn) (state, error) {
 	var st state
 	var applied string
-	if err := conn.QueryRow(ctx, stateSQL).Scan(&st.mode, &st.requested, &st.decodedMode, &st.slot, &applied,
+	if err := conn.QueryRow(ctx, stateSQL).Scan(&st.mode, &st.requested, &st.decodedMode, &st.lastSwitch, &st.decodedSwitch, &st.resetPending, &st.slot, &applied,
 		&st.slotExists, &st.walStatus, &st.lostAt, &st.ownSlot, &st.ownSlotExists, &st.ownSlotLost); err != nil {
 		return st, fmt.Errorf("read the capture state (the relay's role needs SELECT and UPDATE on relay.capture, see docs/roles.sql): %w", err)
 	}
@@ -204,6 +211,12 @@ func (c *Capture) session(ctx context.Context) error {
 				return err
 			}
 			continue
+		case st.resetPending && st.slot == "":
+			// A lost slot's marker, first: it must precede the rows of the
+			// next switch to wal.
+			if err := completeSwitch(ctx, conn, c.log); err != nil {
+				return err
+			}
 		case st.requested == "wal" && st.mode == "trigger":
 			// A switch to wal: the slot first, then the switch.
 			if err := c.createSlotAndSwitch(ctx, conn, st); err != nil {
@@ -219,7 +232,7 @@ func (c *Capture) session(ctx context.Context) error {
 			continue
 		case st.slot == "":
 			// Trigger mode, no slot to drain.
-		case st.mode == "trigger" && st.decodedMode == "trigger" && st.requested == "trigger":
+		case st.drained():
 			// Everything up to the switch back is in the log.
 			if err := dropDrainedSlot(ctx, conn, c.log); err != nil {
 				return err
@@ -235,6 +248,17 @@ func (c *Capture) session(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// drained reports whether everything the slot holds for the log is in it:
+// trigger is in force and asked for, and the decoder reached the last
+// switch, which put trigger in force. decoded_mode alone would not do:
+// before the decoder reaches a switch to wal it reads trigger too, and a
+// switch back may follow before it does (a sequencer that created the slot
+// and switched, then stopped before decoding; or a stream that failed and
+// waits to be resumed while the mode goes to wal and back on this slot).
+func (st state) drained() bool {
+	return st.mode == "trigger" && st.requested == "trigger" && st.decodedMode == "trigger" && st.decodedSwitch == st.lastSwitch
 }
 
 // slotLost handles a slot that cannot give the changes any more: the server
@@ -312,10 +336,16 @@ func (c *Capture) createSlotAndSwitch(ctx context.Context, conn *pgx.Conn, st st
 		})
 		rc.Close(context.WithoutCancel(ctx))
 		var pgErr *pgconn.PgError
-		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // 42710: created meanwhile
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == "42710":
+			// Created meanwhile, or still being created, by a relay that
+			// was the sequencer before: complete_capture_switch waits for
+			// its creation to end.
+		case err != nil:
 			return fmt.Errorf("create replication slot %s: %w", st.ownSlot, err)
+		default:
+			c.log.Info("capture mode wal requested: replication slot created", "slot", st.ownSlot)
 		}
-		c.log.Info("capture mode wal requested: replication slot created", "slot", st.ownSlot)
 	}
 	var switched bool
 	if err := conn.QueryRow(ctx, "SELECT relay.complete_capture_switch()").Scan(&switched); err != nil {
@@ -323,8 +353,11 @@ func (c *Capture) createSlotAndSwitch(ctx context.Context, conn *pgx.Conn, st st
 	}
 	if switched {
 		c.log.Info("capture mode is wal: the sequencer captures from the replication slot", "slot", st.ownSlot)
+		return nil
 	}
-	return nil
+	// Called off, or the slot is still being created elsewhere (or still
+	// held by the session that created it): look again shortly.
+	return ctxtime.Sleep(ctx, c.cfg.IdleCheck)
 }
 
 // dropStraySlot drops this database's slot when relay.capture knows of no
@@ -352,13 +385,18 @@ func dropStraySlot(ctx context.Context, conn *pgx.Conn, slot string, log *slog.L
 // way either keeps the slot or fails with a clear error.
 func dropDrainedSlot(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		var mode, requested, decoded, slot string
-		err := tx.QueryRow(ctx, "SELECT mode, requested, decoded_mode, coalesce(slot_name, '') FROM relay.capture FOR UPDATE").Scan(&mode, &requested, &decoded, &slot)
+		var st state
+		err := tx.QueryRow(ctx, "SELECT mode, requested, decoded_mode, last_switch, decoded_switch, coalesce(slot_name, '') FROM relay.capture FOR UPDATE").
+			Scan(&st.mode, &st.requested, &st.decodedMode, &st.lastSwitch, &st.decodedSwitch, &st.slot)
 		if err != nil {
 			return fmt.Errorf("lock the capture state: %w", err)
 		}
-		if mode != "trigger" || requested != "trigger" || decoded != "trigger" || slot == "" {
+		slot := st.slot
+		if !st.drained() || slot == "" {
 			return nil
+		}
+		if err := awaitSlotReleased(ctx, tx, slot); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", slot); err != nil {
 			return fmt.Errorf("drop the drained replication slot %s: %w", slot, err)
@@ -369,6 +407,29 @@ func dropDrainedSlot(ctx context.Context, conn *pgx.Conn, log *slog.Logger) erro
 		log.Info("capture mode trigger: every change up to the switch is in the log; replication slot dropped", "slot", slot)
 		return nil
 	})
+}
+
+// awaitSlotReleased waits up to a few seconds for the session that streamed
+// slot to let it go: the server releases a slot when its walsender exits,
+// a moment after the stream's connection closed, and refuses to drop an
+// active one. If it is still held then, the drop fails and is tried again.
+func awaitSlotReleased(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, slot string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var active bool
+		err := q.QueryRow(ctx, "SELECT coalesce((SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), false)", slot).Scan(&active)
+		if err != nil {
+			return fmt.Errorf("look whether replication slot %s is still streamed: %w", slot, err)
+		}
+		if !active || time.Now().After(deadline) {
+			return nil
+		}
+		if err := ctxtime.Sleep(ctx, 10*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // relation is what the stream told about a published table.
@@ -417,6 +478,7 @@ func (c *Capture) stream(ctx context.Context, conn *pgx.Conn, st state) error {
 	d := &decoder{
 		c: c, conn: conn, rc: rc,
 		applied: st.applied, confirmed: st.applied, mode: st.decodedMode, storedMode: st.decodedMode,
+		switchID: st.decodedSwitch, storedSwitch: st.decodedSwitch,
 		rels: map[uint32]*relation{}, lostChecked: time.Now(),
 	}
 	return d.run(ctx)
@@ -428,16 +490,20 @@ type decoder struct {
 	conn *pgx.Conn
 	rc   *pgconn.PgConn
 
-	applied    pglogrepl.LSN // relay.capture.applied_lsn as committed
-	storedMode string        // relay.capture.decoded_mode as committed
-	confirmed  pglogrepl.LSN // what the server was last told
-	mode       string        // the mode in force at the stream's position
+	applied      pglogrepl.LSN // relay.capture.applied_lsn as committed
+	storedMode   string        // relay.capture.decoded_mode as committed
+	storedSwitch int64         // relay.capture.decoded_switch as committed
+	confirmed    pglogrepl.LSN // what the server was last told
+	mode         string        // the mode in force at the stream's position
+	switchID     int64         // the newest switch row at the stream's position
 
 	rels map[uint32]*relation
 
 	// lostChecked is when relay.capture.slot_lost_at was last read, so an
 	// acknowledged loss stops showing while the stream runs on.
 	lostChecked time.Time
+	// settled is when a pending switch back was last looked for.
+	settled time.Time
 
 	inTx     bool          // between a Begin and its Commit
 	skipTx   bool          // the transaction is in the log already
@@ -461,7 +527,15 @@ func (d *decoder) run(ctx context.Context) error {
 	}()
 	lastStatus := time.Now()
 	for {
+		if d.idle() && time.Since(d.settled) >= d.c.cfg.IdleCheck {
+			if err := d.settle(ctx); err != nil {
+				return err
+			}
+		}
 		deadline := lastStatus.Add(d.c.cfg.StatusInterval)
+		if next := d.settled.Add(d.c.cfg.IdleCheck); d.idle() && next.Before(deadline) {
+			deadline = next
+		}
 		if d.pending && !d.inTx {
 			// Appended once the stream pauses for Gather, or has run on
 			// for maxGather: a backlog goes in large batches, a trickle
@@ -487,6 +561,9 @@ func (d *decoder) run(ctx context.Context) error {
 					return err
 				}
 				continue
+			}
+			if time.Since(lastStatus) < d.c.cfg.StatusInterval {
+				continue // woken to look at the pending step only
 			}
 			if err := d.status(ctx, 0); err != nil {
 				return err
@@ -552,7 +629,7 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 			return false, fmt.Errorf("insert into relation %d before its description", m.RelationID)
 		}
 		if rel.switches {
-			d.mode, err = switchMode(rel, m.Tuple)
+			d.switchID, d.mode, err = switchRow(rel, m.Tuple)
 			return false, err
 		}
 		if d.mode != "wal" || len(rel.topics) == 0 {
@@ -581,13 +658,48 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 		if !d.pending {
 			d.pending, d.firstAt = true, time.Now()
 		}
-		// A switch is appended at once: a switch back to triggers may
+		// A switch is recorded at once: a switch back to triggers may
 		// let the slot go.
-		if d.mode != d.storedMode || d.bytes >= d.c.cfg.BatchBytes || d.rowsBuffered()+d.written >= d.c.cfg.BatchRows {
+		if d.switchID != d.storedSwitch || d.bytes >= d.c.cfg.BatchBytes || d.rowsBuffered()+d.written >= d.c.cfg.BatchRows {
 			return d.commit(ctx)
 		}
 	}
 	return false, nil
+}
+
+// idle reports whether nothing received is waiting for the log and no log
+// transaction is open: the session's connection is free for other queries.
+func (d *decoder) idle() bool {
+	return !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil
+}
+
+// settle completes a pending step back to triggers (or a pending reset
+// marker) once the transactions it waits for have ended. It looks at most
+// every IdleCheck, and the decoder goes on appending meanwhile: the switch
+// row it writes is decoded like any other, and ends the stream there.
+func (d *decoder) settle(ctx context.Context) error {
+	d.settled = time.Now()
+	var pending bool
+	if err := d.conn.QueryRow(ctx, "SELECT switch_back_pending OR reset_pending IS NOT NULL FROM relay.capture").Scan(&pending); err != nil {
+		return fmt.Errorf("read whether a switch back to triggers is pending: %w", err)
+	}
+	if !pending {
+		return nil
+	}
+	return completeSwitch(ctx, d.conn, d.c.log)
+}
+
+// completeSwitch calls relay.complete_capture_switch for a step that waits
+// for older transactions to end.
+func completeSwitch(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
+	var done bool
+	if err := conn.QueryRow(ctx, "SELECT relay.complete_capture_switch()").Scan(&done); err != nil {
+		return fmt.Errorf("complete the pending capture switch (the relay's role needs EXECUTE on relay.complete_capture_switch, see docs/roles.sql): %w", err)
+	}
+	if done {
+		log.Info("every transaction older than the step back to capture mode trigger has ended: the step is complete")
+	}
+	return nil
 }
 
 func (d *decoder) rowsBuffered() int {
@@ -619,17 +731,33 @@ func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 	return nil
 }
 
-func switchMode(rel *relation, t *pglogrepl.TupleData) (string, error) {
+// switchRow reads a relay.capture_switches row: its id and the mode it
+// puts in force.
+func switchRow(rel *relation, t *pglogrepl.TupleData) (int64, string, error) {
+	var id int64
+	var mode string
 	for i, col := range rel.columns {
-		if col.key == `"mode"` && i < len(t.Columns) {
-			mode := string(t.Columns[i].Data)
-			if mode != "wal" && mode != "trigger" {
-				return "", fmt.Errorf("capture switch to unknown mode %q", mode)
+		if i >= len(t.Columns) {
+			break
+		}
+		switch col.key {
+		case `"id"`:
+			n, err := strconv.ParseInt(string(t.Columns[i].Data), 10, 64)
+			if err != nil {
+				return 0, "", fmt.Errorf("capture switch with id %q: %w", t.Columns[i].Data, err)
 			}
-			return mode, nil
+			id = n
+		case `"mode"`:
+			mode = string(t.Columns[i].Data)
 		}
 	}
-	return "", errors.New("capture switch without a mode column")
+	if mode != "wal" && mode != "trigger" {
+		return 0, "", fmt.Errorf("capture switch %d to unknown mode %q", id, mode)
+	}
+	if id <= 0 {
+		return 0, "", errors.New("capture switch without an id")
+	}
+	return id, mode, nil
 }
 
 // rowJSON renders a decoded row as the object relay.append_captured reads:
@@ -714,7 +842,7 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 	if err := d.write(ctx); err != nil {
 		return false, err
 	}
-	if d.tx == nil && d.mode == d.storedMode {
+	if d.tx == nil && d.switchID == d.storedSwitch {
 		// Nothing to append (transactions of trigger mode, rows of no
 		// topic): re-streaming them would append nothing either, so the
 		// position is confirmed without a write.
@@ -728,8 +856,8 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 		}
 		d.tx = tx
 	}
-	tag, err := d.tx.Exec(ctx, `UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, changed_at = now()
-	                             WHERE applied_lsn = $3::text::pg_lsn`, d.done.String(), d.mode, d.applied.String())
+	tag, err := d.tx.Exec(ctx, `UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, decoded_switch = $3, changed_at = now()
+	                             WHERE applied_lsn = $4::text::pg_lsn`, d.done.String(), d.mode, d.switchID, d.applied.String())
 	if err != nil {
 		return false, fmt.Errorf("record the captured position: %w", err)
 	}
@@ -748,7 +876,7 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("commit the log transaction: %w", err)
 	}
-	d.applied, d.storedMode, d.pending = d.done, d.mode, false
+	d.applied, d.storedMode, d.storedSwitch, d.pending = d.done, d.mode, d.switchID, false
 	if rows > 0 {
 		d.c.cfg.Observer.Appended(rows, d.commitAt)
 		if d.c.cfg.Wake != nil {
@@ -764,19 +892,16 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if d.mode == "trigger" {
-		var mode, requested string
-		if err := d.conn.QueryRow(ctx, "SELECT mode, requested FROM relay.capture").Scan(&mode, &requested); err != nil {
+		var mode string
+		if err := d.conn.QueryRow(ctx, "SELECT mode FROM relay.capture").Scan(&mode); err != nil {
 			return false, fmt.Errorf("read the capture mode: %w", err)
 		}
-		switch {
-		case mode == "trigger" && requested == "wal":
-			// Asked back to wal before the slot was dropped: it serves on.
-			if _, err := d.conn.Exec(ctx, "SELECT relay.complete_capture_switch()"); err != nil {
-				return false, fmt.Errorf("complete the switch to capture mode wal: %w", err)
-			}
-		case mode == "trigger":
-			d.rc.Close(ctx) // the slot must be released before it is dropped
-			return true, dropDrainedSlot(ctx, d.conn, d.c.log)
+		if mode == "trigger" {
+			// Drained, or (asked back to wal meanwhile) to be switched
+			// again: the session loop decides on the state as it is
+			// under its lock, with the slot released.
+			d.rc.Close(ctx)
+			return true, nil
 		}
 	}
 	return false, nil
