@@ -66,6 +66,7 @@ type Server struct {
 	listener  *listen.Listener
 	sequencer *sequencer.Sequencer
 	refresher *filter.Refresher
+	opening   *limit.Opening
 	metrics   *metrics.Metrics
 	sse       *sse.Handler
 	ws        *ws.Handler
@@ -120,6 +121,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			Observer:           &s.capture,
 		}, s.log).Run,
 	}, s.log)
+	s.opening = limit.NewOpening(cfg.openConcurrency(), cfg.MaxOpening, cfg.OpenWait)
 	s.metrics = s.newMetrics()
 
 	gate := &stream.Gate{
@@ -129,20 +131,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
 		},
 		Limiter: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
+		Opening: s.opening,
 		Log:     s.log,
 	}
 	sseMetrics, wsMetrics := s.metrics.Transport("sse"), s.metrics.Transport("ws")
 	s.sse = &sse.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected},
+		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected, Refusals: sseMetrics.Refused},
 		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, Retry: 2 * time.Second,
 	}
 	s.ws = &ws.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
+		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected, Refusals: wsMetrics.Refused},
 		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, OriginPatterns: cfg.CORSOrigins,
 	}
 	graphqlMetrics := s.metrics.Transport("graphql")
 	s.graphql = &graphql.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "graphql", Observer: graphqlMetrics, Connected: graphqlMetrics.Connected},
+		Gate: gate, Transport: stream.Transport{Name: "graphql", Observer: graphqlMetrics, Connected: graphqlMetrics.Connected, Refusals: graphqlMetrics.Refused},
 		Schema: schema.NewCache(pool, schemaMaxAge, func(reason string) { s.log.Warn("left out of the graphql schema", "why", reason) }),
 		Log:    s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, InitTimeout: cfg.GraphQLInitTimeout,
 		MaxOperations: cfg.GraphQLMaxSubscriptions, OriginPatterns: cfg.CORSOrigins,

@@ -71,6 +71,10 @@ type Sources struct {
 	CaptureEvents func() uint64
 	// CaptureSlotLost reports whether this relay found the slot invalidated.
 	CaptureSlotLost func() bool
+	// OpensWorking and OpensWaiting count the streams opening (loading
+	// their filter, starting their replay) and those waiting for their turn
+	// to (see limit.Opening).
+	OpensWorking, OpensWaiting func() int
 	// QueryTimeout bounds the database queries above (default 1s), so a slow
 	// database does not hang scrapes.
 	QueryTimeout time.Duration
@@ -89,6 +93,7 @@ type Metrics struct {
 	deliveries *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
 	pruned     prometheus.Counter
+	refusals   *prometheus.CounterVec
 }
 
 // LatencyBuckets are the commit→send latency histogram's upper bounds, in
@@ -119,11 +124,15 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Name: "pgrelay_pruned_events_total",
 			Help: "Events this relay pruned from the log (as the sequencer).",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrelay_stream_refusals_total",
+			Help: "Streams refused, by transport and reason (unauthorized, forbidden, bad_request, relay_full, subscriber_full, busy, shutting_down, transport, unavailable).",
+		}, []string{"transport", "reason"}),
 	}
 	// The SSE series exist from the start, so dashboards and alerts see a
 	// zero rather than nothing.
 	m.Transport("sse")
-	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.pruned,
+	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.pruned, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registerSources(src)
 	return m
@@ -159,6 +168,12 @@ func (m *Metrics) registerSources(src Sources) {
 	}
 	if src.Leader != nil {
 		gauge("pgrelay_sequencer_leader", "1 while this relay is the sequencer (announces events and prunes the log).", func() float64 { return boolFloat(src.Leader()) })
+	}
+	if src.OpensWorking != nil {
+		gauge("pgrelay_stream_opens_working", "Streams loading their filter or starting their replay now (at most --open-concurrency).", func() float64 { return float64(src.OpensWorking()) })
+	}
+	if src.OpensWaiting != nil {
+		gauge("pgrelay_stream_opens_waiting", "Streams waiting for their turn to open (with those working, at most --max-opening; more get 503).", func() float64 { return float64(src.OpensWaiting()) })
 	}
 	if src.CaptureLagSeconds != nil {
 		gauge("pgrelay_capture_lag_seconds", "Capture mode wal: how long the newest transaction this relay appended had been committed when its events reached the log (0 once caught up).", src.CaptureLagSeconds)
@@ -291,6 +306,7 @@ func (m *Metrics) Transport(name string) *Transport {
 		live:      m.deliveries.WithLabelValues(name, "live"),
 		replay:    m.deliveries.WithLabelValues(name, "replay"),
 		latency:   m.latency.WithLabelValues(name),
+		refusals:  m.refusals.MustCurryWith(prometheus.Labels{"transport": name}),
 		now:       time.Now,
 	}
 }
@@ -300,8 +316,12 @@ type Transport struct {
 	connected    prometheus.Gauge
 	live, replay prometheus.Counter
 	latency      prometheus.Observer
+	refusals     *prometheus.CounterVec
 	now          func() time.Time
 }
+
+// Refused counts one stream refused for reason (stream.RefusalReason).
+func (t *Transport) Refused(reason string) { t.refusals.WithLabelValues(reason).Inc() }
 
 // Connected adds delta (+1 on open, -1 on close) to the transport's open
 // streams.
