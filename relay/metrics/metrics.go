@@ -71,6 +71,10 @@ type Sources struct {
 	CaptureEvents func() uint64
 	// CaptureSlotLost reports whether this relay found the slot invalidated.
 	CaptureSlotLost func() bool
+	// RequestTimeouts counts connections closed because no request arrived
+	// within the read-header timeout; AbandonedConns those the client
+	// closed before sending one (see httpconn.Watch).
+	RequestTimeouts, AbandonedConns func() uint64
 	// OpensWorking and OpensWaiting count the streams opening (loading
 	// their filter, starting their replay) and those waiting for their turn
 	// to (see limit.Opening).
@@ -168,6 +172,12 @@ func (m *Metrics) registerSources(src Sources) {
 	}
 	if src.Leader != nil {
 		gauge("pgrelay_sequencer_leader", "1 while this relay is the sequencer (announces events and prunes the log).", func() float64 { return boolFloat(src.Leader()) })
+	}
+	if src.RequestTimeouts != nil {
+		counter("pgrelay_http_request_timeouts_total", "Connections closed without an answer because no request arrived within the read-header timeout (10s): an overloaded client or relay.", src.RequestTimeouts)
+	}
+	if src.AbandonedConns != nil {
+		counter("pgrelay_http_abandoned_connections_total", "Connections the client closed before sending a request (TCP health checks, clients that gave up).", src.AbandonedConns)
 	}
 	if src.OpensWorking != nil {
 		gauge("pgrelay_stream_opens_working", "Streams loading their filter or starting their replay now (at most --open-concurrency).", func() float64 { return float64(src.OpensWorking()) })
