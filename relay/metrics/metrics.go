@@ -130,7 +130,7 @@ func New(src Sources, log *slog.Logger) *Metrics {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrelay_stream_refusals_total",
-			Help: "Streams refused, by transport and reason (unauthorized, forbidden, bad_request, relay_full, subscriber_full, busy, shutting_down, transport, unavailable).",
+			Help: "Streams refused, by transport and reason (unauthorized, forbidden, bad_request, relay_full, subscriber_full, busy, shutting_down, client_gone, transport, unavailable).",
 		}, []string{"transport", "reason"}),
 	}
 	// The SSE series exist from the start, so dashboards and alerts see a

@@ -184,6 +184,13 @@ func (g *Gate) Refused(t Transport, user string, err error) int {
 		t.Refusals(RefusalReason(err))
 	}
 	status := Status(err)
+	if errors.Is(err, context.Canceled) {
+		// The client left while its stream was opening (perhaps waiting
+		// for its turn in a storm): nothing failed, and nobody reads the
+		// answer.
+		g.Log.Info("stream refused", "transport", t.Name, "user", user, "reason", "client left while the stream was opening")
+		return http.StatusServiceUnavailable
+	}
 	if status == http.StatusInternalServerError {
 		g.Log.Error("open event stream", "transport", t.Name, "user", user, "err", err)
 		return http.StatusServiceUnavailable

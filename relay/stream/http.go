@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -179,6 +180,8 @@ func RefusalReason(err error) string {
 		return "subscriber_full"
 	case errors.Is(err, limit.ErrBusy):
 		return "busy"
+	case errors.Is(err, context.Canceled):
+		return "client_gone"
 	default:
 		var r *Refusal
 		if errors.As(err, &r) {
