@@ -308,3 +308,34 @@ func mustMarshal(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+func TestAnOpenThatWaitsLongerThanOpenWaitForItsTurnGets503AndRetryAfter(t *testing.T) {
+	t.Parallel()
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		r := relaytest.Start(t, db.URL, func(c *relay.Config) {
+			c.MaxOpening, c.OpenConcurrency, c.OpenWait = 0, 1, 300*time.Millisecond
+		})
+		resume := stallFilterLoads(t, db)
+		working := openInBackground(t, tr, r.URL, streamclient.Options{Token: relaytest.Token(t, "zolo-1")})
+		opensInProgress(t, r, 1, 0)
+		ctx, cancel := context.WithTimeout(context.Background(), stormWait)
+		defer cancel()
+		start := time.Now()
+		_, err := tr.Open(ctx, nil, r.URL, streamclient.Options{Token: relaytest.Token(t, "zewi-1")})
+		waited := time.Since(start)
+		status, msg := relaytest.Refused(t, err)
+		var rej *streamclient.RejectedError
+		errors.As(err, &rej)
+		if status != http.StatusServiceUnavailable || !strings.Contains(msg, "busy") || rej.Header.Get("Retry-After") == "" {
+			t.Errorf("an open that waited its turn in vain: %d %q, Retry-After %q; want 503 saying the relay is busy, with Retry-After",
+				status, msg, rej.Header.Get("Retry-After"))
+		}
+		if waited < 300*time.Millisecond {
+			t.Errorf("refused after %s, before its --open-wait of 300ms", waited)
+		}
+		resume()
+		if err := <-working; err != nil {
+			t.Errorf("the open that had its turn: %v", err)
+		}
+	})
+}
