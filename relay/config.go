@@ -51,7 +51,18 @@ type Config struct {
 
 	MaxConnections        int // open streams on this relay, 0 = unlimited
 	MaxConnectionsPerUser int // open streams of one subscriber on this relay, 0 = unlimited
-	QueueSize             int // events queued per stream before it is closed as too slow
+	// MaxOpening bounds the streams opening at once, working or waiting for
+	// their turn (0 = unlimited): one more is answered 503 with Retry-After
+	// at once (see limit.Opening).
+	MaxOpening int
+	// OpenConcurrency is how many streams load their filter and start
+	// their replay at once; 0 means PoolSize-2 (at least 1), so that the
+	// log reader and filter refreshes always find a pool connection.
+	OpenConcurrency int
+	// OpenWait is how long an opening stream may wait for its turn before
+	// it is answered 503 with Retry-After.
+	OpenWait  time.Duration
+	QueueSize int // events queued per stream before it is closed as too slow
 	// QueueBytes bounds the bytes of rows queued per stream the same way
 	// (an event larger than it still reaches a client that keeps up), and
 	// the bytes of rows one replay query reads.
@@ -119,6 +130,8 @@ func DefaultConfig() Config {
 		JWKSRefresh:             auth.DefaultRefresh,
 		MaxConnections:          10000,
 		MaxConnectionsPerUser:   100,
+		MaxOpening:              500,
+		OpenWait:                5 * time.Second,
 		QueueSize:               1024,
 		QueueBytes:              8 << 20,
 		Heartbeat:               10 * time.Second,
@@ -168,6 +181,9 @@ func (c *Config) settings() []setting {
 		{"cors-origins", "RELAY_CORS_ORIGINS", "comma-separated origins allowed to connect from browsers on other origins (* for any)", (*listValue)(&c.CORSOrigins)},
 		{"max-connections", "RELAY_MAX_CONNECTIONS", "maximum open streams on this relay; more get 503 (0: unlimited)", (*intValue)(&c.MaxConnections)},
 		{"max-connections-per-user", "RELAY_MAX_CONNECTIONS_PER_USER", "maximum open streams of one subscriber on this relay; more get 429 (0: unlimited)", (*intValue)(&c.MaxConnectionsPerUser)},
+		{"max-opening", "RELAY_MAX_OPENING", "maximum streams opening at once (loading their filter and starting their replay, or waiting for their turn to); more get 503 with Retry-After at once, so a reconnect storm is answered instead of timing out (0: unlimited)", (*intValue)(&c.MaxOpening)},
+		{"open-concurrency", "RELAY_OPEN_CONCURRENCY", "streams that load their filter and start their replay at the same time; others wait their turn (0: --pool-size minus 2, at least 1)", (*intValue)(&c.OpenConcurrency)},
+		{"open-wait", "RELAY_OPEN_WAIT", "how long an opening stream may wait for its turn before it gets 503 with Retry-After", (*durationValue)(&c.OpenWait)},
 		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
 		{"queue-bytes", "RELAY_QUEUE_BYTES", "bytes of rows queued per stream before a slow client is disconnected, and read by one replay query (e.g. 8MiB, 512KiB)", (*byteSizeValue)(&c.QueueBytes)},
 		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
@@ -248,7 +264,7 @@ func (c *Config) Validate() error {
 		{"--heartbeat", c.Heartbeat}, {"--write-timeout", c.WriteTimeout}, {"--idle-timeout", c.IdleTimeout}, {"--retention", c.Retention},
 		{"--shutdown-wait", c.ShutdownWait}, {"--retention-interval", c.RetentionInterval}, {"--poll-interval", c.PollInterval}, {"--idle-after", c.IdleAfter},
 		{"--idle-poll", c.IdlePoll}, {"--safety-poll", c.SafetyPoll}, {"--election-interval", c.ElectionInterval}, {"--filter-resync", c.FilterResync},
-		{"--graphql-init-timeout", c.GraphQLInitTimeout},
+		{"--graphql-init-timeout", c.GraphQLInitTimeout}, {"--open-wait", c.OpenWait},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -278,6 +294,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnectionsPerUser < 0 {
 		bad("--max-connections-per-user must be 0 (unlimited) or positive, got %d", c.MaxConnectionsPerUser)
+	}
+	if c.MaxOpening < 0 {
+		bad("--max-opening must be 0 (unlimited) or positive, got %d", c.MaxOpening)
+	}
+	if c.OpenConcurrency < 0 {
+		bad("--open-concurrency must be 0 (from --pool-size) or positive, got %d", c.OpenConcurrency)
 	}
 	if c.RetentionMaxEvents < 0 {
 		bad("--retention-max-events must be 0 (unlimited) or positive, got %d", c.RetentionMaxEvents)
@@ -588,4 +610,12 @@ func (c Config) listenURL() string {
 		return c.ListenDatabaseURL
 	}
 	return c.DatabaseURL
+}
+
+// openConcurrency is --open-concurrency, or its default from the pool size.
+func (c Config) openConcurrency() int {
+	if c.OpenConcurrency > 0 {
+		return c.OpenConcurrency
+	}
+	return max(c.PoolSize-2, 1)
 }

@@ -75,6 +75,10 @@ SELECT coalesce(extract(epoch FROM now() - min(xact_start)), 0)::float8
 		CaptureLagSeconds:  func() float64 { return s.capture.Lag().Seconds() },
 		CaptureEvents:      s.capture.Events,
 		CaptureSlotLost:    s.capture.Lost,
+		RequestTimeouts:    s.conns.TimedOut,
+		AbandonedConns:     s.conns.Abandoned,
+		OpensWorking:       s.opening.Working,
+		OpensWaiting:       s.opening.Waiting,
 		QueryTimeout:       time.Second,
 	}, s.log)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/filter"
 	"github.com/pgrelay/pgrelay/relay/graphql"
 	"github.com/pgrelay/pgrelay/relay/graphql/schema"
+	"github.com/pgrelay/pgrelay/relay/httpconn"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/limit"
 	"github.com/pgrelay/pgrelay/relay/listen"
@@ -50,6 +51,10 @@ const (
 // columns are read again: topics added in SQL appear within it.
 const schemaMaxAge = 5 * time.Second
 
+// readHeaderTimeout bounds how long a connection may take to send its
+// request's header.
+const readHeaderTimeout = 10 * time.Second
+
 // readBatch is how many events one log read returns.
 const readBatch = 1000
 
@@ -66,6 +71,8 @@ type Server struct {
 	listener  *listen.Listener
 	sequencer *sequencer.Sequencer
 	refresher *filter.Refresher
+	opening   *limit.Opening
+	conns     *httpconn.Watch
 	metrics   *metrics.Metrics
 	sse       *sse.Handler
 	ws        *ws.Handler
@@ -130,6 +137,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			},
 		}, s.log).Run,
 	}, s.log)
+	s.opening = limit.NewOpening(cfg.openConcurrency(), cfg.MaxOpening, cfg.OpenWait)
+	s.conns = &httpconn.Watch{ReadHeaderTimeout: readHeaderTimeout}
 	s.metrics = s.newMetrics()
 
 	gate := &stream.Gate{
@@ -139,20 +148,21 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
 		},
 		Limiter: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
+		Opening: s.opening,
 		Log:     s.log,
 	}
 	sseMetrics, wsMetrics := s.metrics.Transport("sse"), s.metrics.Transport("ws")
 	s.sse = &sse.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected},
+		Gate: gate, Transport: stream.Transport{Name: "sse", Observer: sseMetrics, Connected: sseMetrics.Connected, Refusals: sseMetrics.Refused},
 		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, Retry: 2 * time.Second,
 	}
 	s.ws = &ws.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected},
+		Gate: gate, Transport: stream.Transport{Name: "ws", Observer: wsMetrics, Connected: wsMetrics.Connected, Refusals: wsMetrics.Refused},
 		Log: s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, OriginPatterns: cfg.CORSOrigins,
 	}
 	graphqlMetrics := s.metrics.Transport("graphql")
 	s.graphql = &graphql.Handler{
-		Gate: gate, Transport: stream.Transport{Name: "graphql", Observer: graphqlMetrics, Connected: graphqlMetrics.Connected},
+		Gate: gate, Transport: stream.Transport{Name: "graphql", Observer: graphqlMetrics, Connected: graphqlMetrics.Connected, Refusals: graphqlMetrics.Refused},
 		Schema: schema.NewCache(pool, schemaMaxAge, func(reason string) { s.log.Warn("left out of the graphql schema", "why", reason) }),
 		Log:    s.log, WriteTimeout: cfg.WriteTimeout, Heartbeat: cfg.Heartbeat, InitTimeout: cfg.GraphQLInitTimeout,
 		MaxOperations: cfg.GraphQLMaxSubscriptions, OriginPatterns: cfg.CORSOrigins,
@@ -181,7 +191,10 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	srv := &http.Server{
 		Handler:           s.router,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.conns.ReadHeaderTimeout,
+		// Connections closed before a request was read get no answer and
+		// no word from net/http: counted and logged here.
+		ConnState: s.conns.ConnState,
 		// Without it a keep-alive connection would be kept as long as its
 		// client likes: a socket each, and not counted as a stream.
 		IdleTimeout: s.cfg.IdleTimeout,
@@ -199,6 +212,7 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	g.Go(func() error { return s.sse.Run(gctx) })
 	g.Go(func() error { return s.ws.Run(gctx) })
 	g.Go(func() error { return s.graphql.Run(gctx) })
+	g.Go(func() error { return s.conns.Run(gctx, s.log, time.Minute) })
 	if s.cfg.PprofAddr != "" {
 		g.Go(func() error { return servePprof(gctx, s.cfg.PprofAddr, s.log) })
 	}

@@ -84,7 +84,9 @@ type Clients struct {
 type Reconnect struct {
 	Relays []*url.URL
 	Window time.Duration
-	// Retry is the delay range of a later attempt after a failed one.
+	// Retry is the delay range of a later attempt after a failed one; it
+	// doubles with each failure in a row, and a refusal's Retry-After is
+	// honoured (see retryDelay).
 	Retry time.Duration
 }
 
@@ -216,7 +218,7 @@ func (c *Clients) reopen(s *slot, lastID string) bool {
 		c.withoutID.Add(1)
 	}
 	delay := randDuration(c.Reconnect.Window)
-	for {
+	for failures := 1; ; failures++ {
 		if err := ctxtime.Sleep(c.ctx, delay); err != nil {
 			c.gaveUp.Add(1)
 			return false
@@ -248,8 +250,28 @@ func (c *Clients) reopen(s *slot, lastID string) bool {
 		c.lastErr.Store(&werr)
 		// The next attempt again avoids the relay the stream was on (it
 		// went away), not the one that just refused: that may be busy.
-		delay = c.Reconnect.Retry/4 + randDuration(c.Reconnect.Retry)
+		delay = c.Reconnect.retryDelay(err, failures, time.Now())
 	}
+}
+
+// maxRetryAfter bounds the Retry-After a stream honours, so that one odd
+// answer cannot park it for the rest of a run.
+const maxRetryAfter = time.Minute
+
+// retryDelay is how long a stream waits after its failures-th failed
+// attempt in a row: a delay that doubles with each failure, from Retry (a
+// quarter of it to one and a quarter, at random) up to eight times that,
+// and never less than what the relay asked for in a Retry-After (503, 429),
+// with jitter on top, so that the streams of one storm do not come back
+// together.
+func (r *Reconnect) retryDelay(err error, failures int, now time.Time) time.Duration {
+	backoff := r.Retry << min(failures-1, 3)
+	delay := backoff/4 + randDuration(backoff)
+	if wait, ok := streamclient.RetryAfter(err, now); ok {
+		wait = min(wait, maxRetryAfter)
+		delay = max(delay, wait+randDuration(wait/4+time.Millisecond))
+	}
+	return delay
 }
 
 // otherRelay picks a relay at random among those other than failed.

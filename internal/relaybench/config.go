@@ -109,7 +109,9 @@ every stream.
 --reconnect makes streams behave like a resuming client: a stream that ends
 for any reason but the run's end is reopened on another relay after a
 random delay within --reconnect-window, with Last-Event-ID set to the last
-id it saw, and every template is still tallied exactly. --kill-after
+id it saw, and every template is still tallied exactly. A failed reopen
+is retried on another relay after a delay that doubles with each failure
+in a row, and never before the Retry-After of a 503 or 429. --kill-after
 stops a relay (--kill-relay, --kill-signal) that long into the measured
 window: with --reconnect, a reconnect storm; the report then gives the time
 until every stream was back and caught up, and the live streams' latency

@@ -126,6 +126,21 @@ func (p *Process) Kill(t testing.TB) {
 	}
 }
 
+// Shutdown sends SIGTERM, as an orchestrator stopping the relay does, and
+// waits for the process to exit: it tells its clients to reconnect and
+// gives up the sequencer's role on its way out.
+func (p *Process) Shutdown(t testing.TB) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("stop relay process: %v", err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("relay process did not exit within 30s of SIGTERM")
+	}
+}
+
 // stop ends the process gracefully if it still runs.
 func (p *Process) stop(t testing.TB) {
 	select {

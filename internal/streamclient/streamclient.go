@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -106,6 +107,28 @@ type RejectedError struct {
 
 func (e *RejectedError) Error() string {
 	return fmt.Sprintf("relay refused the stream: HTTP %d: %s", e.Status, e.Body)
+}
+
+// RetryAfter returns how long a refusal asks the client to wait before it
+// tries again, from its Retry-After header (delay-seconds, or an HTTP date
+// read against now), and whether it asks at all. Only 503 and 429 answers
+// ask: another status means the request itself was wrong.
+func RetryAfter(err error, now time.Time) (time.Duration, bool) {
+	var rej *RejectedError
+	if !errors.As(err, &rej) || (rej.Status != http.StatusServiceUnavailable && rej.Status != http.StatusTooManyRequests) {
+		return 0, false
+	}
+	v := strings.TrimSpace(rej.Header.Get("Retry-After"))
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		return time.Duration(max(s, 0)) * time.Second, true
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return max(at.Sub(now), 0), true
+	}
+	return 0, false
 }
 
 // ClosedError is the relay ending a stream on purpose and saying why: a

@@ -278,3 +278,36 @@ func TestAQueryIsSentAsWrittenWithTheStreamParametersAfterIt(t *testing.T) {
 		t.Errorf("query %q, want the written one, then the options'", q)
 	}
 }
+
+func TestRetryAfterReadsSecondsOrADateOfA503Or429Only(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	refused := func(status int, retryAfter string) error {
+		h := http.Header{}
+		if retryAfter != "" {
+			h.Set("Retry-After", retryAfter)
+		}
+		return fmt.Errorf("open: %w", &RejectedError{Status: status, Header: h})
+	}
+	cases := []struct {
+		name   string
+		err    error
+		want   time.Duration
+		wantOK bool
+	}{
+		{"503 with seconds", refused(503, "3"), 3 * time.Second, true},
+		{"429 with seconds", refused(429, " 1 "), time.Second, true},
+		{"503 with a date", refused(503, now.Add(90*time.Second).Format(http.TimeFormat)), 90 * time.Second, true},
+		{"503 with a date past", refused(503, now.Add(-time.Minute).Format(http.TimeFormat)), 0, true},
+		{"503 without the header", refused(503, ""), 0, false},
+		{"503 with nonsense", refused(503, "soon"), 0, false},
+		{"400 with the header", refused(400, "3"), 0, false},
+		{"not a refusal", errors.New("connection refused"), 0, false},
+	}
+	for _, c := range cases {
+		got, ok := RetryAfter(c.err, now)
+		if got != c.want || ok != c.wantOK {
+			t.Errorf("%s: got %s %v, want %s %v", c.name, got, ok, c.want, c.wantOK)
+		}
+	}
+}

@@ -123,7 +123,7 @@ func (c *conn) refused(err error) {
 		code, reason = CloseForbidden, "Forbidden: the token's subject is not a subscriber"
 	case errors.Is(err, hub.ErrShutdown):
 		code, reason = CloseShutdown, ws.ReasonShutdown
-	case errors.Is(err, limit.ErrUserFull), errors.Is(err, limit.ErrRelayFull):
+	case errors.Is(err, limit.ErrUserFull), errors.Is(err, limit.ErrRelayFull), errors.Is(err, limit.ErrBusy):
 		reason = err.Error()
 	}
 	if c.legacy {
@@ -278,7 +278,7 @@ func (c *conn) admitFailed(id string, err error) {
 	switch {
 	case status == http.StatusForbidden:
 		c.refused(err)
-	case status >= 500 && !errors.Is(err, hub.ErrShutdown) && !errors.Is(err, limit.ErrRelayFull):
+	case status >= 500 && !stream.Unavailable(err):
 		c.opError(id, errorList("temporarily unavailable; retry shortly", "UNAVAILABLE"))
 	case status == http.StatusTooManyRequests:
 		c.opError(id, errorList(err.Error(), "TOO_MANY_SUBSCRIPTIONS"))

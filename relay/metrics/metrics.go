@@ -78,6 +78,14 @@ type Sources struct {
 	CaptureEvents func() uint64
 	// CaptureSlotLost reports whether this relay found the slot invalidated.
 	CaptureSlotLost func() bool
+	// RequestTimeouts counts connections closed because no request arrived
+	// within the read-header timeout; AbandonedConns those the client
+	// closed before sending one (see httpconn.Watch).
+	RequestTimeouts, AbandonedConns func() uint64
+	// OpensWorking and OpensWaiting count the streams opening (loading
+	// their filter, starting their replay) and those waiting for their turn
+	// to (see limit.Opening).
+	OpensWorking, OpensWaiting func() int
 	// QueryTimeout bounds the database queries above (default 1s), so a slow
 	// database does not hang scrapes.
 	QueryTimeout time.Duration
@@ -96,6 +104,7 @@ type Metrics struct {
 	deliveries *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
 	pruned     prometheus.Counter
+	refusals   *prometheus.CounterVec
 }
 
 // LatencyBuckets are the commit→send latency histogram's upper bounds, in
@@ -126,11 +135,15 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Name: "pgrelay_pruned_events_total",
 			Help: "Events this relay pruned from the log (as the sequencer).",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrelay_stream_refusals_total",
+			Help: "Streams refused, by transport and reason (unauthorized, forbidden, bad_request, relay_full, subscriber_full, busy, shutting_down, client_gone, transport, unavailable).",
+		}, []string{"transport", "reason"}),
 	}
 	// The SSE series exist from the start, so dashboards and alerts see a
 	// zero rather than nothing.
 	m.Transport("sse")
-	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.pruned,
+	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.pruned, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registerSources(src)
 	return m
@@ -171,6 +184,18 @@ func (m *Metrics) registerSources(src Sources) {
 	counter("pgrelay_sequencer_stretched_polls_total", "Sequencer polls after which the wait was longer than --poll-interval because events arrived at --poll-stretch-rate or faster.", src.SequencerStretchedPolls)
 	if src.SequencerPollInterval != nil {
 		gauge("pgrelay_sequencer_poll_interval_seconds", "The sequencer's wait after its latest poll: --poll-interval up to --poll-interval-max while events flow, --idle-poll while idle, 0 on a relay that is not the sequencer.", src.SequencerPollInterval)
+	}
+	if src.RequestTimeouts != nil {
+		counter("pgrelay_http_request_timeouts_total", "Connections closed without an answer because no request arrived within the read-header timeout (10s): an overloaded client or relay.", src.RequestTimeouts)
+	}
+	if src.AbandonedConns != nil {
+		counter("pgrelay_http_abandoned_connections_total", "Connections the client closed before sending a request (TCP health checks, clients that gave up).", src.AbandonedConns)
+	}
+	if src.OpensWorking != nil {
+		gauge("pgrelay_stream_opens_working", "Streams loading their filter or starting their replay now (at most --open-concurrency).", func() float64 { return float64(src.OpensWorking()) })
+	}
+	if src.OpensWaiting != nil {
+		gauge("pgrelay_stream_opens_waiting", "Streams waiting for their turn to open (with those working, at most --max-opening; more get 503).", func() float64 { return float64(src.OpensWaiting()) })
 	}
 	if src.CaptureLagSeconds != nil {
 		gauge("pgrelay_capture_lag_seconds", "Capture mode wal: how long the newest transaction this relay appended had been committed when its events reached the log (0 once caught up).", src.CaptureLagSeconds)
@@ -303,6 +328,7 @@ func (m *Metrics) Transport(name string) *Transport {
 		live:      m.deliveries.WithLabelValues(name, "live"),
 		replay:    m.deliveries.WithLabelValues(name, "replay"),
 		latency:   m.latency.WithLabelValues(name),
+		refusals:  m.refusals.MustCurryWith(prometheus.Labels{"transport": name}),
 		now:       time.Now,
 	}
 }
@@ -312,8 +338,12 @@ type Transport struct {
 	connected    prometheus.Gauge
 	live, replay prometheus.Counter
 	latency      prometheus.Observer
+	refusals     *prometheus.CounterVec
 	now          func() time.Time
 }
+
+// Refused counts one stream refused for reason (stream.RefusalReason).
+func (t *Transport) Refused(reason string) { t.refusals.WithLabelValues(reason).Inc() }
 
 // Connected adds delta (+1 on open, -1 on close) to the transport's open
 // streams.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pgrelay/pgrelay/relay/auth"
+	"github.com/pgrelay/pgrelay/relay/filter"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/limit"
 )
@@ -24,6 +25,11 @@ type Gate struct {
 	Auth    *auth.Verifier
 	Opener  *Opener
 	Limiter *limit.Limiter
+	// Opening paces the work of opening streams (filter load, replay
+	// start): a stream beyond its bound is refused at once with 503 and
+	// Retry-After rather than left to time out behind the others. Nil
+	// paces nothing.
+	Opening *limit.Opening
 	Log     *slog.Logger
 }
 
@@ -39,6 +45,8 @@ type Transport struct {
 	// Check, if set, refuses requests the transport cannot serve, before
 	// any place is taken; a *Refusal says how to answer.
 	Check func(r *http.Request) error
+	// Refusals, if set, counts refusals by reason (RefusalReason).
+	Refusals func(reason string)
 }
 
 // Admitted is an open stream that went through a Gate. End it exactly once.
@@ -98,7 +106,14 @@ func (g *Gate) AdmitAs(ctx context.Context, id auth.Identity, req Request, t Tra
 // that will open streams later is refused at once; a refusal is logged and
 // returned as AdmitAs does.
 func (g *Gate) Authorize(ctx context.Context, id auth.Identity, t Transport) error {
-	f, _, err := g.Opener.loadFilter(ctx, id.Subject)
+	// A filter load like a stream's: it takes its turn as they do, or a
+	// storm of GraphQL connections would bypass the pacing.
+	done, err := g.Opening.Acquire(ctx)
+	var f filter.Filter
+	if err == nil {
+		f, _, err = g.Opener.loadFilter(ctx, id.Subject)
+		done()
+	}
 	if err == nil && !f.Exists {
 		err = fmt.Errorf("%w: %q", ErrUnknownSubscriber, id.Subject)
 	}
@@ -114,11 +129,20 @@ func (g *Gate) open(ctx context.Context, id auth.Identity, req Request, t Transp
 	if err != nil {
 		return nil, err
 	}
-	st, err := g.Opener.Open(ctx, req)
+	// After the caps, which cost nothing to check: a stream they refuse
+	// never takes a turn from one they would admit.
+	started, err := g.Opening.Acquire(ctx)
 	if err != nil {
 		release()
 		return nil, err
 	}
+	st, err := g.Opener.Open(ctx, req)
+	if err != nil {
+		started()
+		release()
+		return nil, err
+	}
+	st.started = started
 	if t.Connected != nil {
 		t.Connected(1)
 	}
@@ -141,7 +165,11 @@ func (g *Gate) refuse(w http.ResponseWriter, t Transport, user string, err error
 		}
 	}
 	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", strconv.Itoa(int(retryAfter/time.Second)))
+		wait := retryAfter
+		if errors.Is(err, limit.ErrBusy) {
+			wait = g.Opening.RetryAfter()
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
 	}
 	WriteError(w, status, err)
 }
@@ -152,7 +180,17 @@ func (g *Gate) refuse(w http.ResponseWriter, t Transport, user string, err error
 // unreachable) is 503, so clients come back rather than think they did
 // something wrong.
 func (g *Gate) Refused(t Transport, user string, err error) int {
+	if t.Refusals != nil {
+		t.Refusals(RefusalReason(err))
+	}
 	status := Status(err)
+	if errors.Is(err, context.Canceled) {
+		// The client left while its stream was opening (perhaps waiting
+		// for its turn in a storm): nothing failed, and nobody reads the
+		// answer.
+		g.Log.Info("stream refused", "transport", t.Name, "user", user, "reason", "client left while the stream was opening")
+		return http.StatusServiceUnavailable
+	}
 	if status == http.StatusInternalServerError {
 		g.Log.Error("open event stream", "transport", t.Name, "user", user, "err", err)
 		return http.StatusServiceUnavailable

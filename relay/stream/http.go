@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -87,7 +88,7 @@ func Status(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, limit.ErrUserFull):
 		return http.StatusTooManyRequests
-	case errors.Is(err, hub.ErrShutdown), errors.Is(err, limit.ErrRelayFull):
+	case errors.Is(err, hub.ErrShutdown), errors.Is(err, limit.ErrRelayFull), errors.Is(err, limit.ErrBusy):
 		return http.StatusServiceUnavailable
 	default:
 		var r *Refusal
@@ -114,10 +115,18 @@ func (r *Refusal) Unwrap() error { return r.Err }
 // errors are not described to the client.
 func WriteError(w http.ResponseWriter, status int, err error) {
 	msg := err.Error()
-	if status >= http.StatusInternalServerError && !errors.Is(err, hub.ErrShutdown) && !errors.Is(err, limit.ErrRelayFull) {
+	if status >= http.StatusInternalServerError && !Unavailable(err) {
 		msg = "temporarily unavailable; retry shortly"
 	}
 	httpjson.Error(w, status, msg)
+}
+
+// Unavailable reports whether err is a refusal for a passing condition the
+// client may be told of as it is (503 with Retry-After): the relay shutting
+// down, at its connection limit, or busy opening other streams. Other
+// failures are not described to clients.
+func Unavailable(err error) bool {
+	return errors.Is(err, hub.ErrShutdown) || errors.Is(err, limit.ErrRelayFull) || errors.Is(err, limit.ErrBusy)
 }
 
 // LogReason describes why a request was refused for the relay's log. It
@@ -141,11 +150,43 @@ func LogReason(err error) string {
 		return "relay at its connection limit"
 	case errors.Is(err, limit.ErrUserFull):
 		return "subscriber at its connection limit"
+	case errors.Is(err, limit.ErrBusy):
+		return "relay busy opening other streams"
 	default:
 		var r *Refusal
 		if errors.As(err, &r) {
 			return "not served by this transport"
 		}
 		return "error"
+	}
+}
+
+// RefusalReason is the reason label a refusal is counted under in the
+// relay's metrics (pgrelay_stream_refusals_total): a small fixed set, so
+// that the series stay few whatever clients send.
+func RefusalReason(err error) string {
+	switch {
+	case errors.Is(err, auth.ErrNoToken), errors.Is(err, auth.ErrBadToken):
+		return "unauthorized"
+	case errors.Is(err, ErrUnknownSubscriber):
+		return "forbidden"
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrUnknownTopic):
+		return "bad_request"
+	case errors.Is(err, hub.ErrShutdown):
+		return "shutting_down"
+	case errors.Is(err, limit.ErrRelayFull):
+		return "relay_full"
+	case errors.Is(err, limit.ErrUserFull):
+		return "subscriber_full"
+	case errors.Is(err, limit.ErrBusy):
+		return "busy"
+	case errors.Is(err, context.Canceled):
+		return "client_gone"
+	default:
+		var r *Refusal
+		if errors.As(err, &r) {
+			return "transport"
+		}
+		return "unavailable"
 	}
 }

@@ -136,6 +136,18 @@ type Stream struct {
 	// expiry ends the subscription when the token expires (nil without
 	// Request.Expires).
 	expiry *time.Timer
+	// started, if set, is called once the stream's opening work is done:
+	// its replay has read its first batch, or it had nothing to replay, or
+	// it was closed first. It must be safe to call more than once (the
+	// Gate gives back the stream's turn among opening streams, see
+	// limit.Opening).
+	started func()
+}
+
+func (st *Stream) markStarted() {
+	if st.started != nil {
+		st.started()
+	}
 }
 
 // Open registers req's subscription and loads its filter. The caller must
@@ -195,6 +207,7 @@ func (st *Stream) observer() Observer {
 
 // Close ends the subscription.
 func (st *Stream) Close() {
+	st.markStarted()
 	if st.expiry != nil {
 		st.expiry.Stop()
 	}
@@ -252,6 +265,7 @@ func (st *Stream) run(ctx context.Context, sink Sink) error {
 // Replay writes what the client missed, if it asked to resume, and flushes.
 // Call it once, before Deliver; live events queue meanwhile.
 func (st *Stream) Replay(ctx context.Context, sink Sink) error {
+	defer st.markStarted()
 	st.last = st.activeFrom
 	if st.req.After != nil {
 		last, err := st.replay(ctx, sink, *st.req.After)
@@ -325,6 +339,9 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 			return cursor, err
 		}
 		events, more, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
+		// The rest of a long replay (a client far behind) is paced by its
+		// client's reading, not by the turns of opening streams.
+		st.markStarted()
 		if err != nil {
 			return cursor, err
 		}
