@@ -165,11 +165,32 @@ func create(t testing.TB, template string) *DB {
 }
 
 func drop(t testing.TB, name string) {
+	ctx := context.Background()
 	admin, _ := connectAdmin(t)
-	defer admin.Close(context.Background())
-	// FORCE: a relay under test may still hold connections while it shuts down.
-	if _, err := admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		t.Errorf("drop test database %s: %v", name, err)
+	defer admin.Close(ctx)
+	// FORCE: a relay under test may still hold connections while it shuts
+	// down. FORCE does not cover a walsender still streaming a slot of the
+	// database (capture mode wal): PostgreSQL refuses the drop while the
+	// slot is active, and the walsender of a relay that just stopped may
+	// not have seen its connection close yet. Such walsenders are ended
+	// and the drop tried again, for up to 10 s.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
+			if err != nil {
+				t.Errorf("drop test database %s: %v", name, err)
+			}
+			return
+		}
+		t.Logf("drop test database %s: a walsender still streams its slot; ending it", name)
+		if _, err := admin.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots
+		                              WHERE database = $1 AND active_pid IS NOT NULL`, name); err != nil {
+			t.Errorf("end the walsenders of test database %s: %v", name, err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
