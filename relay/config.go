@@ -55,9 +55,10 @@ type Config struct {
 	// their turn (0 = unlimited): one more is answered 503 with Retry-After
 	// at once (see limit.Opening).
 	MaxOpening int
-	// OpenConcurrency is how many streams load their filter and start
-	// their replay at once; 0 means PoolSize-2 (at least 1), so that the
-	// log reader and filter refreshes always find a pool connection.
+	// OpenConcurrency is how many resuming streams load their filter and
+	// start their replay at once (fresh streams take no turn); 0 means
+	// PoolSize-2 (at least 1), so that the log reader and filter refreshes
+	// always find a pool connection.
 	OpenConcurrency int
 	// OpenWait is how long an opening stream may wait for its turn before
 	// it is answered 503 with Retry-After.
@@ -182,7 +183,7 @@ func (c *Config) settings() []setting {
 		{"max-connections", "RELAY_MAX_CONNECTIONS", "maximum open streams on this relay; more get 503 (0: unlimited)", (*intValue)(&c.MaxConnections)},
 		{"max-connections-per-user", "RELAY_MAX_CONNECTIONS_PER_USER", "maximum open streams of one subscriber on this relay; more get 429 (0: unlimited)", (*intValue)(&c.MaxConnectionsPerUser)},
 		{"max-opening", "RELAY_MAX_OPENING", "maximum streams opening at once (loading their filter and starting their replay, or waiting for their turn to); more get 503 with Retry-After at once, so a reconnect storm is answered instead of timing out (0: unlimited)", (*intValue)(&c.MaxOpening)},
-		{"open-concurrency", "RELAY_OPEN_CONCURRENCY", "streams that load their filter and start their replay at the same time; others wait their turn (0: --pool-size minus 2, at least 1)", (*intValue)(&c.OpenConcurrency)},
+		{"open-concurrency", "RELAY_OPEN_CONCURRENCY", "resuming streams that load their filter and start their replay at the same time; others wait their turn (streams that do not resume take no turn but count toward --max-opening) (0: --pool-size minus 2, at least 1)", (*intValue)(&c.OpenConcurrency)},
 		{"open-wait", "RELAY_OPEN_WAIT", "how long an opening stream may wait for its turn before it gets 503 with Retry-After", (*durationValue)(&c.OpenWait)},
 		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
 		{"queue-bytes", "RELAY_QUEUE_BYTES", "bytes of rows queued per stream before a slow client is disconnected, and read by one replay query (e.g. 8MiB, 512KiB)", (*byteSizeValue)(&c.QueueBytes)},

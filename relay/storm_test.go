@@ -35,9 +35,9 @@ import (
 // machine; a refusal that is not immediate still shows as one far below it.
 const stormWait = 20 * time.Second
 
-// boundedOpening is a relay that lets one stream open at a time and one
-// more wait its turn (for longer than any test lasts, so that a waiter is
-// never refused for having waited).
+// boundedOpening is a relay that lets one resuming stream replay at a time
+// and two streams open at once in all (for longer than any test lasts, so
+// that a waiter is never refused for having waited).
 func boundedOpening(c *relay.Config) {
 	c.MaxOpening, c.OpenConcurrency, c.OpenWait = 2, 1, time.Minute
 }
@@ -261,13 +261,13 @@ func TestABurstOfGraphQLConnectionsAndSubscriptionsBeyondTheBoundIsRefusedAtOnce
 	}
 
 	resume := stallFilterLoads(t, db)
-	// A connection_init loads the subscriber's filter too: it takes its
-	// turn like a stream.
+	// A connection_init loads the subscriber's filter too: it counts
+	// toward the bound like a fresh stream (no turn: it replays nothing).
 	holders := []*graphqlConn{dialGraphQL(t, r.URL), dialGraphQL(t, r.URL)}
 	holders[0].send(t, initFor("zolo-1"))
 	opensInProgress(t, r, 1, 0)
 	holders[1].send(t, initFor("zolo-1"))
-	opensInProgress(t, r, 1, 1)
+	opensInProgress(t, r, 2, 0)
 
 	const burst = 4
 	for i := range burst {
@@ -315,13 +315,17 @@ func TestAnOpenThatWaitsLongerThanOpenWaitForItsTurnGets503AndRetryAfter(t *test
 		r := relaytest.Start(t, db.URL, func(c *relay.Config) {
 			c.MaxOpening, c.OpenConcurrency, c.OpenWait = 0, 1, 300*time.Millisecond
 		})
+		// Resuming streams: only a replay takes a turn.
+		live := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
+		relaytest.InsertTemplate(t, db, "t1 before the storm", "zowi-2", "loc-1")
+		lastSeen := live.Collect(t, 1, stormWait)[0].ID
 		resume := stallFilterLoads(t, db)
-		working := openInBackground(t, tr, r.URL, streamclient.Options{Token: relaytest.Token(t, "zolo-1")})
+		working := openInBackground(t, tr, r.URL, streamclient.Options{Token: relaytest.Token(t, "zolo-1"), LastEventID: lastSeen})
 		opensInProgress(t, r, 1, 0)
 		ctx, cancel := context.WithTimeout(context.Background(), stormWait)
 		defer cancel()
 		start := time.Now()
-		_, err := tr.Open(ctx, nil, r.URL, streamclient.Options{Token: relaytest.Token(t, "zewi-1")})
+		_, err := tr.Open(ctx, nil, r.URL, streamclient.Options{Token: relaytest.Token(t, "zewi-1"), LastEventID: lastSeen})
 		waited := time.Since(start)
 		status, msg := relaytest.Refused(t, err)
 		var rej *streamclient.RejectedError

@@ -32,6 +32,7 @@ type Opening struct {
 
 	mu      sync.Mutex
 	opening int // in progress or waiting
+	entered int // of those, in progress without a turn (Enter)
 }
 
 // NewOpening returns an Opening letting concurrency opens work at once
@@ -70,6 +71,35 @@ func (o *Opening) Acquire(ctx context.Context) (release func(), err error) {
 	}, nil
 }
 
+// Enter counts an open that needs no turn toward the bound, refusing with
+// ErrBusy at once if max opens are already in progress or waiting. It is
+// for opens whose only database work is their filter load (a stream that
+// does not resume, a GraphQL connection_init): filter loads are shared and
+// bounded by the filter batcher (a few queries at once, many subscribers
+// each), and a turn each would only hold them back from being gathered.
+// Turns are for replays, which read the log on a pool connection each.
+func (o *Opening) Enter() (release func(), err error) {
+	if o == nil {
+		return func() {}, nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.max > 0 && o.opening >= o.max {
+		return nil, ErrBusy
+	}
+	o.opening++
+	o.entered++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			o.mu.Lock()
+			o.opening--
+			o.entered--
+			o.mu.Unlock()
+		})
+	}, nil
+}
+
 // take waits for a turn: a slot in turns, which a channel hands out in the
 // order the waiters came.
 func (o *Opening) take(ctx context.Context) error {
@@ -101,7 +131,9 @@ func (o *Opening) Working() int {
 	if o == nil {
 		return 0
 	}
-	return len(o.turns)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.turns) + o.entered
 }
 
 // Waiting returns how many opens wait for their turn.
@@ -113,7 +145,7 @@ func (o *Opening) Waiting() int {
 	defer o.mu.Unlock()
 	// Read under the lock that counts them: a release between the two reads
 	// cannot make the difference negative.
-	return max(o.opening-len(o.turns), 0)
+	return max(o.opening-o.entered-len(o.turns), 0)
 }
 
 // RetryAfter is the delay suggested to a client refused with ErrBusy: at

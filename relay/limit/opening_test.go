@@ -118,3 +118,36 @@ func TestOpeningRetryAfterIsSpreadOverWholeSecondsFromOne(t *testing.T) {
 		t.Errorf("200 suggestions all %v: want them spread", seen)
 	}
 }
+
+func TestOpensWithoutATurnCountTowardTheBoundButNeverWaitForATurn(t *testing.T) {
+	o := limit.NewOpening(1, 3, time.Hour)
+	replaying, err := o.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The one turn is taken: opens that need none still go ahead at once.
+	fresh1, err := o.Enter()
+	if err != nil {
+		t.Fatalf("first fresh open: %v", err)
+	}
+	fresh2, err := o.Enter()
+	if err != nil {
+		t.Fatalf("second fresh open: %v", err)
+	}
+	if o.Working() != 3 || o.Waiting() != 0 {
+		t.Errorf("working %d, waiting %d; want 3 and 0", o.Working(), o.Waiting())
+	}
+	if _, err := o.Enter(); !errors.Is(err, limit.ErrBusy) {
+		t.Errorf("a fourth open beyond the bound of 3: %v, want ErrBusy", err)
+	}
+	fresh1()
+	fresh1() // extra calls are ignored
+	if o.Working() != 2 {
+		t.Errorf("after one fresh open ended: working %d, want 2", o.Working())
+	}
+	fresh2()
+	replaying()
+	if o.Working() != 0 || o.Waiting() != 0 {
+		t.Errorf("after all ended: working %d, waiting %d; want 0 and 0", o.Working(), o.Waiting())
+	}
+}

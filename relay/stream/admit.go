@@ -106,9 +106,9 @@ func (g *Gate) AdmitAs(ctx context.Context, id auth.Identity, req Request, t Tra
 // that will open streams later is refused at once; a refusal is logged and
 // returned as AdmitAs does.
 func (g *Gate) Authorize(ctx context.Context, id auth.Identity, t Transport) error {
-	// A filter load like a stream's: it takes its turn as they do, or a
-	// storm of GraphQL connections would bypass the pacing.
-	done, err := g.Opening.Acquire(ctx)
+	// A filter load like a fresh stream's: it counts toward the bound as
+	// they do, or a storm of GraphQL connections would bypass it.
+	done, err := g.Opening.Enter()
 	var f filter.Filter
 	if err == nil {
 		f, _, err = g.Opener.loadFilter(ctx, id.Subject)
@@ -130,8 +130,14 @@ func (g *Gate) open(ctx context.Context, id auth.Identity, req Request, t Transp
 		return nil, err
 	}
 	// After the caps, which cost nothing to check: a stream they refuse
-	// never takes a turn from one they would admit.
-	started, err := g.Opening.Acquire(ctx)
+	// never takes a turn from one they would admit. Only a resuming stream
+	// replays, which takes a turn; a fresh one loads its filter only.
+	var started func()
+	if req.After != nil {
+		started, err = g.Opening.Acquire(ctx)
+	} else {
+		started, err = g.Opening.Enter()
+	}
 	if err != nil {
 		release()
 		return nil, err
