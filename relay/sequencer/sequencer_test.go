@@ -234,20 +234,7 @@ func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAg
 	t.Parallel()
 	db := pgtest.New(t)
 	roles := pgtest.WithRoles(t, db)
-	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
-	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
-	key, err := seal.Load(context.Background(), db.Pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	listener, err := pgx.Connect(context.Background(), db.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close(context.Background())
-	if _, err := listener.Exec(context.Background(), "LISTEN "+eventlog.AnnounceChannel); err != nil {
-		t.Fatal(err)
-	}
+	key, listener := watchAnnouncements(t, db)
 	// An idle poll of a minute: only a wake-up can announce within seconds.
 	sleepy := sequencer.Config{Poll: 2 * time.Millisecond, IdleAfter: 20 * time.Millisecond, IdlePoll: time.Minute, Retry: 20 * time.Millisecond}
 	connect := func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, roles.RelayURL) }
