@@ -272,12 +272,7 @@ func TestAnIdleSequencerIsWokenByTheNextInsertAndRewindsItsTicketsWhenItSleepsAg
 func TestABurstStretchesThePollIntervalAndATrickleKeepsItShort(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
-	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
-	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
-	key, err := seal.Load(context.Background(), db.Pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := seedUser(t, db)
 	// 3,000 events a second to stretch: far above the trickle below, even
 	// if a transaction of another test's database holds its events back
 	// for a quarter of a second (eventlog.ForeignListAge) and one poll
@@ -411,12 +406,7 @@ func (a *announcements) upto() eventlog.ID {
 func TestEventsThatFillSeveralPayloadsAreAnnouncedInOrderEachChainedToTheLast(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
-	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
-	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
-	key, err := seal.Load(context.Background(), db.Pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := seedUser(t, db)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	listener, err := pgx.Connect(ctx, db.URL)
@@ -498,10 +488,9 @@ func TestEventsThatFillSeveralPayloadsAreAnnouncedInOrderEachChainedToTheLast(t 
 	}
 }
 
-// watchAnnouncements gives db a user at a location (so templates can be
-// inserted), and returns the announcement key and a session listening for
-// announcements.
-func watchAnnouncements(t *testing.T, db *pgtest.DB) (*seal.Key, *pgx.Conn) {
+// seedUser gives db a user at a location, so templates can be inserted,
+// and returns the announcement key.
+func seedUser(t *testing.T, db *pgtest.DB) *seal.Key {
 	t.Helper()
 	db.Exec(t, `INSERT INTO orgs VALUES ('o', 'O'); INSERT INTO locations VALUES ('l', 'o', 'L');
 	            INSERT INTO users (id, name, user_type, org_id) VALUES ('u', 'U', 'ZEWI', 'o')`)
@@ -509,6 +498,14 @@ func watchAnnouncements(t *testing.T, db *pgtest.DB) (*seal.Key, *pgx.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return key
+}
+
+// watchAnnouncements seeds db (seedUser) and returns the announcement key
+// and a session listening for announcements.
+func watchAnnouncements(t *testing.T, db *pgtest.DB) (*seal.Key, *pgx.Conn) {
+	t.Helper()
+	key := seedUser(t, db)
 	listener, err := pgx.Connect(context.Background(), db.URL)
 	if err != nil {
 		t.Fatal(err)
