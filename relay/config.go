@@ -68,6 +68,10 @@ type Config struct {
 	// (an event larger than it still reaches a client that keeps up), and
 	// the bytes of rows one replay query reads.
 	QueueBytes int
+	// ReplayCacheBytes bounds the window of the recent log each relay
+	// keeps in memory, from which resuming streams replay without reading
+	// the log (0: none; see replay.Window).
+	ReplayCacheBytes int
 
 	Heartbeat    time.Duration // SSE comment / WebSocket ping interval
 	WriteTimeout time.Duration // one write to a client
@@ -135,6 +139,7 @@ func DefaultConfig() Config {
 		OpenWait:                5 * time.Second,
 		QueueSize:               1024,
 		QueueBytes:              8 << 20,
+		ReplayCacheBytes:        64 << 20,
 		Heartbeat:               10 * time.Second,
 		WriteTimeout:            10 * time.Second,
 		IdleTimeout:             90 * time.Second,
@@ -187,6 +192,7 @@ func (c *Config) settings() []setting {
 		{"open-wait", "RELAY_OPEN_WAIT", "how long an opening stream may wait for its turn before it gets 503 with Retry-After", (*durationValue)(&c.OpenWait)},
 		{"queue-size", "RELAY_QUEUE_SIZE", "events queued per stream before a slow client is disconnected", (*intValue)(&c.QueueSize)},
 		{"queue-bytes", "RELAY_QUEUE_BYTES", "bytes of rows queued per stream before a slow client is disconnected, and read by one replay query (e.g. 8MiB, 512KiB)", (*byteSizeValue)(&c.QueueBytes)},
+		{"replay-cache-bytes", "RELAY_REPLAY_CACHE_BYTES", "the newest events of the log kept in memory, counted with their audience and encodings, so that streams resuming from the recent past (a reconnect storm) replay from there instead of each reading the log (0: none, every replay reads the log)", (*byteSizeValue)(&c.ReplayCacheBytes)},
 		{"heartbeat", "RELAY_HEARTBEAT", "keep-alive interval for idle streams (at most 15s)", (*durationValue)(&c.Heartbeat)},
 		{"write-timeout", "RELAY_WRITE_TIMEOUT", "how long one write to a client may block", (*durationValue)(&c.WriteTimeout)},
 		{"idle-timeout", "RELAY_IDLE_TIMEOUT", "close keep-alive HTTP connections idle between requests for this long (streams are not idle connections)", (*durationValue)(&c.IdleTimeout)},
@@ -286,6 +292,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueueBytes < minQueueBytes || c.QueueBytes > maxQueueBytes {
 		bad("--queue-bytes must be between %s and %s, got %s", byteSize(minQueueBytes), byteSize(maxQueueBytes), byteSize(c.QueueBytes))
+	}
+	if c.ReplayCacheBytes != 0 && (c.ReplayCacheBytes < minQueueBytes || c.ReplayCacheBytes > maxReplayCacheBytes) {
+		bad("--replay-cache-bytes must be 0 (none) or between %s and %s, got %s", byteSize(minQueueBytes), byteSize(maxReplayCacheBytes), byteSize(c.ReplayCacheBytes))
 	}
 	if c.GraphQLMaxSubscriptions < 1 || c.GraphQLMaxSubscriptions > 10000 {
 		bad("--graphql-max-subscriptions must be between 1 and 10000, got %d", c.GraphQLMaxSubscriptions)
@@ -466,6 +475,10 @@ const (
 	minQueueBytes = 64 << 10
 	maxQueueBytes = 1 << 30
 )
+
+// maxReplayCacheBytes bounds --replay-cache-bytes: a window of minutes of a
+// busy log fits well below it.
+const maxReplayCacheBytes = 16 << 30
 
 // byteSizeValue is a size in bytes, written as a whole number with an
 // optional unit: B, KiB, MiB or GiB (K, M, G and KB, MB, GB mean the same

@@ -44,6 +44,10 @@ func (s *Server) newMetrics() *metrics.Metrics {
 		Subscriptions:       func() int { return s.hub.Stats().Subscriptions },
 		ListenerReconnects:  s.listener.Reconnects,
 		CatchupEvents:       s.reader.CatchupEvents,
+		ReplayLogReads:      func() uint64 { return s.opener.ReplayLogReads() },
+		ReplayRecentEvents:  func() uint64 { return s.opener.ReplayRecentEvents() },
+		ReplayCacheBytes:    func() float64 { return float64(s.recent.Stats().Bytes) },
+		ReplayCacheEvents:   func() float64 { return float64(s.recent.Stats().Events) },
 		FilterReloads:       s.refresher.Reloads,
 
 		FilterReloadedSubscribers: s.refresher.ReloadedSubscribers,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/internal/streamclient"
+	"github.com/pgrelay/pgrelay/relay"
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 )
 
@@ -277,6 +279,126 @@ func logAfter(t *testing.T, db *pgtest.DB, after string) []string {
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// The seed's users, each receiving a different share of the templates
+// below, and the templates' creators with what each may share with (its own
+// org's locations only).
+var (
+	everySeedUser = []string{"zowi-1", "zowi-2", "zolo-1", "zewi-1", "zelo-1", "zowi-9", "zolo-9"}
+	seedShares    = []struct {
+		creator string
+		share   []string
+	}{
+		{"zowi-1", []string{"loc-1"}}, {"zolo-1", []string{"loc-2"}}, {"zewi-1", []string{"loc-3"}},
+		{"zelo-1", nil}, {"zowi-2", []string{"loc-1", "loc-2"}}, {"zolo-9", []string{"loc-9"}}, {"zowi-9", nil},
+	}
+)
+
+// insertSpread inserts n templates by every creator of seedShares in turn,
+// named prefix-i.
+func insertSpread(ctx context.Context, db *pgtest.DB, prefix string, n int) error {
+	for i := range n {
+		s := seedShares[i%len(seedShares)]
+		share := s.share
+		if share == nil {
+			share = []string{}
+		}
+		if _, err := db.Pool.Exec(ctx, `INSERT INTO templates (name, share_location_ids, created_by) VALUES ($1, $2, $3)`,
+			fmt.Sprintf("%s-%02d", prefix, i), share, s.creator); err != nil {
+			return fmt.Errorf("insert template %s-%02d: %w", prefix, i, err)
+		}
+	}
+	return nil
+}
+
+func TestStreamsResumingFromTheRecentPastShareTheRelaysReadsOfTheLogAndEachGetsExactlyItsEventsOnce(t *testing.T) {
+	t.Parallel()
+	const perUser = 6 // streams per subscriber, all resuming from one position
+	streams := perUser * len(everySeedUser)
+	for _, c := range []struct {
+		name string
+		// cacheBytes is --replay-cache-bytes.
+		cacheBytes int
+		// reads says whether the replays' log reads are as expected.
+		reads func(reads, streams int) bool
+		want  string
+	}{
+		{"with the window of the recent log", 64 << 20,
+			func(reads, streams int) bool { return reads*10 <= streams }, "at most a tenth of the streams"},
+		{"without it", 0,
+			func(reads, streams int) bool { return reads >= streams }, "one at least per stream"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+				ctx := context.Background()
+				r := relaytest.Start(t, db.URL, func(cfg *relay.Config) { cfg.ReplayCacheBytes = c.cacheBytes })
+				watcher := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
+				relaytest.InsertTemplate(t, db, "resume after this", "zowi-2")
+				resumeAfter := watcher.Collect(t, 1, settle)[0].ID
+				if err := insertSpread(ctx, db, "missed", 40); err != nil {
+					t.Fatal(err)
+				}
+				// zowi-1 receives the last of them, so the relay has
+				// published them all when it does.
+				relaytest.InsertTemplate(t, db, "missed-last", "zowi-2")
+				watcher.Collect(t, len(expectedAfter(t, db, "zowi-1", resumeAfter)), settle)
+				readsBefore := sample(scrape(t, r.URL), "pgrelay_replay_log_reads_total")
+
+				// Every stream resumes from the same position while new
+				// templates keep arriving: each replays the missed ones
+				// and goes live without a gap or a duplicate.
+				producer := make(chan error, 1)
+				go func() { producer <- insertSpread(ctx, db, "live", 21) }()
+				resumed := map[string][]relaytest.Stream{}
+				for i := range perUser {
+					for _, u := range everySeedUser {
+						opts := relaytest.SSEOptions{LastEventID: resumeAfter}
+						if i%2 == 1 {
+							opts.Topics = []string{"templates"}
+						}
+						resumed[u] = append(resumed[u], tr.Subscribe(t, r.URL, relaytest.Token(t, u), opts))
+					}
+				}
+				if err := <-producer; err != nil {
+					t.Fatal(err)
+				}
+				for _, u := range everySeedUser {
+					want := expectedAfter(t, db, u, resumeAfter)
+					for i, s := range resumed[u] {
+						got := ids(s.Collect(t, len(want), settle))
+						if !slices.Equal(got, want) {
+							t.Fatalf("%s, stream %d: got %d events, want %d; first difference at %d", u, i, len(got), len(want), firstDiff(got, want))
+						}
+					}
+				}
+				for _, ss := range resumed {
+					for _, s := range ss {
+						s.Quiet(t, 50*time.Millisecond)
+					}
+				}
+				reads := int(sample(scrape(t, r.URL), "pgrelay_replay_log_reads_total") - readsBefore)
+				t.Logf("%d streams resumed from %s with %d log reads", streams, resumeAfter, reads)
+				if !c.reads(reads, streams) {
+					t.Errorf("%d streams resuming from one position made %d log reads, want %s", streams, reads, c.want)
+				}
+			})
+		})
+	}
+}
+
+// expectedAfter returns, from SQL alone, the ids of the events user should
+// receive after the id after, in order.
+func expectedAfter(t *testing.T, db *pgtest.DB, user, after string) []string {
+	t.Helper()
+	var out []string
+	for _, id := range expectedFor(t, db, user) {
+		if id > after { // ids compare as strings in event order
+			out = append(out, id)
+		}
 	}
 	return out
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/listen"
 	"github.com/pgrelay/pgrelay/relay/metrics"
 	"github.com/pgrelay/pgrelay/relay/reader"
+	"github.com/pgrelay/pgrelay/relay/replay"
 	"github.com/pgrelay/pgrelay/relay/sequencer"
 	"github.com/pgrelay/pgrelay/relay/sse"
 	"github.com/pgrelay/pgrelay/relay/stream"
@@ -68,6 +69,8 @@ type Server struct {
 	verifier  *auth.Verifier
 	hub       *hub.Hub
 	reader    *reader.Reader
+	recent    *replay.Window
+	opener    *stream.Opener
 	listener  *listen.Listener
 	sequencer *sequencer.Sequencer
 	refresher *filter.Refresher
@@ -111,10 +114,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 
 	s.hub = hub.New(cfg.QueueSize, cfg.QueueBytes)
 	s.hub.Start(tail)
+	s.recent = replay.New(cfg.ReplayCacheBytes)
 	s.reader = reader.New(reader.Config{
 		Channel: eventlog.AnnounceChannel, SafetyPoll: cfg.SafetyPoll, Batch: readBatch,
 		// Half a queue: a fast client drains one slice before the next.
 		BatchBytes: cfg.QueueBytes / 2,
+		Recent:     s.recent,
 	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, key, s.log)
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
 	s.listener = listen.New(connector(cfg.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
@@ -141,12 +146,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.conns = &httpconn.Watch{ReadHeaderTimeout: readHeaderTimeout}
 	s.metrics = s.newMetrics()
 
+	s.opener = &stream.Opener{
+		DB: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
+		Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
+		Recent:  s.recent,
+		Horizons: replay.NewHorizons(func(ctx context.Context) (eventlog.ID, error) {
+			return eventlog.Horizon(ctx, pool)
+		}),
+	}
 	gate := &stream.Gate{
-		Auth: s.verifier,
-		Opener: &stream.Opener{
-			DB: pool, Hub: s.hub, Log: s.log, Heartbeat: cfg.Heartbeat, CatchupBatch: readBatch, CatchupBytes: cfg.QueueBytes,
-			Filters: filter.NewBatcher(pool, s.hub.NextGeneration, 500),
-		},
+		Auth:    s.verifier,
+		Opener:  s.opener,
 		Limiter: limit.New(cfg.MaxConnections, cfg.MaxConnectionsPerUser),
 		Opening: s.opening,
 		Log:     s.log,

@@ -58,6 +58,16 @@ type Config struct {
 	// BatchBytes bounds the rows of one log read (0: no bound): a burst of
 	// large rows is published in slices a fast client's queue can hold.
 	BatchBytes int
+	// Recent, if set, is given every run of events before it is published
+	// (see replay.Window): what the hub hears, replays can be served from.
+	Recent Recorder
+}
+
+// Recorder keeps what the reader hears. Runs are every event of the log in
+// (prev, position of the last event], in order; they arrive from the
+// listener and from the reader's loop, so not always in log order.
+type Recorder interface {
+	Record(prev eventlog.ID, events []eventlog.Event)
 }
 
 // Reader is the loop that feeds the hub.
@@ -141,6 +151,9 @@ func (r *Reader) Announced(payload string, from uint32) {
 		return
 	}
 	r.noteSettled(a.Upto)
+	// Recorded before it is published, so a stream that goes live at the
+	// hub's position finds everything before it in the window.
+	r.record(a.Prev, a.Events)
 	if len(a.Events) > 0 && r.hub.PublishAfter(a.Prev, a.Events) {
 		r.announced.Add(uint64(len(a.Events)))
 		return
@@ -267,12 +280,19 @@ func (r *Reader) drain(ctx context.Context, full bool) error {
 		if catchingUp {
 			r.catchup.Add(uint64(len(events)))
 		}
+		r.record(pos, events)
 		r.hub.Publish(events)
 		if announced || more {
 			continue
 		}
 		r.caughtUp.Store(true)
 		return nil
+	}
+}
+
+func (r *Reader) record(prev eventlog.ID, events []eventlog.Event) {
+	if r.cfg.Recent != nil && len(events) > 0 {
+		r.cfg.Recent.Record(prev, events)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,6 +21,7 @@ import (
 	"github.com/pgrelay/pgrelay/relay/filter"
 	"github.com/pgrelay/pgrelay/relay/hub"
 	"github.com/pgrelay/pgrelay/relay/match"
+	"github.com/pgrelay/pgrelay/relay/replay"
 )
 
 // ErrUnknownSubscriber means the authenticated id is not a subscriber
@@ -88,10 +90,28 @@ type Opener struct {
 	// Filters loads filters of opening streams (see filter.Batcher); nil
 	// loads each on its own.
 	Filters *filter.Batcher
+	// Recent, if set, holds the recent past of the log (fed by the
+	// relay's reader): the part of a replay it holds is served from
+	// memory, every stream matching the shared events against its own
+	// filter, instead of each stream reading the log. Horizons must then
+	// be set too: it tells such a replay whether its position was pruned.
+	Recent   *replay.Window
+	Horizons *replay.Horizons
 
 	topicsMu sync.Mutex
 	topics   []string
+
+	logReads     atomic.Uint64
+	recentEvents atomic.Uint64
 }
+
+// ReplayLogReads counts the queries replays made to the log: one per batch
+// read from relay.events, none for what Recent served.
+func (o *Opener) ReplayLogReads() uint64 { return o.logReads.Load() }
+
+// ReplayRecentEvents counts the events replays took from Recent instead of
+// the log, before each stream's filter (so more than were delivered).
+func (o *Opener) ReplayRecentEvents() uint64 { return o.recentEvents.Load() }
 
 // CheckTopics returns ErrUnknownTopic for a topic that is not registered. The
 // registry is re-read on a miss, so topics added in SQL are served without a
@@ -326,6 +346,10 @@ func (st *Stream) Done() <-chan struct{} { return st.sub.Done() }
 // replay sends the events after `after` up to where live delivery starts, or
 // a reset if some of them were pruned. It returns the last position sent.
 //
+// What the relay's window of the recent log holds is taken from there, the
+// rest is read from the log, batch by batch; either way each event is
+// matched against this stream's filter here.
+//
 // A replay can run for many seconds, and must follow the subscriber's filter
 // as live delivery does: each batch is read with the filter the hub holds
 // now, each event is matched against a filter at most replayRecheck old,
@@ -333,56 +357,63 @@ func (st *Stream) Done() <-chan struct{} { return st.sub.Done() }
 // deleted, token expired, queue overflowed).
 func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eventlog.ID, error) {
 	cursor := after
+	// horizonChecked says a fresh horizon was found at or before the
+	// cursor, so what the window holds after it was not pruned then.
+	horizonChecked := false
 	for cursor.Less(st.activeFrom) {
 		f, err := st.currentFilter()
 		if err != nil {
 			return cursor, err
 		}
-		events, more, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
-		// The rest of a long replay (a client far behind) is paced by its
-		// client's reading, not by the turns of opening streams.
-		st.markStarted()
-		if err != nil {
-			return cursor, err
-		}
-		if pruned {
-			if err := sink.Reset(st.activeFrom); err != nil {
-				return cursor, err
+		msgs, covered, inWindow := st.readWindow(cursor)
+		if inWindow {
+			if !horizonChecked {
+				horizon, err := st.o.Horizons.Fresh(ctx)
+				st.markStarted()
+				if err != nil {
+					return cursor, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
+				}
+				if cursor.Less(horizon) {
+					return st.activeFrom, sink.Reset(st.activeFrom)
+				}
+				horizonChecked = true
 			}
-			return st.activeFrom, nil
-		}
-		// The filter may have changed while the batch was read.
-		if err := f.refresh(); err != nil {
-			return cursor, err
-		}
-		for i := range events {
-			e := &events[i]
-			if err := f.check(); err != nil {
-				return cursor, err
-			}
-			if e.IsReset() {
-				// A gap in the log (eventlog.ResetTopic): the client
-				// reloads, and the replay goes on after it.
-				if err := sink.Reset(e.ID); err != nil {
+			st.o.recentEvents.Add(uint64(len(msgs)))
+			for _, m := range msgs {
+				if err := st.send(sink, f, &m.Event, m); err != nil {
 					return cursor, err
 				}
-				continue
 			}
-			if !match.Matches(f.keys, st.req.Subscriber, e.Topic, e.Audience, e.Actor) {
-				continue
-			}
-			m := hub.NewMessage(*e)
-			if err := sink.Event(m); err != nil {
+			cursor = covered
+		} else {
+			events, more, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
+			st.o.logReads.Add(1)
+			// The rest of a long replay (a client far behind) is paced by
+			// its client's reading, not by the turns of opening streams.
+			st.markStarted()
+			if err != nil {
 				return cursor, err
 			}
-			if obs := st.observer(); obs != nil {
-				obs.Delivered(m, false)
+			if pruned {
+				return st.activeFrom, sink.Reset(st.activeFrom)
 			}
+			// The filter may have changed while the batch was read.
+			if err := f.refresh(); err != nil {
+				return cursor, err
+			}
+			for i := range events {
+				if err := st.send(sink, f, &events[i], nil); err != nil {
+					return cursor, err
+				}
+			}
+			if !more {
+				break
+			}
+			cursor = events[len(events)-1].ID
 		}
-		if !more {
+		if !cursor.Less(st.activeFrom) {
 			break
 		}
-		cursor = events[len(events)-1].ID
 		if err := sink.Flush(); err != nil {
 			return cursor, err
 		}
@@ -393,6 +424,45 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 		return after, nil
 	}
 	return st.activeFrom, nil
+}
+
+// readWindow returns the next batch of the replay from the relay's window
+// of the recent log, and the position it reaches. inWindow is false when
+// the window cannot serve the batch (it has no window, or does not hold the
+// cursor's successor, or ends at the cursor): the batch is read from the log.
+func (st *Stream) readWindow(cursor eventlog.ID) (msgs []*hub.Message, covered eventlog.ID, inWindow bool) {
+	if st.o.Recent == nil || st.o.Horizons == nil {
+		return nil, cursor, false
+	}
+	msgs, covered, ok := st.o.Recent.Read(cursor, st.activeFrom, st.o.CatchupBatch, st.o.CatchupBytes)
+	return msgs, covered, ok && cursor.Less(covered)
+}
+
+// send writes one replayed event if the stream's filter lets it through,
+// and a reset marker whatever the filter says. m is e's message if there is
+// one already (shared by every stream replaying from the window).
+func (st *Stream) send(sink Sink, f *replayFilter, e *eventlog.Event, m *hub.Message) error {
+	if err := f.check(); err != nil {
+		return err
+	}
+	if e.IsReset() {
+		// A gap in the log (eventlog.ResetTopic): the client reloads, and
+		// the replay goes on after it.
+		return sink.Reset(e.ID)
+	}
+	if !match.Matches(f.keys, st.req.Subscriber, e.Topic, e.Audience, e.Actor) {
+		return nil
+	}
+	if m == nil {
+		m = hub.NewMessage(*e)
+	}
+	if err := sink.Event(m); err != nil {
+		return err
+	}
+	if obs := st.observer(); obs != nil {
+		obs.Delivered(m, false)
+	}
+	return nil
 }
 
 // replayRecheck bounds how old the filter a replayed event is matched

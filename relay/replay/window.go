@@ -1,0 +1,173 @@
+// Package replay keeps the recent past of the event log in memory, so that
+// streams resuming from it replay without each reading the log.
+//
+// A reconnect storm (a relay dies and its clients resume on the others, all
+// from positions a few seconds back) would otherwise read the same stretch
+// of the log once per stream. The Window holds, within a byte bound, every
+// event of the log in one contiguous range of positions, as the relay's
+// reader received them, and hands each resuming stream the events it asks
+// for; the stream still matches each one against its own filter, exactly as
+// it matches rows read from the log.
+package replay
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pgrelay/pgrelay/relay/eventlog"
+	"github.com/pgrelay/pgrelay/relay/hub"
+)
+
+// Window is the log's every event in (start, end], the newest ones, at most
+// a number of bytes of them. It is safe for concurrent use.
+//
+// Its invariant is contiguity: an event of the log whose position lies in
+// (start, end] is in the window. Record keeps it by taking only runs that
+// follow on from end, and starting over at a gap.
+type Window struct {
+	maxBytes int
+
+	mu sync.Mutex
+	// held reports whether the window covers a range at all; start is then
+	// the position just before its first event (exclusive), end its last
+	// event, or start if it has none.
+	held       bool
+	start, end eventlog.ID
+	// msgs[head:] are the events, in log order, and costs their sizes.
+	msgs  []*hub.Message
+	costs []int
+	head  int
+	bytes int
+
+	evicted atomic.Uint64
+	restart atomic.Uint64
+}
+
+// New returns a window of at most maxBytes, as Cost counts them; 0 or less
+// keeps nothing (every replay then reads the log).
+func New(maxBytes int) *Window { return &Window{maxBytes: maxBytes} }
+
+// Cost is what one event counts against the window's bound: its row, topic,
+// audience and actor, the two wire encodings a Message may come to hold
+// (each about the size of the row), and the bookkeeping around them.
+func Cost(e *eventlog.Event) int {
+	n := 256 + len(e.Topic) + 3*len(e.Payload) + len(e.Actor)
+	for _, a := range e.Audience {
+		n += 16 + len(a)
+	}
+	return n
+}
+
+// Record adds events that are every event of the log in (prev, last], in
+// order, where last is the position of the last of them: a read of the log
+// after prev, or a run of events the sequencer announced after prev. The
+// part that follows on from the window is kept; a run that leaves a gap
+// after the window starts it over at prev. The oldest events leave once
+// the window is over its bound.
+func (w *Window) Record(prev eventlog.ID, events []eventlog.Event) {
+	if w.maxBytes <= 0 || len(events) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.held || w.end.Less(prev) {
+		if w.held {
+			w.restart.Add(1)
+		}
+		w.clear()
+		w.held, w.start, w.end = true, prev, prev
+	}
+	for i := range events {
+		e := &events[i]
+		if !w.end.Less(e.ID) {
+			continue // already held
+		}
+		c := Cost(e)
+		w.msgs = append(w.msgs, hub.NewMessage(*e))
+		w.costs = append(w.costs, c)
+		w.bytes += c
+		w.end = e.ID
+	}
+	w.evict()
+}
+
+// evict drops the oldest events until the window is within its bound.
+// Called with w.mu held.
+func (w *Window) evict() {
+	for w.bytes > w.maxBytes && w.head < len(w.msgs) {
+		w.start = w.msgs[w.head].ID
+		w.bytes -= w.costs[w.head]
+		w.msgs[w.head] = nil
+		w.head++
+		w.evicted.Add(1)
+	}
+	// Compact once half the slice is dropped events: appends then reuse
+	// the space instead of growing the slice forever.
+	if w.head > 0 && w.head >= len(w.msgs)/2 {
+		n := copy(w.msgs, w.msgs[w.head:])
+		clear(w.msgs[n:])
+		w.msgs = w.msgs[:n]
+		copy(w.costs, w.costs[w.head:])
+		w.costs = w.costs[:n]
+		w.head = 0
+	}
+}
+
+func (w *Window) clear() {
+	clear(w.msgs)
+	w.msgs, w.costs, w.head, w.bytes = w.msgs[:0], w.costs[:0], 0, 0
+}
+
+// Read returns the window's events in (after, upto], in order: at most
+// limit of them, and no more once their rows reach maxBytes (0: no byte
+// bound), but at least one if there is one. covered is the position the
+// returned events reach: every event of the log in (after, covered] is
+// among them, and the caller continues from there. ok is false when the
+// window does not hold after's successor (after is before its start, or it
+// holds nothing); a caller whose covered stops short of upto with no event
+// returned has reached the window's end, and reads the rest from the log.
+func (w *Window) Read(after, upto eventlog.ID, limit, maxBytes int) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
+	limit = max(limit, 1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.held || after.Less(w.start) {
+		return nil, after, false
+	}
+	held := w.msgs[w.head:]
+	i := sort.Search(len(held), func(i int) bool { return after.Less(held[i].ID) })
+	covered = after
+	if w.end.Less(upto) {
+		upto = w.end
+	}
+	if covered.Less(upto) {
+		covered = upto
+	}
+	bytes := 0
+	for ; i < len(held) && !upto.Less(held[i].ID); i++ {
+		if len(msgs) >= limit || (maxBytes > 0 && bytes >= maxBytes) {
+			// Stopped at a bound: the caller resumes after the last one.
+			return msgs, msgs[len(msgs)-1].ID, true
+		}
+		msgs = append(msgs, held[i])
+		bytes += len(held[i].Payload)
+	}
+	return msgs, covered, true
+}
+
+// Stats are a window's figures.
+type Stats struct {
+	Events  int    // held now
+	Bytes   int    // held now, as Cost counts them
+	Evicted uint64 // events that left for the bound, since the start
+	// Restarts counts the times the window started over at a gap (a run of
+	// events that did not follow on from it).
+	Restarts uint64
+}
+
+// Stats returns the window's figures.
+func (w *Window) Stats() Stats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return Stats{Events: len(w.msgs) - w.head, Bytes: w.bytes, Evicted: w.evicted.Load(), Restarts: w.restart.Load()}
+}
