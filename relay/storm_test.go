@@ -343,3 +343,36 @@ func TestAnOpenThatWaitsLongerThanOpenWaitForItsTurnGets503AndRetryAfter(t *test
 		}
 	})
 }
+
+func TestLoadingAFewSubscribersFiltersReadsTheirOwnRowsNotTheWholeUsersTable(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	relaytest.Seed(t, db)
+	// A storm loads the filters of a few resuming subscribers at a time:
+	// with many users, each load must cost a few index lookups.
+	db.Exec(t, `
+INSERT INTO public.users (id, name, user_type, org_id, location_id)
+SELECT 'many-' || i, 'user ' || i, 'ZOLO', 'org-1', 'loc-1' FROM generate_series(1, 20000) AS i;
+ANALYZE public.users; ANALYZE public.locations;`)
+	ctx := context.Background()
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var keys []string
+	if err := tx.QueryRow(ctx, `SELECT array_agg(coalesce(key, '(exists)') ORDER BY key) FROM relay.filters(ARRAY['zolo-1', 'zewi-1', 'zowi-1'])`).Scan(&keys); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) < 3 {
+		t.Fatalf("filters of zolo-1, zewi-1 and zowi-1: %v, want their keys", keys)
+	}
+	// This transaction's own counts: exact, and nobody else's.
+	var seqScans, tupRead int64
+	if err := tx.QueryRow(ctx, `SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = 'public.users'::regclass`).Scan(&seqScans, &tupRead); err != nil {
+		t.Fatal(err)
+	}
+	if seqScans != 0 {
+		t.Errorf("loading 3 subscribers' filters scanned public.users %d times (%d rows read), want index lookups only", seqScans, tupRead)
+	}
+}

@@ -471,10 +471,15 @@ BEGIN
            FROM unnest($1) AS s(sub)
           WHERE EXISTS (SELECT 1 FROM %s x WHERE x.%I::text = s.sub)',
         src.relation, src.id_column) USING subscribers;
+    -- OFFSET 0 keeps each subscriber's keys a lookup of its own: inlined
+    -- and joined as a whole, a subscriber_keys function over a view of the
+    -- users (the example's) is hashed in full, every user read to load one
+    -- filter, and a reconnect storm is thousands of such loads.
     FOR t IN SELECT * FROM relay.topics ORDER BY relay.topics.topic LOOP
         RETURN QUERY EXECUTE format(
-            'SELECT s.sub, %L::text, k::text
-               FROM unnest($1) AS s(sub), LATERAL %s(s.sub) AS k',
+            'SELECT s.sub, %L::text, f.k::text
+               FROM unnest($1) AS s(sub),
+                    LATERAL (SELECT k FROM %s(s.sub) AS k OFFSET 0) AS f',
             t.topic, t.subscriber_keys::regproc) USING subscribers;
     END LOOP;
 END
