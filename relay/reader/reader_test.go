@@ -25,6 +25,8 @@ type fakeHub struct {
 	mu        sync.Mutex
 	position  eventlog.ID
 	published []eventlog.ID
+	// before, if set, is called with every run about to be published.
+	before func(position eventlog.ID, events []eventlog.Event)
 }
 
 func (h *fakeHub) Position() eventlog.ID {
@@ -36,6 +38,9 @@ func (h *fakeHub) Position() eventlog.ID {
 func (h *fakeHub) Publish(events []eventlog.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.before != nil {
+		h.before(h.position, events)
+	}
 	for _, e := range events {
 		if h.position.Less(e.ID) {
 			h.published = append(h.published, e.ID)
