@@ -365,57 +365,18 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 		if err != nil {
 			return cursor, err
 		}
-		msgs, covered, inWindow := st.readWindow(cursor)
-		if inWindow {
-			if !horizonChecked {
-				horizon, err := st.o.Horizons.Fresh(ctx)
-				st.markStarted()
-				if err != nil {
-					return cursor, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
-				}
-				if cursor.Less(horizon) {
-					return st.activeFrom, sink.Reset(st.activeFrom)
-				}
-				horizonChecked = true
-			}
-			st.o.recentEvents.Add(uint64(len(msgs)))
-			for _, m := range msgs {
-				if err := st.send(sink, f, &m.Event, m); err != nil {
-					return cursor, err
-				}
-			}
-			cursor = covered
+		if msgs, covered, ok := st.readWindow(cursor); ok {
+			cursor, err = st.replayRecent(ctx, sink, f, cursor, msgs, covered, &horizonChecked)
 		} else {
-			events, more, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
-			st.o.logReads.Add(1)
-			// The rest of a long replay (a client far behind) is paced by
-			// its client's reading, not by the turns of opening streams.
-			st.markStarted()
-			if err != nil {
-				return cursor, err
-			}
-			if pruned {
-				return st.activeFrom, sink.Reset(st.activeFrom)
-			}
-			// The filter may have changed while the batch was read.
-			if err := f.refresh(); err != nil {
-				return cursor, err
-			}
-			for i := range events {
-				if err := st.send(sink, f, &events[i], nil); err != nil {
-					return cursor, err
-				}
-			}
-			if !more {
-				break
-			}
-			cursor = events[len(events)-1].ID
+			cursor, err = st.replayFromLog(ctx, sink, f, cursor)
 		}
-		if !cursor.Less(st.activeFrom) {
-			break
-		}
-		if err := sink.Flush(); err != nil {
+		if err != nil {
 			return cursor, err
+		}
+		if cursor.Less(st.activeFrom) {
+			if err := sink.Flush(); err != nil {
+				return cursor, err
+			}
 		}
 	}
 	if st.activeFrom.Less(after) {
@@ -426,15 +387,71 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 	return st.activeFrom, nil
 }
 
+// replayRecent sends one batch taken from the window, msgs reaching
+// covered, and returns where the replay goes on (where live delivery
+// starts, once it sent a reset). The first batch from the window checks the
+// horizon first.
+func (st *Stream) replayRecent(ctx context.Context, sink Sink, f *replayFilter, cursor eventlog.ID, msgs []*hub.Message, covered eventlog.ID, horizonChecked *bool) (eventlog.ID, error) {
+	if !*horizonChecked {
+		horizon, err := st.o.Horizons.Fresh(ctx)
+		st.markStarted()
+		if err != nil {
+			return cursor, fmt.Errorf("replay for %s after %s: %w", st.req.Subscriber, cursor, err)
+		}
+		if cursor.Less(horizon) {
+			return st.activeFrom, sink.Reset(st.activeFrom)
+		}
+		*horizonChecked = true
+	}
+	st.o.recentEvents.Add(uint64(len(msgs)))
+	for _, m := range msgs {
+		if err := st.send(sink, f, &m.Event, m); err != nil {
+			return cursor, err
+		}
+	}
+	return covered, nil
+}
+
+// replayFromLog reads one batch from the log and sends it, and returns
+// where the replay goes on (where live delivery starts, once the range is
+// read to its end or a reset was sent).
+func (st *Stream) replayFromLog(ctx context.Context, sink Sink, f *replayFilter, cursor eventlog.ID) (eventlog.ID, error) {
+	events, more, pruned, err := st.readBatch(ctx, cursor, st.selector(f.keys))
+	st.o.logReads.Add(1)
+	// The rest of a long replay (a client far behind) is paced by its
+	// client's reading, not by the turns of opening streams.
+	st.markStarted()
+	if err != nil {
+		return cursor, err
+	}
+	if pruned {
+		return st.activeFrom, sink.Reset(st.activeFrom)
+	}
+	// The filter may have changed while the batch was read.
+	if err := f.refresh(); err != nil {
+		return cursor, err
+	}
+	for i := range events {
+		if err := st.send(sink, f, &events[i], nil); err != nil {
+			return cursor, err
+		}
+	}
+	if !more {
+		return st.activeFrom, nil
+	}
+	return events[len(events)-1].ID, nil
+}
+
 // readWindow returns the next batch of the replay from the relay's window
-// of the recent log, and the position it reaches. inWindow is false when
-// the window cannot serve the batch (it has no window, or does not hold the
-// cursor's successor, or ends at the cursor): the batch is read from the log.
-func (st *Stream) readWindow(cursor eventlog.ID) (msgs []*hub.Message, covered eventlog.ID, inWindow bool) {
+// of the recent log, and the position it reaches. ok is false when the
+// window cannot serve the batch (there is none, or it does not hold the
+// cursor's successor, or it ends at the cursor): the batch is read from the
+// log.
+func (st *Stream) readWindow(cursor eventlog.ID) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
 	if st.o.Recent == nil || st.o.Horizons == nil {
 		return nil, cursor, false
 	}
-	msgs, covered, ok := st.o.Recent.Read(cursor, st.activeFrom, st.o.CatchupBatch, st.o.CatchupBytes)
+	msgs, covered, ok = st.o.Recent.Read(cursor, st.activeFrom, st.o.CatchupBatch, st.o.CatchupBytes)
 	return msgs, covered, ok && cursor.Less(covered)
 }
 
