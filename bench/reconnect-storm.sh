@@ -11,7 +11,8 @@
 # Usage: bash bench/reconnect-storm.sh [OUTDIR]
 #   STREAMS_PER_RELAY=10000  RATE=200  AUDIENCE=100  WINDOW=5s
 #   WARMUP=5s  DURATION=40s  KILL_AT=10s  DRAIN=30s  SIGNAL=KILL
-#   RELAY_FLAGS="..."  extra flags for every relay
+#   RELAY_FLAGS="..."  extra flags for every relay (e.g. "--replay-cache-bytes=0"
+#                 to compare a storm without the replay cache)
 #   DATABASE_URL  server relaybench creates its database on
 #                 (default host=127.0.0.1 dbname=postgres)
 set -euo pipefail
