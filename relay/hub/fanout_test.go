@@ -3,6 +3,7 @@ package hub_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -152,5 +153,25 @@ func TestAnnouncedEventsArePublishedOnlyWhenTheyFollowThePosition(t *testing.T) 
 	}
 	if got := ids(a.Next()); len(got) != 3 || got[2] != 3 {
 		t.Fatalf("got %v, want [1 2 3]", got)
+	}
+}
+
+func TestAPublishedMessageCarriesWhenTheHubTookIt(t *testing.T) {
+	h := hub.New(10, 0)
+	a := open(t, h, "a", "location:1")
+	before := time.Now()
+	h.Publish([]eventlog.Event{event(1, "location:1"), event(2, "location:1")})
+	after := time.Now()
+	msgs := a.Next()
+	if len(msgs) != 2 {
+		t.Fatalf("got %d messages, want 2", len(msgs))
+	}
+	for _, m := range msgs {
+		if m.Published.Before(before) || m.Published.After(after) {
+			t.Errorf("event %d published at %v, want between %v and %v", m.ID.Seq, m.Published, before, after)
+		}
+	}
+	if got := hub.NewMessage(event(3)).Published; !got.IsZero() {
+		t.Errorf("a message built outside the hub has Published %v, want zero", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -31,6 +32,11 @@ var (
 // needs it first.
 type Message struct {
 	eventlog.Event
+	// Published is when the hub took the event to fan it out (zero for a
+	// message built for a replay). A write timed from it measures the
+	// relay's own share of a delivery's latency: matching, queueing and the
+	// turns of the writers, none of the database's.
+	Published time.Time
 
 	sseOnce sync.Once
 	sse     []byte
@@ -295,6 +301,10 @@ func (h *Hub) PublishAfter(prev eventlog.ID, events []eventlog.Event) bool {
 }
 
 func (h *Hub) publishLocked(events []eventlog.Event) {
+	// One clock reading for the batch: its events reached the hub together,
+	// and a later one waiting for the earlier ones' recipients is part of
+	// its fan-out.
+	now := time.Now()
 	for i := range events {
 		e := &events[i]
 		if !h.position.Less(e.ID) {
@@ -306,6 +316,7 @@ func (h *Hub) publishLocked(events []eventlog.Event) {
 		if e.IsReset() {
 			// A gap in the log: every live stream must hear of it.
 			msg = NewMessage(*e)
+			msg.Published = now
 			for _, set := range h.bySub {
 				for s := range set {
 					if s.active && s.err == nil {
@@ -318,6 +329,7 @@ func (h *Hub) publishLocked(events []eventlog.Event) {
 		h.index.Match(e.Topic, e.Audience, e.Actor, func(entry *match.Entry[*Subscription]) {
 			if msg == nil {
 				msg = NewMessage(*e)
+				msg.Published = now
 			}
 			h.enqueue(entry.Value, msg)
 		})
