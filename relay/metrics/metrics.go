@@ -115,8 +115,9 @@ var LatencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 
 // FanoutBuckets are the hub→write histogram's upper bounds, in seconds:
 // from 0.1 ms (the first recipients of an event) to 2.5 s (a relay whose
-// writers fell far behind).
-var FanoutBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+// writers fell far behind), finest between 1 and 10 ms, where the last
+// recipients of a broadcast to thousands lie.
+var FanoutBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
 
 // New returns metrics registered on a fresh registry, reading src at scrape
 // time; log receives scrape errors.

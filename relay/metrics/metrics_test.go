@@ -148,8 +148,8 @@ func TestFanoutTimeIsCountedFromTheHubNotFromTheInsert(t *testing.T) {
 	sse.Delivered(hub.NewMessage(eventlog.Event{CreatedAt: time.Now()}), true)
 	body := get(t, m.Handler())
 	for _, want := range []string{
-		`pgrelay_fanout_seconds_bucket{transport="sse",le="0.0025"} 0`,
-		`pgrelay_fanout_seconds_bucket{transport="sse",le="0.005"} 1`,
+		`pgrelay_fanout_seconds_bucket{transport="sse",le="0.002"} 0`,
+		`pgrelay_fanout_seconds_bucket{transport="sse",le="0.004"} 1`,
 		`pgrelay_fanout_seconds_count{transport="sse"} 1`,
 		`pgrelay_delivery_latency_seconds_bucket{transport="sse",le="10"} 1`,
 		`pgrelay_delivery_latency_seconds_count{transport="sse"} 2`,
