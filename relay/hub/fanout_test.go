@@ -175,3 +175,35 @@ func TestAPublishedMessageCarriesWhenTheHubTookIt(t *testing.T) {
 		t.Errorf("a message built outside the hub has Published %v, want zero", got)
 	}
 }
+
+// A transport asks every stream's Err at each of its turns, while the hub
+// is still queueing the same event to other recipients: Err must not wait
+// for the hub's lock, or no writer starts before the last recipient is
+// queued.
+func TestErrAnswersWhileTheHubIsFanningOutAnEvent(t *testing.T) {
+	h := hub.New(10, 0)
+	closed := open(t, h, "gone", "location:1")
+	live := open(t, h, "live", "location:1")
+	closed.Close()
+	queued := open(t, h, "queued", "location:1")
+	type answers struct{ closed, live error }
+	got := make(chan answers, 1)
+	var during []answers
+	// Notify runs with the hub's lock held, in the middle of the fan-out.
+	queued.Notify(func() {
+		go func() { got <- answers{closed.Err(), live.Err()} }()
+		select {
+		case a := <-got:
+			during = append(during, a)
+		case <-time.After(10 * time.Second):
+			t.Error("Err waited for the hub's lock during a fan-out")
+		}
+	})
+	h.Publish([]eventlog.Event{event(1, "location:1")})
+	if len(during) != 1 {
+		t.Fatalf("Err answered %d times during the fan-out, want once", len(during))
+	}
+	if a := during[0]; !errors.Is(a.closed, hub.ErrClosed) || a.live != nil {
+		t.Errorf("during the fan-out: closed stream's Err %v, open stream's %v; want %v and nil", a.closed, a.live, hub.ErrClosed)
+	}
+}

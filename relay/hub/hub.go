@@ -439,7 +439,7 @@ type Subscription struct {
 	ready      chan struct{}
 	done       chan struct{}
 
-	// guarded by hub.mu
+	// guarded by hub.mu; err is also read once done is closed
 	notify     func()
 	err        error
 	gen        uint64
@@ -472,11 +472,18 @@ func (s *Subscription) Notify(fn func()) {
 // Done is closed when the hub ends the subscription; Err says why.
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
-// Err returns why the subscription ended, or nil while it is open.
+// Err returns why the subscription ended, or nil while it is open. It does
+// not take the hub's lock: a transport asks at every turn of every stream,
+// and the hub holds its lock for the whole fan-out of an event, so waiting
+// for it would hold every writer back until the last recipient is queued.
 func (s *Subscription) Err() error {
-	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
-	return s.err
+	select {
+	case <-s.done:
+		// closeLocked sets err, once, before it closes done.
+		return s.err
+	default:
+		return nil
+	}
 }
 
 // Keys returns the subscription's current filter keys (a snapshot).
