@@ -90,8 +90,36 @@ trigger_for() {
     esac
 }
 
+# fanout_quantiles BEFORE AFTER TRANSPORT prints the p50 and p99, in ms, of
+# pgrelay_fanout_seconds between two scrapes of /metrics (the upper bounds of
+# the buckets they fall in): the relay's own share of the deliveries'
+# latency, from an event reaching its hub to the write to the client.
+fanout_quantiles() {
+    awk -v tr="$3" '
+        $1 ~ "^pgrelay_fanout_seconds_bucket\\{transport=\"" tr "\"" {
+            le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+            if (FILENAME == ARGV[1]) { before[le] = $2 } else { n++; les[n] = le; delta[le] = $2 - before[le] }
+        }
+        END {
+            total = delta["+Inf"]
+            if (total <= 0) { print "-\t-"; exit }
+            p50 = "-"; p99 = "-"
+            for (i = 1; i <= n; i++) {
+                if (p50 == "-" && delta[les[i]] >= 0.5 * total) p50 = les[i]
+                if (p99 == "-" && delta[les[i]] >= 0.99 * total) p99 = les[i]
+            }
+            print ms_of(p50) "\t" ms_of(p99)
+        }
+        function ms_of(v) { return v == "+Inf" ? v : v * 1000 }' "$1" "$2"
+}
+
 summary="$out/summary.tsv"
-printf 'round\tsubscribers\tsystem\tp50_ms\tp99_ms\tp999_ms\tdelivered\tmissing\tload\n' >"$summary"
+# server_us and client_us are CPU time per delivery (µs) of the system
+# measured and of relaybench, over the measured window: on a machine whose
+# cores the two share, their sum bounds how fast one row reaches everyone.
+# relay_fanout_p50_ms and relay_fanout_p99_ms: see fanout_quantiles (pgrelay
+# only; they include the warm-up's deliveries).
+printf 'round\tsubscribers\tsystem\tp50_ms\tp99_ms\tp999_ms\tdelivered\tmissing\tserver_us\tclient_us\trelay_fanout_p50_ms\trelay_fanout_p99_ms\tload\n' >"$summary"
 for round in $(seq 1 "$ROUNDS"); do
     for n in $SUBSCRIBERS; do
         for system in $SYSTEMS; do
@@ -100,13 +128,21 @@ for round in $(seq 1 "$ROUNDS"); do
             if [[ $system == pg_eventserv ]]; then start_eventserv; url=http://127.0.0.1:$es_port pid=$es_pid; fi
             json="$out/$system-$n-r$round.json"
             echo "== round $round, $n subscribers, $system (load $(cut -d' ' -f1-3 /proc/loadavg))"
+            curl -sf "http://$relay_addr/metrics" >"$json.metrics-before" || true
             "$bin/relaybench" --url "$url" --relay-pid "$pid" --transport "$transport" \
                 --database-url "$dburl" --jwt-secret "$secret" --label "$system-$n" \
                 --subscribers "$n" --audience "$n" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" \
                 --connect-concurrency 128 --json "$json" | tail -n 12
-            jq -r --arg r "$round" --arg n "$n" --arg s "$system" --arg l "$(cut -d' ' -f1 /proc/loadavg)" \
-                '[$r, $n, $s, .load.latency.p50_ms, .load.latency.p99_ms, .load.latency.p999_ms, .load.deliveries, .load.deliveries_missing, $l] | @tsv' \
-                "$json" >>"$summary"
+            jq -r --arg r "$round" --arg n "$n" --arg s "$system" \
+                '(.load.deliveries_per_second | if . > 0 then 1e4 / . else 0 end) as $per
+                | [$r, $n, $s, .load.latency.p50_ms, .load.latency.p99_ms, .load.latency.p999_ms, .load.deliveries, .load.deliveries_missing,
+                   (.database.measured.relay_processes_cpu_pct * $per | . * 100 | round / 100),
+                   (.database.measured.relaybench_processes_cpu_pct * $per | . * 100 | round / 100)] | @tsv' \
+                "$json" | tr -d '\n' >>"$summary"
+            curl -sf "http://$relay_addr/metrics" >"$json.metrics-after" || true
+            fanout="-\t-"
+            [[ $system == pg_eventserv ]] || fanout=$(fanout_quantiles "$json.metrics-before" "$json.metrics-after" "$system")
+            printf '\t%b\t%s\n' "$fanout" "$(cut -d' ' -f1 /proc/loadavg)" >>"$summary"
         done
     done
 done

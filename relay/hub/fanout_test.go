@@ -3,6 +3,7 @@ package hub_test
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -152,5 +153,57 @@ func TestAnnouncedEventsArePublishedOnlyWhenTheyFollowThePosition(t *testing.T) 
 	}
 	if got := ids(a.Next()); len(got) != 3 || got[2] != 3 {
 		t.Fatalf("got %v, want [1 2 3]", got)
+	}
+}
+
+func TestAPublishedMessageCarriesWhenTheHubTookIt(t *testing.T) {
+	h := hub.New(10, 0)
+	a := open(t, h, "a", "location:1")
+	before := time.Now()
+	h.Publish([]eventlog.Event{event(1, "location:1"), event(2, "location:1")})
+	after := time.Now()
+	msgs := a.Next()
+	if len(msgs) != 2 {
+		t.Fatalf("got %d messages, want 2", len(msgs))
+	}
+	for _, m := range msgs {
+		if m.Published.Before(before) || m.Published.After(after) {
+			t.Errorf("event %d published at %v, want between %v and %v", m.ID.Seq, m.Published, before, after)
+		}
+	}
+	if got := hub.NewMessage(event(3)).Published; !got.IsZero() {
+		t.Errorf("a message built outside the hub has Published %v, want zero", got)
+	}
+}
+
+// A transport asks every stream's Err at each of its turns, while the hub
+// is still queueing the same event to other recipients: Err must not wait
+// for the hub's lock, or no writer starts before the last recipient is
+// queued.
+func TestErrAnswersWhileTheHubIsFanningOutAnEvent(t *testing.T) {
+	h := hub.New(10, 0)
+	closed := open(t, h, "gone", "location:1")
+	live := open(t, h, "live", "location:1")
+	closed.Close()
+	queued := open(t, h, "queued", "location:1")
+	type answers struct{ closed, live error }
+	got := make(chan answers, 1)
+	var during []answers
+	// Notify runs with the hub's lock held, in the middle of the fan-out.
+	queued.Notify(func() {
+		go func() { got <- answers{closed.Err(), live.Err()} }()
+		select {
+		case a := <-got:
+			during = append(during, a)
+		case <-time.After(10 * time.Second):
+			t.Error("Err waited for the hub's lock during a fan-out")
+		}
+	})
+	h.Publish([]eventlog.Event{event(1, "location:1")})
+	if len(during) != 1 {
+		t.Fatalf("Err answered %d times during the fan-out, want once", len(during))
+	}
+	if a := during[0]; !errors.Is(a.closed, hub.ErrClosed) || a.live != nil {
+		t.Errorf("during the fan-out: closed stream's Err %v, open stream's %v; want %v and nil", a.closed, a.live, hub.ErrClosed)
 	}
 }

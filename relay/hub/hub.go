@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/filter"
@@ -31,6 +32,11 @@ var (
 // needs it first.
 type Message struct {
 	eventlog.Event
+	// Published is when the hub took the event to fan it out (zero for a
+	// message built for a replay). A write timed from it measures the
+	// relay's own share of a delivery's latency: matching, queueing and the
+	// turns of the writers, none of the database's.
+	Published time.Time
 
 	sseOnce sync.Once
 	sse     []byte
@@ -295,6 +301,10 @@ func (h *Hub) PublishAfter(prev eventlog.ID, events []eventlog.Event) bool {
 }
 
 func (h *Hub) publishLocked(events []eventlog.Event) {
+	// One clock reading for the batch: its events reached the hub together,
+	// and a later one waiting for the earlier ones' recipients is part of
+	// its fan-out.
+	now := time.Now()
 	for i := range events {
 		e := &events[i]
 		if !h.position.Less(e.ID) {
@@ -306,6 +316,7 @@ func (h *Hub) publishLocked(events []eventlog.Event) {
 		if e.IsReset() {
 			// A gap in the log: every live stream must hear of it.
 			msg = NewMessage(*e)
+			msg.Published = now
 			for _, set := range h.bySub {
 				for s := range set {
 					if s.active && s.err == nil {
@@ -318,6 +329,7 @@ func (h *Hub) publishLocked(events []eventlog.Event) {
 		h.index.Match(e.Topic, e.Audience, e.Actor, func(entry *match.Entry[*Subscription]) {
 			if msg == nil {
 				msg = NewMessage(*e)
+				msg.Published = now
 			}
 			h.enqueue(entry.Value, msg)
 		})
@@ -427,7 +439,7 @@ type Subscription struct {
 	ready      chan struct{}
 	done       chan struct{}
 
-	// guarded by hub.mu
+	// guarded by hub.mu; err is also read once done is closed
 	notify     func()
 	err        error
 	gen        uint64
@@ -460,11 +472,18 @@ func (s *Subscription) Notify(fn func()) {
 // Done is closed when the hub ends the subscription; Err says why.
 func (s *Subscription) Done() <-chan struct{} { return s.done }
 
-// Err returns why the subscription ended, or nil while it is open.
+// Err returns why the subscription ended, or nil while it is open. It does
+// not take the hub's lock: a transport asks at every turn of every stream,
+// and the hub holds its lock for the whole fan-out of an event, so waiting
+// for it would hold every writer back until the last recipient is queued.
 func (s *Subscription) Err() error {
-	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
-	return s.err
+	select {
+	case <-s.done:
+		// closeLocked sets err, once, before it closes done.
+		return s.err
+	default:
+		return nil
+	}
 }
 
 // Keys returns the subscription's current filter keys (a snapshot).

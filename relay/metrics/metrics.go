@@ -109,6 +109,7 @@ type Metrics struct {
 	connected  *prometheus.GaugeVec
 	deliveries *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
+	fanout     *prometheus.HistogramVec
 	pruned     prometheus.Counter
 	refusals   *prometheus.CounterVec
 }
@@ -117,6 +118,12 @@ type Metrics struct {
 // seconds: from 0.5 ms (a relay on the database host) to 10 s (a relay that
 // fell behind).
 var LatencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// FanoutBuckets are the hub→write histogram's upper bounds, in seconds:
+// from 0.1 ms (the first recipients of an event) to 2.5 s (a relay whose
+// writers fell far behind), finest between 1 and 10 ms, where the last
+// recipients of a broadcast to thousands lie.
+var FanoutBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
 
 // New returns metrics registered on a fresh registry, reading src at scrape
 // time; log receives scrape errors.
@@ -137,6 +144,11 @@ func New(src Sources, log *slog.Logger) *Metrics {
 			Help:    "Time from an event's insert (created_at) to its write to a client, for live deliveries, by transport.",
 			Buckets: LatencyBuckets,
 		}, []string{"transport"}),
+		fanout: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pgrelay_fanout_seconds",
+			Help:    "Time from an event reaching the hub to its write to a client, for live deliveries, by transport: the relay's own share of pgrelay_delivery_latency_seconds.",
+			Buckets: FanoutBuckets,
+		}, []string{"transport"}),
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgrelay_pruned_events_total",
 			Help: "Events this relay pruned from the log (as the sequencer).",
@@ -149,7 +161,7 @@ func New(src Sources, log *slog.Logger) *Metrics {
 	// The SSE series exist from the start, so dashboards and alerts see a
 	// zero rather than nothing.
 	m.Transport("sse")
-	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.pruned, m.refusals,
+	m.reg.MustRegister(m.connected, m.deliveries, m.latency, m.fanout, m.pruned, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.registerSources(src)
 	return m
@@ -342,6 +354,7 @@ func (m *Metrics) Transport(name string) *Transport {
 		live:      m.deliveries.WithLabelValues(name, "live"),
 		replay:    m.deliveries.WithLabelValues(name, "replay"),
 		latency:   m.latency.WithLabelValues(name),
+		fanout:    m.fanout.WithLabelValues(name),
 		refusals:  m.refusals.MustCurryWith(prometheus.Labels{"transport": name}),
 		now:       time.Now,
 	}
@@ -352,6 +365,7 @@ type Transport struct {
 	connected    prometheus.Gauge
 	live, replay prometheus.Counter
 	latency      prometheus.Observer
+	fanout       prometheus.Observer
 	refusals     *prometheus.CounterVec
 	now          func() time.Time
 }
@@ -364,7 +378,7 @@ func (t *Transport) Refused(reason string) { t.refusals.WithLabelValues(reason).
 func (t *Transport) Connected(delta int) { t.connected.Add(float64(delta)) }
 
 // Delivered counts one event written to a client (stream.Observer). Latency
-// is observed for live events only: a replayed event is as old as the
+// and fan-out time are observed for live events only: a replayed event is as old as the
 // client's absence, which says nothing about the relay.
 func (t *Transport) Delivered(m *hub.Message, live bool) {
 	if !live {
@@ -372,7 +386,11 @@ func (t *Transport) Delivered(m *hub.Message, live bool) {
 		return
 	}
 	t.live.Inc()
+	now := t.now()
 	if !m.CreatedAt.IsZero() {
-		t.latency.Observe(max(t.now().Sub(m.CreatedAt), 0).Seconds())
+		t.latency.Observe(max(now.Sub(m.CreatedAt), 0).Seconds())
+	}
+	if !m.Published.IsZero() {
+		t.fanout.Observe(max(now.Sub(m.Published), 0).Seconds())
 	}
 }

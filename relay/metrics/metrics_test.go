@@ -131,3 +131,31 @@ func TestADatabaseGaugeIsQueriedAgainOnceItsIntervalHasPassed(t *testing.T) {
 		t.Errorf("read again after %s, before its interval of 20ms", d)
 	}
 }
+
+func TestFanoutTimeIsCountedFromTheHubNotFromTheInsert(t *testing.T) {
+	t.Parallel()
+	m := metrics.New(metrics.Sources{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sse := m.Transport("sse")
+	// Committed long ago, taken by the hub 3 ms ago: the database's delay
+	// is not the relay's.
+	live := hub.NewMessage(eventlog.Event{CreatedAt: time.Now().Add(-time.Minute)})
+	live.Published = time.Now().Add(-3 * time.Millisecond)
+	sse.Delivered(live, true)
+	// A replayed event never went through the hub's fan-out.
+	sse.Delivered(hub.NewMessage(eventlog.Event{CreatedAt: time.Now().Add(-time.Minute)}), false)
+	// A live message without a hub time (built outside the hub) is not
+	// timed.
+	sse.Delivered(hub.NewMessage(eventlog.Event{CreatedAt: time.Now()}), true)
+	body := get(t, m.Handler())
+	for _, want := range []string{
+		`pgrelay_fanout_seconds_bucket{transport="sse",le="0.002"} 0`,
+		`pgrelay_fanout_seconds_bucket{transport="sse",le="0.004"} 1`,
+		`pgrelay_fanout_seconds_count{transport="sse"} 1`,
+		`pgrelay_delivery_latency_seconds_bucket{transport="sse",le="10"} 1`,
+		`pgrelay_delivery_latency_seconds_count{transport="sse"} 2`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s\n%s", want, body)
+		}
+	}
+}
