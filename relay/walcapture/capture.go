@@ -515,14 +515,14 @@ type decoder struct {
 
 	chunks  []chunk
 	bytes   int
-	tx      pgx.Tx // the open log transaction, if rows were written already
-	written int    // rows written in it
+	open    bool // a log transaction is open: rows were written already
+	written int  // rows written in it
 }
 
 func (d *decoder) run(ctx context.Context) error {
 	defer func() {
-		if d.tx != nil {
-			_ = d.tx.Rollback(context.WithoutCancel(ctx))
+		if d.open {
+			_, _ = d.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
 	}()
 	lastStatus := time.Now()
@@ -670,7 +670,7 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 // idle reports whether nothing received is waiting for the log and no log
 // transaction is open: the session's connection is free for other queries.
 func (d *decoder) idle() bool {
-	return !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil
+	return !d.inTx && !d.pending && len(d.chunks) == 0 && !d.open
 }
 
 // settle completes a pending step back to triggers (or a pending reset
@@ -812,70 +812,107 @@ func (d *decoder) add(topic string, row []byte) {
 	d.bytes += len(row) + 1
 }
 
-// write appends the buffered rows inside the log transaction, opening it.
+// appendSQL appends one chunk's rows to the log.
+const appendSQL = "SELECT relay.append_captured($1, $2::text::jsonb)"
+
+// advanceSQL records the captured position in the log transaction, by
+// compare-and-set on the position this session last committed. It is sent
+// in the same pipeline as the COMMIT, before its row count could be looked
+// at, so a position that moved under this session must fail the statement,
+// not merely change no row: count(*) is then 0, and the division by it
+// aborts the transaction, and with it the COMMIT queued behind it.
+const advanceSQL = `WITH advanced AS (
+    UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, decoded_switch = $3, changed_at = now()
+     WHERE applied_lsn = $4::text::pg_lsn
+    RETURNING 1)
+SELECT 1 / count(*)::int FROM advanced`
+
+// wakeSQL wakes the sequencer if it sleeps: the appended events are news.
+const wakeSQL = "SELECT pg_catalog.pg_notify('pgrelay_wake', '') FROM relay.sequencer WHERE idle"
+
+// queueAppends queues the buffered rows' appends, opening the log
+// transaction first if it is not open, and empties the buffer. It returns
+// the statements' descriptions, for the errors, in queue order.
+func (d *decoder) queueAppends(b *pgx.Batch, what []string) []string {
+	if !d.open {
+		b.Queue("BEGIN")
+		what = append(what, "begin the log transaction")
+	}
+	for _, ch := range d.chunks {
+		b.Queue(appendSQL, ch.topic, string(append(ch.rows, ']')))
+		what = append(what, fmt.Sprintf("append %d events of topic %s", ch.n, ch.topic))
+		d.written += ch.n
+	}
+	d.chunks, d.bytes = d.chunks[:0], 0
+	return what
+}
+
+// send runs a queued pipeline in one round trip: the server runs its
+// statements in order and skips the rest after the first that fails, so
+// a failure leaves the log transaction aborted (the session then ends, and
+// the connection with it).
+func (d *decoder) send(ctx context.Context, b *pgx.Batch, what []string) error {
+	br := d.conn.SendBatch(ctx, b)
+	for _, w := range what {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			var pgErr *pgconn.PgError
+			if w == advanceWhat && errors.As(err, &pgErr) && pgErr.Code == "22012" {
+				return ErrFenced
+			}
+			return fmt.Errorf("%s: %w", w, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("end the log pipeline: %w", err)
+	}
+	return nil
+}
+
+const advanceWhat = "record the captured position"
+
+// write appends the buffered rows inside the log transaction, opening it:
+// the rows of a source transaction larger than a batch, in pieces.
 func (d *decoder) write(ctx context.Context) error {
 	if len(d.chunks) == 0 {
 		return nil
 	}
-	if d.tx == nil {
-		tx, err := d.conn.Begin(ctx)
-		if err != nil {
-			return fmt.Errorf("begin the log transaction: %w", err)
-		}
-		d.tx = tx
-	}
-	for _, ch := range d.chunks {
-		rows := append(ch.rows, ']')
-		if _, err := d.tx.Exec(ctx, "SELECT relay.append_captured($1, $2::text::jsonb)", ch.topic, string(rows)); err != nil {
-			return fmt.Errorf("append %d events of topic %s: %w", ch.n, ch.topic, err)
-		}
-		d.written += ch.n
-	}
-	d.chunks, d.bytes = d.chunks[:0], 0
-	return nil
+	b := &pgx.Batch{}
+	what := d.queueAppends(b, nil)
+	d.open = true
+	return d.send(ctx, b, what)
 }
 
 // commit makes the received complete transactions durable in the log with
 // their end LSN, then confirms that position to the server. It reports
-// whether the slot was drained and dropped.
+// whether the slot was drained and dropped. The log transaction goes to
+// the server as one pipeline (BEGIN, the appends, the position, the wake,
+// COMMIT): one round trip, and one wake-up of its backend, per batch.
 func (d *decoder) commit(ctx context.Context) (bool, error) {
-	if err := d.write(ctx); err != nil {
-		return false, err
-	}
-	if d.tx == nil && d.switchID == d.storedSwitch {
+	if !d.open && len(d.chunks) == 0 && d.switchID == d.storedSwitch {
 		// Nothing to append (transactions of trigger mode, rows of no
 		// topic): re-streaming them would append nothing either, so the
 		// position is confirmed without a write.
 		d.pending = false
 		return false, d.status(ctx, d.done)
 	}
-	if d.tx == nil {
-		tx, err := d.conn.Begin(ctx)
-		if err != nil {
-			return false, fmt.Errorf("begin the log transaction: %w", err)
-		}
-		d.tx = tx
-	}
-	tag, err := d.tx.Exec(ctx, `UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, decoded_switch = $3, changed_at = now()
-	                             WHERE applied_lsn = $4::text::pg_lsn`, d.done.String(), d.mode, d.switchID, d.applied.String())
-	if err != nil {
-		return false, fmt.Errorf("record the captured position: %w", err)
-	}
-	if tag.RowsAffected() != 1 {
-		return false, ErrFenced
-	}
+	b := &pgx.Batch{}
+	what := d.queueAppends(b, nil)
+	d.open = true
+	b.Queue(advanceSQL, d.done.String(), d.mode, d.switchID, d.applied.String())
+	what = append(what, advanceWhat)
 	rows := d.written
 	if rows > 0 {
-		// The sequencer sleeps while nothing happens; these events are news.
-		if _, err := d.tx.Exec(ctx, "SELECT pg_catalog.pg_notify('pgrelay_wake', '') FROM relay.sequencer WHERE idle"); err != nil {
-			return false, fmt.Errorf("wake the sequencer: %w", err)
-		}
+		b.Queue(wakeSQL)
+		what = append(what, "wake the sequencer")
 	}
-	err = d.tx.Commit(ctx)
-	d.tx, d.written = nil, 0
+	b.Queue("COMMIT")
+	what = append(what, "commit the log transaction")
+	err := d.send(ctx, b, what)
 	if err != nil {
-		return false, fmt.Errorf("commit the log transaction: %w", err)
+		return false, err
 	}
+	d.open, d.written = false, 0
 	d.applied, d.storedMode, d.storedSwitch, d.pending = d.done, d.mode, d.switchID, false
 	if rows > 0 {
 		d.c.cfg.Observer.Appended(rows, d.commitAt)
@@ -912,7 +949,7 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 // keepalive's WAL end qualifies then: every transaction that committed
 // before it has been received).
 func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
-	if !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil {
+	if !d.inTx && !d.pending && len(d.chunks) == 0 && !d.open {
 		if lsn > d.confirmed {
 			d.confirmed = lsn
 		}
@@ -921,7 +958,7 @@ func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
 	if err := pglogrepl.SendStandbyStatusUpdate(ctx, d.rc, pglogrepl.StandbyStatusUpdate{WALWritePosition: d.confirmed}); err != nil {
 		return fmt.Errorf("confirm the slot position: %w", err)
 	}
-	if d.tx == nil && time.Since(d.lostChecked) >= d.c.cfg.StatusInterval {
+	if !d.open && time.Since(d.lostChecked) >= d.c.cfg.StatusInterval {
 		var lost bool
 		if err := d.conn.QueryRow(ctx, "SELECT slot_lost_at IS NOT NULL FROM relay.capture").Scan(&lost); err != nil {
 			return fmt.Errorf("read whether a slot loss is on record: %w", err)
