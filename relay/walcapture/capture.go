@@ -525,6 +525,14 @@ func (d *decoder) run(ctx context.Context) error {
 			_, _ = d.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
 	}()
+	// The stream is read with a read deadline on its connection, set only
+	// when it changes, rather than with a context per message: a context
+	// with a deadline costs a timer and a watch of the connection on every
+	// receive, three of them per captured row, for a deadline that stays
+	// the same across most of them. ctx still ends a blocked read at once.
+	var readDeadline time.Time
+	stop := context.AfterFunc(ctx, func() { _ = d.rc.Conn().SetReadDeadline(time.Now()) })
+	defer stop()
 	lastStatus := time.Now()
 	for {
 		if d.idle() && time.Since(d.settled) >= d.c.cfg.IdleCheck {
@@ -545,9 +553,18 @@ func (d *decoder) run(ctx context.Context) error {
 				deadline = oldest
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		msg, err := d.rc.ReceiveMessage(rctx)
-		cancel()
+		if !deadline.Equal(readDeadline) {
+			if err := d.rc.Conn().SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("set the replication stream's read deadline: %w", err)
+			}
+			readDeadline = deadline
+			// A cancellation that came before the deadline was set
+			// would be overridden by it: looked at once it is set.
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		msg, err := d.rc.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
