@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -515,8 +516,9 @@ type decoder struct {
 
 	chunks  []chunk
 	bytes   int
-	open    bool // a log transaction is open: rows were written already
-	written int  // rows written in it
+	row     []byte // the row being rendered, reused
+	open    bool   // a log transaction is open: rows were written already
+	written int    // rows written in it
 }
 
 func (d *decoder) run(ctx context.Context) error {
@@ -652,10 +654,11 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 		if d.mode != "wal" || len(rel.topics) == 0 {
 			return false, nil
 		}
-		row, err := rowJSON(rel, m.Tuple)
+		row, err := appendRowJSON(d.row[:0], rel, m.Tuple)
 		if err != nil {
 			return false, err
 		}
+		d.row = row
 		for _, topic := range rel.topics {
 			d.add(topic, row)
 		}
@@ -777,18 +780,14 @@ func switchRow(rel *relation, t *pglogrepl.TupleData) (int64, string, error) {
 	return id, mode, nil
 }
 
-// rowJSON renders a decoded row as the object relay.append_captured reads:
-// each column's text, or its JSON for json and jsonb columns.
-func rowJSON(rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
+// appendRowJSON appends a decoded row to dst as the object
+// relay.append_captured reads: each column's text, or its JSON for json and
+// jsonb columns.
+func appendRowJSON(dst []byte, rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
 	if len(t.Columns) != len(rel.columns) {
-		return nil, fmt.Errorf("row has %d columns, its relation %d", len(t.Columns), len(rel.columns))
+		return dst, fmt.Errorf("row has %d columns, its relation %d", len(t.Columns), len(rel.columns))
 	}
-	size := 2
-	for _, v := range t.Columns {
-		size += len(v.Data) + 16
-	}
-	b := make([]byte, 0, size)
-	b = append(b, '{')
+	b := append(dst, '{')
 	for i, v := range t.Columns {
 		if i > 0 {
 			b = append(b, ',')
@@ -803,22 +802,64 @@ func rowJSON(rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
 				b = append(b, v.Data...)
 				continue
 			}
-			s, err := json.Marshal(string(v.Data))
-			if err != nil {
-				return nil, err
-			}
-			b = append(b, s...)
+			b = appendJSONString(b, v.Data)
 		default:
 			// Inserts carry every value; 'u' (unchanged TOAST) is for updates.
-			return nil, fmt.Errorf("column %s arrived as %q, not as text", rel.columns[i].key, v.DataType)
+			return dst, fmt.Errorf("column %s arrived as %q, not as text", rel.columns[i].key, v.DataType)
 		}
 	}
 	return append(b, '}'), nil
 }
 
+// appendJSONString appends s as a JSON string. It does by hand what
+// json.Marshal of a string does, without its allocations, on every text
+// column of every captured row: escape quotes, backslashes and control
+// characters, and pass valid UTF-8 through (the server parses it into
+// jsonb, so HTML escapes would buy nothing). Text that is not valid UTF-8
+// (possible under SQL_ASCII) goes through json.Marshal, which replaces
+// what is invalid with U+FFFD.
+func appendJSONString(b, s []byte) []byte {
+	if !utf8.Valid(s) {
+		m, _ := json.Marshal(string(s)) // a string always marshals
+		return append(b, m...)
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i, c := range s {
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// add appends a row to the rows of topic, reusing the buffers of the chunks
+// already appended (up to a size: a chunk of large rows is not kept).
 func (d *decoder) add(topic string, row []byte) {
 	if n := len(d.chunks); n == 0 || d.chunks[n-1].topic != topic {
-		d.chunks = append(d.chunks, chunk{topic: topic, rows: []byte{'['}})
+		var buf []byte
+		if n < cap(d.chunks) {
+			if old := d.chunks[:n+1][n].rows; cap(old) <= maxKeptChunk {
+				buf = old[:0]
+			}
+		}
+		d.chunks = append(d.chunks, chunk{topic: topic, rows: append(buf, '[')})
 	}
 	ch := &d.chunks[len(d.chunks)-1]
 	if ch.n > 0 {
@@ -828,6 +869,9 @@ func (d *decoder) add(topic string, row []byte) {
 	ch.n++
 	d.bytes += len(row) + 1
 }
+
+// maxKeptChunk is the largest chunk buffer kept for the next batch.
+const maxKeptChunk = 256 << 10
 
 // appendSQL appends one chunk's rows to the log.
 const appendSQL = "SELECT relay.append_captured($1, $2::text::jsonb)"
