@@ -2,11 +2,13 @@ package walcapture_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 	"github.com/pgrelay/pgrelay/internal/relaytest"
+	"github.com/pgrelay/pgrelay/relay/walcapture"
 )
 
 // The log transaction goes to the server as one pipeline, COMMIT included,
@@ -77,5 +79,42 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The stream is read with a read deadline on its connection, not a context:
+// the end of Run's context must still end a read that waits for the next
+// message at once, not at the next deadline.
+func TestRunReturnsAtOnceWhenItsContextEndsWhileTheStreamIsIdle(t *testing.T) {
+	db := pgtest.NewInMode(t, "wal")
+	relaytest.Seed(t, db)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	status := &walcapture.Status{}
+	done := make(chan error, 1)
+	go func() {
+		done <- walcapture.New(walcapture.Config{
+			Connect:            connectFor(db),
+			ConnectReplication: walcapture.ReplicationConnector(db.URL, appName),
+			IdleCheck:          time.Minute,
+			StatusInterval:     time.Minute,
+			Observer:           status,
+		}, relaytest.Logger()).Run(ctx)
+	}()
+	pgtest.WaitCapture(t, db, "wal")
+	if err := insertTemplates(ctx, db, "idle", 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the row to be appended", func() bool { return status.Events() == 1 })
+	time.Sleep(100 * time.Millisecond) // the decoder waits for the next message now
+
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Run returned %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still reads the stream 10 s after its context ended; its deadlines are a minute away")
 	}
 }
