@@ -514,11 +514,12 @@ type decoder struct {
 	firstAt  time.Time     // when the oldest of them was complete
 	commitAt time.Time     // commit time of the newest
 
-	chunks  []chunk
-	bytes   int
-	row     []byte // the row being rendered, reused
-	open    bool   // a log transaction is open: rows were written already
-	written int    // rows written in it
+	chunks    []chunk
+	bytes     int
+	row       []byte // the row being rendered, reused
+	lastBatch int    // rows of the last log transaction
+	open      bool   // a log transaction is open: rows were written already
+	written   int    // rows written in it
 }
 
 func (d *decoder) run(ctx context.Context) error {
@@ -547,13 +548,7 @@ func (d *decoder) run(ctx context.Context) error {
 			deadline = next
 		}
 		if d.pending && !d.inTx {
-			// Appended once the stream pauses for Gather, or has run on
-			// for maxGather: a backlog goes in large batches, a trickle
-			// at once.
-			deadline = time.Now().Add(d.c.cfg.Gather)
-			if oldest := d.firstAt.Add(maxGather); oldest.Before(deadline) {
-				deadline = oldest
-			}
+			deadline = d.appendAt(time.Now())
 		}
 		if !deadline.Equal(readDeadline) {
 			if err := d.rc.Conn().SetReadDeadline(deadline); err != nil {
@@ -685,6 +680,30 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// busyRows is the size of a log transaction that makes the next one gather
+// for maxGather, whatever the pauses of the stream.
+const busyRows = 20
+
+// appendAt is when the complete transactions received are appended if
+// nothing else arrives before: once the stream pauses for Gather, or has
+// run on for maxGather since the oldest of them, so a trickle goes at once
+// and a backlog in large batches. Under a steady high rate the stream
+// pauses often enough to cut batches short, and every log transaction
+// costs the server a commit and the sequencer a poll: so after a batch of
+// busyRows or more, which only a high rate fills in that time, the next
+// one gathers for maxGather, and pauses count again once the rate has
+// fallen so that a batch stays smaller.
+func (d *decoder) appendAt(now time.Time) time.Time {
+	oldest := d.firstAt.Add(maxGather)
+	if d.lastBatch >= busyRows {
+		return oldest
+	}
+	if at := now.Add(d.c.cfg.Gather); at.Before(oldest) {
+		return at
+	}
+	return oldest
 }
 
 // idle reports whether nothing received is waiting for the log and no log
@@ -963,6 +982,7 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 	b.Queue(advanceSQL, d.done.String(), d.mode, d.switchID, d.applied.String())
 	what = append(what, advanceWhat)
 	rows := d.written
+	d.lastBatch = rows
 	if rows > 0 {
 		b.Queue(wakeSQL)
 		what = append(what, "wake the sequencer")

@@ -3,6 +3,7 @@ package walcapture
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 )
@@ -47,5 +48,25 @@ func TestARowBecomesAnObjectOfItsColumnsWithJSONColumnsAsTheyAre(t *testing.T) {
 	want := `keep{"id":"42","doc":{"a": [1, "x"]},"note":null,"bad":"not json"}`
 	if string(got) != want {
 		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+func TestAfterALargeBatchTheNextGathersForTheWholeWindowAndAfterASmallOneUntilAPause(t *testing.T) {
+	d := &decoder{c: New(Config{Gather: 200 * time.Microsecond}, nil)}
+	first := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d.firstAt = first
+	now := first.Add(time.Millisecond)
+
+	d.lastBatch = 1 // a trickle: appended once the stream pauses
+	if got, want := d.appendAt(now), now.Add(200*time.Microsecond); !got.Equal(want) {
+		t.Fatalf("after a batch of 1: append at %v, want %v (the pause)", got.Sub(first), want.Sub(first))
+	}
+	late := first.Add(maxGather - 50*time.Microsecond)
+	if got, want := d.appendAt(late), first.Add(maxGather); !got.Equal(want) {
+		t.Fatalf("after a batch of 1, near the window's end: append at %v, want %v", got.Sub(first), want.Sub(first))
+	}
+	d.lastBatch = busyRows // a high rate: pauses do not cut the batch short
+	if got, want := d.appendAt(now), first.Add(maxGather); !got.Equal(want) {
+		t.Fatalf("after a batch of %d: append at %v, want %v (the whole window)", busyRows, got.Sub(first), want.Sub(first))
 	}
 }
