@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -513,18 +514,28 @@ type decoder struct {
 	firstAt  time.Time     // when the oldest of them was complete
 	commitAt time.Time     // commit time of the newest
 
-	chunks  []chunk
-	bytes   int
-	tx      pgx.Tx // the open log transaction, if rows were written already
-	written int    // rows written in it
+	chunks    []chunk
+	bytes     int
+	row       []byte // the row being rendered, reused
+	lastBatch int    // rows of the last log transaction
+	open      bool   // a log transaction is open: rows were written already
+	written   int    // rows written in it
 }
 
 func (d *decoder) run(ctx context.Context) error {
 	defer func() {
-		if d.tx != nil {
-			_ = d.tx.Rollback(context.WithoutCancel(ctx))
+		if d.open {
+			_, _ = d.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
 	}()
+	// The stream is read with a read deadline on its connection, set only
+	// when it changes, rather than with a context per message: a context
+	// with a deadline costs a timer and a watch of the connection on every
+	// receive, three of them per captured row, for a deadline that stays
+	// the same across most of them. ctx still ends a blocked read at once.
+	var readDeadline time.Time
+	stop := context.AfterFunc(ctx, func() { _ = d.rc.Conn().SetReadDeadline(time.Now()) })
+	defer stop()
 	lastStatus := time.Now()
 	for {
 		if d.idle() && time.Since(d.settled) >= d.c.cfg.IdleCheck {
@@ -537,17 +548,20 @@ func (d *decoder) run(ctx context.Context) error {
 			deadline = next
 		}
 		if d.pending && !d.inTx {
-			// Appended once the stream pauses for Gather, or has run on
-			// for maxGather: a backlog goes in large batches, a trickle
-			// at once.
-			deadline = time.Now().Add(d.c.cfg.Gather)
-			if oldest := d.firstAt.Add(maxGather); oldest.Before(deadline) {
-				deadline = oldest
+			deadline = d.appendAt(time.Now())
+		}
+		if !deadline.Equal(readDeadline) {
+			if err := d.rc.Conn().SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("set the replication stream's read deadline: %w", err)
+			}
+			readDeadline = deadline
+			// A cancellation that came before the deadline was set
+			// would be overridden by it: looked at once it is set.
+			if err := ctx.Err(); err != nil {
+				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		msg, err := d.rc.ReceiveMessage(rctx)
-		cancel()
+		msg, err := d.rc.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -635,10 +649,11 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 		if d.mode != "wal" || len(rel.topics) == 0 {
 			return false, nil
 		}
-		row, err := rowJSON(rel, m.Tuple)
+		row, err := appendRowJSON(d.row[:0], rel, m.Tuple)
 		if err != nil {
 			return false, err
 		}
+		d.row = row
 		for _, topic := range rel.topics {
 			d.add(topic, row)
 		}
@@ -667,10 +682,34 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 	return false, nil
 }
 
+// busyRows is the size of a log transaction that makes the next one gather
+// for maxGather, whatever the pauses of the stream.
+const busyRows = 20
+
+// appendAt is when the complete transactions received are appended if
+// nothing else arrives before: once the stream pauses for Gather, or has
+// run on for maxGather since the oldest of them, so a trickle goes at once
+// and a backlog in large batches. Under a steady high rate the stream
+// pauses often enough to cut batches short, and every log transaction
+// costs the server a commit and the sequencer a poll: so after a batch of
+// busyRows or more, which only a high rate fills in that time, the next
+// one gathers for maxGather, and pauses count again once the rate has
+// fallen so that a batch stays smaller.
+func (d *decoder) appendAt(now time.Time) time.Time {
+	oldest := d.firstAt.Add(maxGather)
+	if d.lastBatch >= busyRows {
+		return oldest
+	}
+	if at := now.Add(d.c.cfg.Gather); at.Before(oldest) {
+		return at
+	}
+	return oldest
+}
+
 // idle reports whether nothing received is waiting for the log and no log
 // transaction is open: the session's connection is free for other queries.
 func (d *decoder) idle() bool {
-	return !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil
+	return !d.inTx && !d.pending && len(d.chunks) == 0 && !d.open
 }
 
 // settle completes a pending step back to triggers (or a pending reset
@@ -760,18 +799,14 @@ func switchRow(rel *relation, t *pglogrepl.TupleData) (int64, string, error) {
 	return id, mode, nil
 }
 
-// rowJSON renders a decoded row as the object relay.append_captured reads:
-// each column's text, or its JSON for json and jsonb columns.
-func rowJSON(rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
+// appendRowJSON appends a decoded row to dst as the object
+// relay.append_captured reads: each column's text, or its JSON for json and
+// jsonb columns.
+func appendRowJSON(dst []byte, rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
 	if len(t.Columns) != len(rel.columns) {
-		return nil, fmt.Errorf("row has %d columns, its relation %d", len(t.Columns), len(rel.columns))
+		return dst, fmt.Errorf("row has %d columns, its relation %d", len(t.Columns), len(rel.columns))
 	}
-	size := 2
-	for _, v := range t.Columns {
-		size += len(v.Data) + 16
-	}
-	b := make([]byte, 0, size)
-	b = append(b, '{')
+	b := append(dst, '{')
 	for i, v := range t.Columns {
 		if i > 0 {
 			b = append(b, ',')
@@ -786,22 +821,64 @@ func rowJSON(rel *relation, t *pglogrepl.TupleData) ([]byte, error) {
 				b = append(b, v.Data...)
 				continue
 			}
-			s, err := json.Marshal(string(v.Data))
-			if err != nil {
-				return nil, err
-			}
-			b = append(b, s...)
+			b = appendJSONString(b, v.Data)
 		default:
 			// Inserts carry every value; 'u' (unchanged TOAST) is for updates.
-			return nil, fmt.Errorf("column %s arrived as %q, not as text", rel.columns[i].key, v.DataType)
+			return dst, fmt.Errorf("column %s arrived as %q, not as text", rel.columns[i].key, v.DataType)
 		}
 	}
 	return append(b, '}'), nil
 }
 
+// appendJSONString appends s as a JSON string. It does by hand what
+// json.Marshal of a string does, without its allocations, on every text
+// column of every captured row: escape quotes, backslashes and control
+// characters, and pass valid UTF-8 through (the server parses it into
+// jsonb, so HTML escapes would buy nothing). Text that is not valid UTF-8
+// (possible under SQL_ASCII) goes through json.Marshal, which replaces
+// what is invalid with U+FFFD.
+func appendJSONString(b, s []byte) []byte {
+	if !utf8.Valid(s) {
+		m, _ := json.Marshal(string(s)) // a string always marshals
+		return append(b, m...)
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i, c := range s {
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// add appends a row to the rows of topic, reusing the buffers of the chunks
+// already appended (up to a size: a chunk of large rows is not kept).
 func (d *decoder) add(topic string, row []byte) {
 	if n := len(d.chunks); n == 0 || d.chunks[n-1].topic != topic {
-		d.chunks = append(d.chunks, chunk{topic: topic, rows: []byte{'['}})
+		var buf []byte
+		if n < cap(d.chunks) {
+			if old := d.chunks[:n+1][n].rows; cap(old) <= maxKeptChunk {
+				buf = old[:0]
+			}
+		}
+		d.chunks = append(d.chunks, chunk{topic: topic, rows: append(buf, '[')})
 	}
 	ch := &d.chunks[len(d.chunks)-1]
 	if ch.n > 0 {
@@ -812,70 +889,111 @@ func (d *decoder) add(topic string, row []byte) {
 	d.bytes += len(row) + 1
 }
 
-// write appends the buffered rows inside the log transaction, opening it.
+// maxKeptChunk is the largest chunk buffer kept for the next batch.
+const maxKeptChunk = 256 << 10
+
+// appendSQL appends one chunk's rows to the log.
+const appendSQL = "SELECT relay.append_captured($1, $2::text::jsonb)"
+
+// advanceSQL records the captured position in the log transaction, by
+// compare-and-set on the position this session last committed. It is sent
+// in the same pipeline as the COMMIT, before its row count could be looked
+// at, so a position that moved under this session must fail the statement,
+// not merely change no row: count(*) is then 0, and the division by it
+// aborts the transaction, and with it the COMMIT queued behind it.
+const advanceSQL = `WITH advanced AS (
+    UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, decoded_switch = $3, changed_at = now()
+     WHERE applied_lsn = $4::text::pg_lsn
+    RETURNING 1)
+SELECT 1 / count(*)::int FROM advanced`
+
+// wakeSQL wakes the sequencer if it sleeps: the appended events are news.
+const wakeSQL = "SELECT pg_catalog.pg_notify('pgrelay_wake', '') FROM relay.sequencer WHERE idle"
+
+// queueAppends queues the buffered rows' appends, opening the log
+// transaction first if it is not open, and empties the buffer. It returns
+// the statements' descriptions, for the errors, in queue order.
+func (d *decoder) queueAppends(b *pgx.Batch, what []string) []string {
+	if !d.open {
+		b.Queue("BEGIN")
+		what = append(what, "begin the log transaction")
+	}
+	for _, ch := range d.chunks {
+		b.Queue(appendSQL, ch.topic, string(append(ch.rows, ']')))
+		what = append(what, fmt.Sprintf("append %d events of topic %s", ch.n, ch.topic))
+		d.written += ch.n
+	}
+	d.chunks, d.bytes = d.chunks[:0], 0
+	return what
+}
+
+// send runs a queued pipeline in one round trip: the server runs its
+// statements in order and skips the rest after the first that fails, so
+// a failure leaves the log transaction aborted (the session then ends, and
+// the connection with it).
+func (d *decoder) send(ctx context.Context, b *pgx.Batch, what []string) error {
+	br := d.conn.SendBatch(ctx, b)
+	for _, w := range what {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			var pgErr *pgconn.PgError
+			if w == advanceWhat && errors.As(err, &pgErr) && pgErr.Code == "22012" {
+				return ErrFenced
+			}
+			return fmt.Errorf("%s: %w", w, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("end the log pipeline: %w", err)
+	}
+	return nil
+}
+
+const advanceWhat = "record the captured position"
+
+// write appends the buffered rows inside the log transaction, opening it:
+// the rows of a source transaction larger than a batch, in pieces.
 func (d *decoder) write(ctx context.Context) error {
 	if len(d.chunks) == 0 {
 		return nil
 	}
-	if d.tx == nil {
-		tx, err := d.conn.Begin(ctx)
-		if err != nil {
-			return fmt.Errorf("begin the log transaction: %w", err)
-		}
-		d.tx = tx
-	}
-	for _, ch := range d.chunks {
-		rows := append(ch.rows, ']')
-		if _, err := d.tx.Exec(ctx, "SELECT relay.append_captured($1, $2::text::jsonb)", ch.topic, string(rows)); err != nil {
-			return fmt.Errorf("append %d events of topic %s: %w", ch.n, ch.topic, err)
-		}
-		d.written += ch.n
-	}
-	d.chunks, d.bytes = d.chunks[:0], 0
-	return nil
+	b := &pgx.Batch{}
+	what := d.queueAppends(b, nil)
+	d.open = true
+	return d.send(ctx, b, what)
 }
 
 // commit makes the received complete transactions durable in the log with
 // their end LSN, then confirms that position to the server. It reports
-// whether the slot was drained and dropped.
+// whether the slot was drained and dropped. The log transaction goes to
+// the server as one pipeline (BEGIN, the appends, the position, the wake,
+// COMMIT): one round trip, and one wake-up of its backend, per batch.
 func (d *decoder) commit(ctx context.Context) (bool, error) {
-	if err := d.write(ctx); err != nil {
-		return false, err
-	}
-	if d.tx == nil && d.switchID == d.storedSwitch {
+	if !d.open && len(d.chunks) == 0 && d.switchID == d.storedSwitch {
 		// Nothing to append (transactions of trigger mode, rows of no
 		// topic): re-streaming them would append nothing either, so the
 		// position is confirmed without a write.
 		d.pending = false
 		return false, d.status(ctx, d.done)
 	}
-	if d.tx == nil {
-		tx, err := d.conn.Begin(ctx)
-		if err != nil {
-			return false, fmt.Errorf("begin the log transaction: %w", err)
-		}
-		d.tx = tx
-	}
-	tag, err := d.tx.Exec(ctx, `UPDATE relay.capture SET applied_lsn = $1::text::pg_lsn, decoded_mode = $2, decoded_switch = $3, changed_at = now()
-	                             WHERE applied_lsn = $4::text::pg_lsn`, d.done.String(), d.mode, d.switchID, d.applied.String())
-	if err != nil {
-		return false, fmt.Errorf("record the captured position: %w", err)
-	}
-	if tag.RowsAffected() != 1 {
-		return false, ErrFenced
-	}
+	b := &pgx.Batch{}
+	what := d.queueAppends(b, nil)
+	d.open = true
+	b.Queue(advanceSQL, d.done.String(), d.mode, d.switchID, d.applied.String())
+	what = append(what, advanceWhat)
 	rows := d.written
+	d.lastBatch = rows
 	if rows > 0 {
-		// The sequencer sleeps while nothing happens; these events are news.
-		if _, err := d.tx.Exec(ctx, "SELECT pg_catalog.pg_notify('pgrelay_wake', '') FROM relay.sequencer WHERE idle"); err != nil {
-			return false, fmt.Errorf("wake the sequencer: %w", err)
-		}
+		b.Queue(wakeSQL)
+		what = append(what, "wake the sequencer")
 	}
-	err = d.tx.Commit(ctx)
-	d.tx, d.written = nil, 0
+	b.Queue("COMMIT")
+	what = append(what, "commit the log transaction")
+	err := d.send(ctx, b, what)
 	if err != nil {
-		return false, fmt.Errorf("commit the log transaction: %w", err)
+		return false, err
 	}
+	d.open, d.written = false, 0
 	d.applied, d.storedMode, d.storedSwitch, d.pending = d.done, d.mode, d.switchID, false
 	if rows > 0 {
 		d.c.cfg.Observer.Appended(rows, d.commitAt)
@@ -912,7 +1030,7 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 // keepalive's WAL end qualifies then: every transaction that committed
 // before it has been received).
 func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
-	if !d.inTx && !d.pending && len(d.chunks) == 0 && d.tx == nil {
+	if !d.inTx && !d.pending && len(d.chunks) == 0 && !d.open {
 		if lsn > d.confirmed {
 			d.confirmed = lsn
 		}
@@ -921,7 +1039,7 @@ func (d *decoder) status(ctx context.Context, lsn pglogrepl.LSN) error {
 	if err := pglogrepl.SendStandbyStatusUpdate(ctx, d.rc, pglogrepl.StandbyStatusUpdate{WALWritePosition: d.confirmed}); err != nil {
 		return fmt.Errorf("confirm the slot position: %w", err)
 	}
-	if d.tx == nil && time.Since(d.lostChecked) >= d.c.cfg.StatusInterval {
+	if !d.open && time.Since(d.lostChecked) >= d.c.cfg.StatusInterval {
 		var lost bool
 		if err := d.conn.QueryRow(ctx, "SELECT slot_lost_at IS NOT NULL FROM relay.capture").Scan(&lost); err != nil {
 			return fmt.Errorf("read whether a slot loss is on record: %w", err)
