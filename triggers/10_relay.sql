@@ -85,15 +85,21 @@ BEGIN
     EXECUTE format($body$
         CREATE OR REPLACE FUNCTION relay.%I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
+        DECLARE
+            idle boolean;
         BEGIN
+            -- The sequencer's idle flag is read by the INSERT itself
+            -- (RETURNING), not by a statement of its own: one executor
+            -- run per row instead of two.
             INSERT INTO relay.events (topic, payload, audience, actor)
-            VALUES (%L, to_jsonb(NEW), coalesce(%s(NEW), '{}'), %s);
+            VALUES (%L, to_jsonb(NEW), coalesce(%s(NEW), '{}'), %s)
+            RETURNING (SELECT s.idle FROM relay.sequencer s) INTO idle;
             -- Wake the sequencer only when it has gone idle, so a busy
             -- system pays no NOTIFY per row; and only with the first few
             -- tickets drawn since it went idle, so a burst that starts
             -- while it sleeps pays a handful of NOTIFYs, not one per row
-            -- until it is back (see relay.wake_tickets below).
-            IF (SELECT s.idle FROM relay.sequencer s) THEN
+            -- until it is back (see relay.wake_tickets above).
+            IF idle THEN
                 IF pg_catalog.nextval('relay.wake_tickets') <= 4 THEN
                     PERFORM pg_catalog.pg_notify('pgrelay_wake', '');
                 END IF;

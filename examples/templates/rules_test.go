@@ -417,3 +417,34 @@ func TestAForeignLocationAndAnUnknownOneGetTheSameError(t *testing.T) {
 		t.Fatalf("%d events after refused inserts (%v), want 0", n, err)
 	}
 }
+
+// An event's audience is computed once, in the inserting transaction
+// (docs/design.md, "When audience keys are computed"): a creator who moves
+// to another org afterwards does not take templates already written along,
+// whether they have been delivered yet or not. Their later templates go to
+// the new org.
+func TestATemplateKeepsTheAudienceOfItsInsertWhenItsCreatorMovesToAnotherOrgBeforeDelivery(t *testing.T) {
+	t.Parallel()
+	db := newWorld(t)
+	before := insertTemplate(t, db, "zolo-a3", []string{"a1"})
+	db.Exec(t, "UPDATE users SET org_id = 'org-b', location_id = 'b1' WHERE id = 'zolo-a3'")
+	after := insertTemplate(t, db, "zolo-a3", []string{"b2"})
+
+	audience := func(templateID string) []string {
+		return queryStrings(t, db, `SELECT unnest(audience) FROM relay.events WHERE payload->>'id' = $1`, templateID)
+	}
+	if got, want := audience(before), []string{"location:a1", "org:org-a"}; !slices.Equal(got, want) {
+		t.Errorf("audience of the template written before the move = %v, want %v", got, want)
+	}
+	if got, want := audience(after), []string{"location:b2", "org:org-b"}; !slices.Equal(got, want) {
+		t.Errorf("audience of the template written after the move = %v, want %v", got, want)
+	}
+	// Org A's owners keep the template written while the creator was
+	// theirs; org B's owner does not get it by the move.
+	if got, want := recipientsByFilters(t, db, before), []string{"zewi-a", "zolo-a1", "zowi-a", "zowi-a2"}; !slices.Equal(got, want) {
+		t.Errorf("recipients of the template written before the move = %v, want %v", got, want)
+	}
+	if got, want := recipientsByFilters(t, db, after), []string{"zelo-b2", "zewi-b", "zowi-b"}; !slices.Equal(got, want) {
+		t.Errorf("recipients of the template written after the move = %v, want %v", got, want)
+	}
+}
