@@ -20,3 +20,24 @@ stop_pids() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     pids=()
 }
+
+# use_database NAME: unless DATABASE_URL is set, (re)creates database NAME on
+# the libpq default server (host 127.0.0.1 if PGHOST is unset), points
+# DATABASE_URL at it and records it in created_db, for drop_created_database.
+created_db=""
+use_database() {
+    if [[ -z "${DATABASE_URL:-}" ]]; then
+        export PGHOST=${PGHOST:-127.0.0.1}
+        psql -qX -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"
+        created_db=$1
+        DATABASE_URL="host=$PGHOST dbname=$1"
+    fi
+    export DATABASE_URL
+}
+
+# drop_created_database drops the database use_database created, if any.
+drop_created_database() {
+    if [[ -n "$created_db" ]]; then
+        psql -qX -d postgres -c "DROP DATABASE IF EXISTS $created_db WITH (FORCE)" || true
+    fi
+}

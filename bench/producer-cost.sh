@@ -39,22 +39,14 @@ out=bench/out
 export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 mkdir -p "$out"
 
-created_db=""
-if [[ -z "${DATABASE_URL:-}" ]]; then
-    export PGHOST=${PGHOST:-127.0.0.1}
-    psql -qX -d postgres -c "DROP DATABASE IF EXISTS pgrelay_bench WITH (FORCE)" -c "CREATE DATABASE pgrelay_bench"
-    created_db=pgrelay_bench
-    DATABASE_URL="host=$PGHOST dbname=pgrelay_bench"
-fi
-export DATABASE_URL
+. bench/lib.sh
+use_database pgrelay_bench
 
 relay_pid=""
 cleanup() {
     if [[ -n "$relay_pid" ]]; then kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
     psql -qX "$DATABASE_URL" -f bench/teardown.sql >/dev/null 2>&1 || true
-    if [[ -n "$created_db" ]]; then
-        psql -qX -d postgres -c "DROP DATABASE IF EXISTS $created_db WITH (FORCE)" || true
-    fi
+    drop_created_database
 }
 trap cleanup EXIT
 

@@ -44,14 +44,8 @@ out=${OUT:-bench/out/wal-sustained}
 export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 mkdir -p "$out"
 
-created_db=""
-if [[ -z "${DATABASE_URL:-}" ]]; then
-    export PGHOST=${PGHOST:-127.0.0.1}
-    psql -qX -d postgres -c "DROP DATABASE IF EXISTS pgrelay_walsustained WITH (FORCE)" -c "CREATE DATABASE pgrelay_walsustained"
-    created_db=pgrelay_walsustained
-    DATABASE_URL="host=$PGHOST dbname=pgrelay_walsustained"
-fi
-export DATABASE_URL
+. bench/lib.sh
+use_database pgrelay_walsustained
 
 sql() { psql -qXAt -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$1"; }
 
@@ -69,9 +63,7 @@ cleanup() {
         kill "$relay_pid" 2>/dev/null || true
         wait "$relay_pid" 2>/dev/null || true
     fi
-    if [[ -n "$created_db" ]]; then
-        psql -qX -d postgres -c "DROP DATABASE IF EXISTS $created_db WITH (FORCE)" || true
-    fi
+    drop_created_database
 }
 trap cleanup EXIT
 
