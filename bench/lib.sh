@@ -41,3 +41,19 @@ drop_created_database() {
         psql -qX -d postgres -c "DROP DATABASE IF EXISTS $created_db WITH (FORCE)" || true
     fi
 }
+
+# cpu_ticks PID... prints "pid ticks" (user + system CPU time in clock
+# ticks) for each process that is still running.
+cpu_ticks() {
+    local p
+    for p in "$@"; do
+        awk -v p="$p" '{ print p, $14 + $15 }' "/proc/$p/stat" 2>/dev/null || true
+    done
+}
+# cpu_delta BEFORE AFTER sums the ticks spent between two cpu_ticks samples
+# by the processes present in both (a session that ended or began in
+# between is left out rather than counted as negative time).
+cpu_delta() {
+    awk 'NR == FNR { before[$1] = $2; next } ($1 in before) { sum += $2 - before[$1] } END { print sum + 0 }' <(echo "$1") <(echo "$2")
+}
+hz=$(getconf CLK_TCK)

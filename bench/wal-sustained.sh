@@ -101,16 +101,6 @@ echo "SELECT extract(epoch FROM clock_timestamp()), pg_wal_lsn_diff(pg_current_w
     psql -qXAt -F $'\t' "$DATABASE_URL" >"$samples" 2>"$out/sampler.err" &
 sampler_pid=$!
 
-cpu_ticks() {
-    local p
-    for p in "$@"; do
-        awk -v p="$p" '{ print p, $14 + $15 }' "/proc/$p/stat" 2>/dev/null || true
-    done
-}
-cpu_delta() {
-    awk 'NR == FNR { before[$1] = $2; next } ($1 in before) { sum += $2 - before[$1] } END { print sum + 0 }' <(echo "$1") <(echo "$2")
-}
-hz=$(getconf CLK_TCK)
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 sleep 1

@@ -175,17 +175,15 @@ func (m *Metrics) registerSources(src Sources) {
 		}
 	}
 	gauge := func(name, help string, f func() float64) {
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+		if f != nil {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+		}
 	}
 	counter("pgrelay_catchup_events_total", "Events read from the log to catch up after the listener reconnected.", src.CatchupEvents)
 	counter("pgrelay_replay_log_reads_total", "Queries resuming streams made to the event log for their replay (one per batch); replays of what the window of the recent log holds make none.", src.ReplayLogReads)
 	counter("pgrelay_replay_cache_events_total", "Events resuming streams took from the window of the recent log instead of reading the log (before each stream's filter).", src.ReplayRecentEvents)
-	if src.ReplayCacheBytes != nil {
-		gauge("pgrelay_replay_cache_bytes", "Bytes the window of the recent log holds (rows, audiences and encodings; at most --replay-cache-bytes).", src.ReplayCacheBytes)
-	}
-	if src.ReplayCacheEvents != nil {
-		gauge("pgrelay_replay_cache_events", "Events the window of the recent log holds.", src.ReplayCacheEvents)
-	}
+	gauge("pgrelay_replay_cache_bytes", "Bytes the window of the recent log holds (rows, audiences and encodings; at most --replay-cache-bytes).", src.ReplayCacheBytes)
+	gauge("pgrelay_replay_cache_events", "Events the window of the recent log holds.", src.ReplayCacheEvents)
 	counter("pgrelay_filter_reloads_total", "Reloads of connected subscribers' filters.", src.FilterReloads)
 	counter("pgrelay_filter_reloaded_subscribers_total", "Subscriber filters reloaded.", src.FilterReloadedSubscribers)
 	counter("pgrelay_events_received_total", "Events this relay received, read from the log or announced.", src.EventsReceived)
