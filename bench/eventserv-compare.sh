@@ -4,7 +4,10 @@
 # subscriber. Each system gets only its own trigger while it is measured
 # (pgrelay's capture trigger, or a trigger that NOTIFYs the row as JSON for
 # pg_eventserv), and runs are interleaved so that the machine's drift hits
-# every system alike.
+# every system alike. The system "floor" is bench/cmd/fanfloor: the same
+# number of loopback connections written and read with nothing else in the
+# way, the least latency any server can reach here with clients on the same
+# cores.
 #
 # pg_eventserv is not part of this repository: build it yourself from its
 # public repository (github.com/CrunchyData/pg_eventserv, `go build`) and
@@ -12,7 +15,7 @@
 #
 # Usage: PG_EVENTSERV_BIN=/path/to/pg_eventserv bash bench/eventserv-compare.sh [OUTDIR]
 #   SUBSCRIBERS="1000 5000"  RATE=44  ROUNDS=2  WARMUP=3s  DURATION=20s
-#   SYSTEMS="pg_eventserv sse ws"
+#   SYSTEMS="floor pg_eventserv sse ws"
 #   DATABASE_URL  server to create the database pgrelay_evcompare on
 #                 (default host=127.0.0.1 dbname=postgres); dropped at the end
 set -euo pipefail
@@ -24,7 +27,7 @@ RATE=${RATE:-44}
 ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-3s}
 DURATION=${DURATION:-20s}
-SYSTEMS=${SYSTEMS:-pg_eventserv sse ws}
+SYSTEMS=${SYSTEMS:-floor pg_eventserv sse ws}
 server=${DATABASE_URL:-host=127.0.0.1 dbname=postgres}
 db=pgrelay_evcompare
 dburl="$server dbname=$db"
@@ -35,6 +38,7 @@ mkdir -p "$out"
 
 . bench/lib.sh
 build_binaries
+go build -o "$bin/fanfloor" ./bench/cmd/fanfloor
 
 cleanup() {
     stop_pids
@@ -115,7 +119,8 @@ fanout_quantiles() {
 
 summary="$out/summary.tsv"
 # server_us and client_us are CPU time per delivery (µs) of the system
-# measured and of relaybench, over the measured window: on a machine whose
+# measured and of relaybench, over the measured window (floor: of its one
+# process, both ends): on a machine whose
 # cores the two share, their sum bounds how fast one row reaches everyone.
 # relay_fanout_p50_ms and relay_fanout_p99_ms: see fanout_quantiles (pgrelay
 # only; they include the warm-up's deliveries).
@@ -123,6 +128,17 @@ printf 'round\tsubscribers\tsystem\tp50_ms\tp99_ms\tp999_ms\tdelivered\tmissing\
 for round in $(seq 1 "$ROUNDS"); do
     for n in $SUBSCRIBERS; do
         for system in $SYSTEMS; do
+            if [[ $system == floor ]]; then
+                echo "== round $round, $n subscribers, floor (load $(cut -d' ' -f1-3 /proc/loadavg))"
+                line=$("$bin/fanfloor" --subscribers "$n" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" | tee "$out/floor-$n-r$round.txt")
+                echo "$line"
+                field() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p" | sed 's/ms$//; s/us$//'; }
+                # One process writes and reads: its CPU per delivery is both ends'.
+                printf '%s\t%s\tfloor\t%s\t%s\t%s\t%s\t0\t%s\t-\t-\t-\t%s\n' "$round" "$n" \
+                    "$(field p50)" "$(field p99)" "$(field p99.9)" "$(field deliveries)" "$(field cpu_per_delivery)" \
+                    "$(cut -d' ' -f1 /proc/loadavg)" >>"$summary"
+                continue
+            fi
             trigger_for "$system"
             url=http://$relay_addr pid=$relay_pid transport=$system
             if [[ $system == pg_eventserv ]]; then start_eventserv; url=http://127.0.0.1:$es_port pid=$es_pid; fi
