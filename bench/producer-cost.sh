@@ -100,9 +100,16 @@ run() {
     pgbench -n -M prepared -c "$clients" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" >"$out/pgbench.out" 2>"$out/pgbench.err" &
     local bench=$! start=$SECONDS producers relays p0 p1 r0 r1 x0 x1 n0 n1
     # Measure once every client is connected (64 take a while on a busy
-    # machine), up to 1 s before the end.
-    until [[ $(sql "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'") -ge $clients ]] ||
-        ((SECONDS - start > SECONDS_PER_RUN / 2)); do sleep 0.2; done
+    # machine), up to 1 s before the end: a client not yet connected when
+    # the first sample is taken would be left out of the CPU per insert
+    # while its rows are counted.
+    until [[ $(sql "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'") -ge $clients ]]; do
+        if ((SECONDS - start > SECONDS_PER_RUN - 3)); then
+            echo "configuration $config: $clients pgbench clients were not all connected after $((SECONDS - start)) s, too late to measure; raise SECONDS_PER_RUN" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
     sleep 0.5
     producers=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'")
     relays=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pgrelay%'")
