@@ -448,3 +448,49 @@ func TestATemplateKeepsTheAudienceOfItsInsertWhenItsCreatorMovesToAnotherOrgBefo
 		t.Errorf("recipients of the template written after the move = %v, want %v", got, want)
 	}
 }
+
+// A share list is turned into keys by expressions up to 8 ids and by one
+// query from 9 on: both give every location once, however often it is
+// listed, and the creator's org once, whatever the list's length.
+func TestTheAudienceHasEachKeyOnceWhateverTheLengthOfTheShareList(t *testing.T) {
+	t.Parallel()
+	db := newWorld(t)
+	repeat := func(n int) []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = []string{"a2", "a1", "a3", "a1"}[i%4]
+		}
+		return ids
+	}
+	for _, tc := range []struct {
+		shares []string
+		want   []string
+	}{
+		{nil, []string{"org:org-a"}},
+		{[]string{"a1"}, []string{"location:a1", "org:org-a"}},
+		{[]string{"a1", "a1"}, []string{"location:a1", "org:org-a"}},
+		{repeat(8), []string{"location:a1", "location:a2", "location:a3", "org:org-a"}},
+		{repeat(9), []string{"location:a1", "location:a2", "location:a3", "org:org-a"}},
+		{repeat(40), []string{"location:a1", "location:a2", "location:a3", "org:org-a"}},
+	} {
+		id := insertTemplate(t, db, "zewi-a", tc.shares)
+		got := queryStrings(t, db, `SELECT unnest(audience) FROM relay.events WHERE payload->>'id' = $1`, id)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("audience of a template shared with %v = %v, want %v", tc.shares, got, tc.want)
+		}
+	}
+	// A creator who is not a user (the foreign key refuses such a row, but
+	// the function is the rule and may be asked directly) has no org key.
+	for _, tc := range []struct {
+		shares []string
+		want   []string
+	}{
+		{repeat(2), []string{"location:a1", "location:a2"}},
+		{repeat(12), []string{"location:a1", "location:a2", "location:a3"}},
+	} {
+		got := queryStrings(t, db, `SELECT unnest(relay.templates_audience(ROW('x', 't', $1, 'nobody', now())::templates))`, tc.shares)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("audience of %v by an unknown creator = %v, want %v", tc.shares, got, tc.want)
+		}
+	}
+}

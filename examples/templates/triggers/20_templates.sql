@@ -11,20 +11,40 @@
 --   ZOWI        location:<every location of their org> and org:<their org>
 -- The creator is the event's actor and never receives it.
 
--- This runs inside every insert's trigger, so it is written for speed:
--- PL/pgSQL keeps its one query's plan for the session (a SQL function that is
--- not inlined is planned again on every call), and that one query computes
--- every key: a loop over the share list in PL/pgSQL plus a separate lookup of
--- the creator cost measurably more per insert.
+-- This runs inside every insert's trigger, so it is written for speed.
+-- Every query a PL/pgSQL function runs starts an executor, and one over
+-- unnest with DISTINCT (a function scan, a sort) cost as much again as the
+-- creator's lookup: a share list of usual length is turned into keys by
+-- expressions alone, which PL/pgSQL evaluates without an executor, and the
+-- creator's org is the one query. Each key is checked against the keys so
+-- far, which is quadratic: from 9 ids on, one query for every key is
+-- cheaper, and a long list takes it. Each key is given once; their order
+-- means nothing.
 CREATE OR REPLACE FUNCTION relay.templates_audience(t public.templates)
 RETURNS text[]
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    keys text[];
+    keys text[] := '{}';
+    loc  text;
+    key  text;
+    org  text;
 BEGIN
-    SELECT ARRAY(SELECT DISTINCT 'location:' || loc FROM unnest(t.share_location_ids) AS loc)
-           || coalesce((SELECT ARRAY['org:' || u.org_id] FROM public.users u WHERE u.id = t.created_by), '{}')
-      INTO keys;
+    IF cardinality(t.share_location_ids) <= 8 THEN
+        FOREACH loc IN ARRAY t.share_location_ids LOOP
+            key := 'location:' || loc;
+            IF array_position(keys, key) IS NULL THEN
+                keys := keys || key;
+            END IF;
+        END LOOP;
+        SELECT u.org_id INTO org FROM public.users u WHERE u.id = t.created_by;
+        IF org IS NOT NULL THEN
+            keys := keys || ('org:' || org);
+        END IF;
+    ELSE
+        SELECT ARRAY(SELECT DISTINCT 'location:' || l.loc FROM unnest(t.share_location_ids) AS l(loc))
+               || coalesce((SELECT ARRAY['org:' || u.org_id] FROM public.users u WHERE u.id = t.created_by), '{}')
+          INTO keys;
+    END IF;
     RETURN keys;
 END
 $$;
