@@ -33,3 +33,24 @@ func TestTheCursorMovesPastAnnouncedRangesThatFollowItAndOnlyThose(t *testing.T)
 		t.Fatalf("no chain moved the cursor to %s", got)
 	}
 }
+
+func TestACursorThatPolledIntoAnAnnouncedRunStillMovesPastWhatFollows(t *testing.T) {
+	id := func(n int64) eventlog.ID { return eventlog.ID{Xid: n, Seq: n} }
+	var c Chain
+	c.Add(id(1), id(2))
+	// The sequencer polled between the commit and Add, found (1, 2] and
+	// announced it itself: its cursor is at 2 when (2, 3] is added.
+	c.Add(id(2), id(3))
+	if got := c.advance(id(2)); got != id(3) {
+		t.Fatalf("a cursor inside the run moved to %s, want %s: every later range would be announced twice", got, id(3))
+	}
+	// A run the cursor passed by polling is dropped, not extended.
+	c.Add(id(3), id(4))
+	if got := c.advance(id(5)); got != id(5) {
+		t.Fatalf("a cursor past the run moved to %s", got)
+	}
+	c.Add(id(5), id(6))
+	if got := c.advance(id(5)); got != id(6) {
+		t.Fatalf("after a passed run, a range at the cursor moved it to %s, want %s", got, id(6))
+	}
+}
