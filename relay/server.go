@@ -123,23 +123,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}, s.hub, poolLog{pool, eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge))}, key, s.log)
 	s.refresher = filter.NewRefresher(pool, s.hub, s.log, cfg.FilterResync)
 	s.listener = listen.New(connector(cfg.listenURL(), ListenerApplicationName), listenHandler{s.reader, s.refresher}, s.log)
-	// The capture announces the events of its log transactions itself when
-	// they are settled, and tells the sequencer which range it announced;
-	// otherwise it tells the sequencer of the log transaction it committed,
+	// The capture tells the sequencer of each log transaction it committed,
 	// so the poll that announces its events follows at once.
 	appended := make(chan struct{}, 1)
-	chain := &sequencer.Chain{}
 	s.sequencer = sequencer.New(connector(cfg.listenURL(), ApplicationName), key, sequencer.Config{
 		Poll: cfg.PollInterval, PollMax: cfg.PollIntervalMax, StretchRate: float64(cfg.PollStretchRate),
 		IdleAfter: cfg.IdleAfter, IdlePoll: cfg.IdlePoll, Retry: cfg.ElectionInterval,
-		OnLeader: s.isLeader.Store, Duties: s.pruneLog, News: appended, Chain: chain,
+		OnLeader: s.isLeader.Store, Duties: s.pruneLog, News: appended,
 		Capture: walcapture.New(walcapture.Config{
 			Connect:            connector(cfg.listenURL(), ApplicationName),
 			ConnectReplication: walcapture.ReplicationConnector(cfg.listenURL(), ApplicationName),
 			Observer:           &s.capture,
-			Announce:           key,
-			Horizon:            eventlog.NewReader(cmp.Or(cfg.foreignListAge, eventlog.ForeignListAge)),
-			Announced:          chain.Add,
 			Wake: func() {
 				select {
 				case appended <- struct{}{}:

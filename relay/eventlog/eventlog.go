@@ -464,17 +464,3 @@ SELECT xid, id FROM relay.events
 	}
 	return id, true, nil
 }
-
-// ForeignXIDs returns the remembered list of transactions a horizon may
-// leave out (relay.foreign_xids), refreshing it through q when it is older
-// than the Reader's maxAge: what relay.horizon takes.
-func (r *Reader) ForeignXIDs(ctx context.Context, q Querier) ([]int64, error) {
-	return r.foreignXIDs(ctx, q)
-}
-
-// CollectEvents reads whole events from rows whose columns are those of
-// the log's reads: xid, id, topic, payload, audience, actor (” for none),
-// created_at.
-func CollectEvents(rows pgx.Rows) ([]Event, error) {
-	return collect(rows)
-}

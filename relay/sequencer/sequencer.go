@@ -77,11 +77,6 @@ type Config struct {
 	// blocking into a channel of capacity 1: news that is not taken yet
 	// already stands for any that follows.
 	News <-chan struct{}
-	// Chain, if set, holds the ranges another session of this process
-	// announced (the capture's log transactions announce their own events
-	// when they can): the sequencer's cursor moves past a range that
-	// follows it before each poll, so those events are not announced again.
-	Chain *Chain
 }
 
 // Sequencer runs the election and, while elected, the announce loop.
@@ -264,7 +259,6 @@ func (s *Sequencer) lead(ctx context.Context, conn *pgx.Conn) error {
 	var awaited time.Time
 	log := eventlog.NewReader(eventlog.ForeignListAge)
 	for {
-		cursor = s.cfg.Chain.advance(cursor)
 		began := time.Now()
 		found, err := s.poll(ctx, conn, pid, log, &cursor)
 		if err != nil {

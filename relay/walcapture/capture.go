@@ -33,7 +33,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrelay/pgrelay/internal/ctxtime"
-	"github.com/pgrelay/pgrelay/relay/eventlog"
 )
 
 // Publication is the publication the slot decodes (migration 0008).
@@ -67,7 +66,7 @@ type Config struct {
 	// soon as nothing more is already read from the connection. A pause
 	// shorter than a millisecond is no shorter in effect: the Go runtime
 	// sleeps in its network poller for whole milliseconds, so a 0.2ms
-	// wait on a quiet process ends after 1.1–1.2ms, and every event waits
+	// wait on a quiet process ends after 1.1–1.4ms, and every event waits
 	// for it. Batches grow with the load without one, since what arrives
 	// while a log transaction commits is read in one go once it has.
 	Gather time.Duration
@@ -82,26 +81,9 @@ type Config struct {
 	// a crash at that moment would (tests use it).
 	AfterCommit func(appliedLSN pglogrepl.LSN) error
 	// Wake, if set, is called after each log transaction that appended
-	// events committed and did not announce them itself.
-	Wake func()
-	// Announce, if set, lets a log transaction announce its own events
-	// (see announceSettled): sealed with it on eventlog.AnnounceChannel,
-	// in the transaction, so they reach the relays as it commits instead
-	// of after another poll of the sequencer.
-	Announce Sealer
-	// Horizon remembers the list of transactions the horizon leaves out,
-	// for Announce (nil: a list of its own, kept for
-	// eventlog.ForeignListAge).
-	Horizon *eventlog.Reader
-	// Announced, if set, is called with the range of the log a committed
-	// log transaction announced (sequencer.Chain.Add).
-	Announced func(prev, upto eventlog.ID)
-	Observer  Observer
-}
-
-// Sealer seals announcements (relay/seal).
-type Sealer interface {
-	Seal(channel string, sender uint32, plain []byte) string
+	// events committed.
+	Wake     func()
+	Observer Observer
 }
 
 // maxGather bounds how long received transactions wait for the stream to
@@ -131,9 +113,6 @@ func New(cfg Config, log *slog.Logger) *Capture {
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
-	}
-	if cfg.Horizon == nil {
-		cfg.Horizon = eventlog.NewReader(eventlog.ForeignListAge)
 	}
 	return &Capture{cfg: cfg, log: log}
 }
@@ -957,26 +936,18 @@ func (d *decoder) queueAppends(b *pgx.Batch, what []string) []string {
 // the connection with it).
 func (d *decoder) send(ctx context.Context, b *pgx.Batch, what []string) error {
 	br := d.conn.SendBatch(ctx, b)
-	if err := execAll(br, what); err != nil {
-		_ = br.Close()
-		return err
-	}
-	if err := br.Close(); err != nil {
-		return fmt.Errorf("end the log pipeline: %w", err)
-	}
-	return nil
-}
-
-// execAll reads the results of the statements what describes, in order.
-func execAll(br pgx.BatchResults, what []string) error {
 	for _, w := range what {
 		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
 			var pgErr *pgconn.PgError
 			if w == advanceWhat && errors.As(err, &pgErr) && pgErr.Code == "22012" {
 				return ErrFenced
 			}
 			return fmt.Errorf("%s: %w", w, err)
 		}
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("end the log pipeline: %w", err)
 	}
 	return nil
 }
@@ -1015,24 +986,13 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 	what = append(what, advanceWhat)
 	rows := d.written
 	d.lastBatch = rows
-	announce := rows > 0 && d.c.cfg.Announce != nil && rows <= announceLimit
-	switch {
-	case announce:
-		b.Queue(noteXidSQL)
-		what = append(what, "note the log transaction's id")
-	case rows > 0:
+	if rows > 0 {
 		b.Queue(wakeSQL)
 		what = append(what, "wake the sequencer")
 	}
 	b.Queue("COMMIT")
 	what = append(what, "commit the log transaction")
-	var a announcement
-	var err error
-	if announce {
-		a, err = d.commitAndReadBack(ctx, b, what, rows)
-	} else {
-		err = d.send(ctx, b, what)
-	}
+	err := d.send(ctx, b, what)
 	if err != nil {
 		return false, err
 	}
@@ -1040,18 +1000,7 @@ func (d *decoder) commit(ctx context.Context) (bool, error) {
 	d.applied, d.storedMode, d.storedSwitch, d.pending = d.done, d.mode, d.switchID, false
 	if rows > 0 {
 		d.c.cfg.Observer.Appended(rows, d.commitAt)
-		switch {
-		case announce:
-			// The sequencer is told first: it may poll while the
-			// announcement is on its way, and would announce the same
-			// events again.
-			if len(a.payloads) > 0 && d.c.cfg.Announced != nil {
-				d.c.cfg.Announced(a.prev, a.upto)
-			}
-			if err := d.announce(ctx, a); err != nil {
-				return false, err
-			}
-		case d.c.cfg.Wake != nil:
+		if d.c.cfg.Wake != nil {
 			d.c.cfg.Wake()
 		}
 	}
