@@ -61,11 +61,14 @@ type Config struct {
 	// IdleCheck is how often the mode is looked at while no slot exists.
 	IdleCheck time.Duration
 	// Gather is how long a pause in the stream must be before what was
-	// received is appended (at most 10ms after the first of it): one log
-	// transaction per burst, not per source transaction. Short, because
-	// every event waits for it: under load, batches grow by themselves,
-	// since what arrives while a log transaction commits is read back to
-	// back, without a pause, once it has.
+	// received is appended (at most 10ms after the first of it). Zero, the
+	// default: no pause is waited for, what was received is appended as
+	// soon as nothing more is already read from the connection. A pause
+	// shorter than a millisecond is no shorter in effect: the Go runtime
+	// sleeps in its network poller for whole milliseconds, so a 0.2ms
+	// wait on a quiet process ends after 1.1–1.4ms, and every event waits
+	// for it. Batches grow with the load without one, since what arrives
+	// while a log transaction commits is read in one go once it has.
 	Gather time.Duration
 	// BatchRows and BatchBytes bound what one append call carries (and,
 	// for a source transaction larger than that, what is held in memory:
@@ -98,9 +101,7 @@ func New(cfg Config, log *slog.Logger) *Capture {
 	if cfg.IdleCheck <= 0 {
 		cfg.IdleCheck = 500 * time.Millisecond
 	}
-	if cfg.Gather <= 0 {
-		cfg.Gather = 200 * time.Microsecond
-	}
+	cfg.Gather = max(cfg.Gather, 0)
 	if cfg.BatchRows <= 0 {
 		cfg.BatchRows = 1000
 	}
@@ -687,9 +688,11 @@ func (d *decoder) handle(ctx context.Context, data []byte) (bool, error) {
 const busyRows = 20
 
 // appendAt is when the complete transactions received are appended if
-// nothing else arrives before: once the stream pauses for Gather, or has
-// run on for maxGather since the oldest of them, so a trickle goes at once
-// and a backlog in large batches. Under a steady high rate the stream
+// nothing else arrives before: once the stream pauses for Gather (with
+// none, once nothing more received is waiting to be read: a deadline that
+// has passed ends a read at once unless a message is buffered already), or
+// has run on for maxGather since the oldest of them, so a trickle goes at
+// once and a backlog in large batches. Under a steady high rate the stream
 // pauses often enough to cut batches short, and every log transaction
 // costs the server a commit and the sequencer a poll: so after a batch of
 // busyRows or more, which only a high rate fills in that time, the next

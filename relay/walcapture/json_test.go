@@ -70,3 +70,20 @@ func TestAfterALargeBatchTheNextGathersForTheWholeWindowAndAfterASmallOneUntilAP
 		t.Fatalf("after a batch of %d: append at %v, want %v (the whole window)", busyRows, got.Sub(first), want.Sub(first))
 	}
 }
+
+func TestByDefaultReceivedTransactionsAreAppendedWithoutWaitingForAPause(t *testing.T) {
+	d := &decoder{c: New(Config{}, nil)}
+	first := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d.firstAt = first
+	now := first.Add(time.Millisecond)
+	d.lastBatch = 1
+	// A deadline of now has passed by the time the stream is read: only a
+	// message already received is taken before the append.
+	if got := d.appendAt(now); !got.Equal(now) {
+		t.Fatalf("after a batch of 1: append at %v after the first, want %v (no pause)", got.Sub(first), now.Sub(first))
+	}
+	d.lastBatch = busyRows
+	if got, want := d.appendAt(now), first.Add(maxGather); !got.Equal(want) {
+		t.Fatalf("after a batch of %d: append at %v, want %v (the whole window)", busyRows, got.Sub(first), want.Sub(first))
+	}
+}
