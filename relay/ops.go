@@ -48,6 +48,7 @@ func (s *Server) newMetrics() *metrics.Metrics {
 		ReplayRecentEvents:  func() uint64 { return s.opener.ReplayRecentEvents() },
 		ReplayCacheBytes:    func() float64 { return float64(s.recent.Stats().Bytes) },
 		ReplayCacheEvents:   func() float64 { return float64(s.recent.Stats().Events) },
+		ReplayCacheRestarts: func() uint64 { return s.recent.Stats().Restarts },
 		FilterReloads:       s.refresher.Reloads,
 
 		FilterReloadedSubscribers: s.refresher.ReloadedSubscribers,

@@ -385,6 +385,10 @@ func TestStreamsResumingFromTheRecentPastShareTheRelaysReadsOfTheLogAndEachGetsE
 				if !c.reads(reads, streams) {
 					t.Errorf("%d streams resuming from one position made %d log reads, want %s", streams, reads, c.want)
 				}
+				// -1: the metric is missing.
+				if n := sample(scrape(t, r.URL), "pgrelay_replay_cache_restarts_total"); n != 0 {
+					t.Errorf("pgrelay_replay_cache_restarts_total = %v, want 0: the window let go of what it held while the relay was connected", n)
+				}
 			})
 		})
 	}

@@ -48,6 +48,9 @@ type Sources struct {
 	ReplayLogReads, ReplayRecentEvents func() uint64
 	// ReplayCacheBytes and ReplayCacheEvents are what that window holds.
 	ReplayCacheBytes, ReplayCacheEvents func() float64
+	// ReplayCacheRestarts counts the times the window started over at a
+	// gap and let go of everything it held.
+	ReplayCacheRestarts func() uint64
 	// FilterReloads and FilterReloadedSubscribers count reloads of connected
 	// subscribers' filters, and the filters reloaded.
 	FilterReloads, FilterReloadedSubscribers func() uint64
@@ -184,6 +187,7 @@ func (m *Metrics) registerSources(src Sources) {
 	counter("pgrelay_replay_cache_events_total", "Events resuming streams took from the window of the recent log instead of reading the log (before each stream's filter).", src.ReplayRecentEvents)
 	gauge("pgrelay_replay_cache_bytes", "Bytes the window of the recent log holds (rows, audiences and encodings; at most --replay-cache-bytes).", src.ReplayCacheBytes)
 	gauge("pgrelay_replay_cache_events", "Events the window of the recent log holds.", src.ReplayCacheEvents)
+	counter("pgrelay_replay_cache_restarts_total", "Times the window of the recent log started over at a gap, letting go of every event it held (after a reset of the relay's position, say); resumes from before the restart read the log.", src.ReplayCacheRestarts)
 	counter("pgrelay_filter_reloads_total", "Reloads of connected subscribers' filters.", src.FilterReloads)
 	counter("pgrelay_filter_reloaded_subscribers_total", "Subscriber filters reloaded.", src.FilterReloadedSubscribers)
 	counter("pgrelay_events_received_total", "Events this relay received, read from the log or announced.", src.EventsReceived)

@@ -152,8 +152,16 @@ func (r *Reader) Announced(payload string, from uint32) {
 	}
 	r.noteSettled(a.Upto)
 	// Recorded before it is published, so a stream that goes live at the
-	// hub's position finds everything before it in the window.
-	r.record(a.Prev, a.Events)
+	// hub's position finds everything before it in the window. A run that
+	// starts past the hub's position is not published, and would leave a
+	// gap after the window, which then starts over and loses every event
+	// it held: it is left for the log read it wakes, which records it from
+	// the hub's position on. (Everything the hub published was recorded
+	// first, so a run that starts at or before the hub's position follows
+	// on from the window.)
+	if !r.hub.Position().Less(a.Prev) {
+		r.record(a.Prev, a.Events)
+	}
 	if len(a.Events) > 0 && r.hub.PublishAfter(a.Prev, a.Events) {
 		r.announced.Add(uint64(len(a.Events)))
 		return

@@ -60,3 +60,36 @@ func TestEveryRunTheReaderPublishesIsInTheReplayWindowBeforeTheHubHasIt(t *testi
 		t.Errorf("window after 0: %v up to %v (%v), want events 1..6", got, covered, ok)
 	}
 }
+
+func TestAnAnnouncementAheadOfTheHubLeavesTheReplayWindowWhole(t *testing.T) {
+	window := replay.New(1 << 20)
+	g := &rig{hub: &fakeHub{position: id(0)}, log: &fakeLog{horizon: id(7)}, key: newKey(t)}
+	for i := int64(1); i <= 6; i++ {
+		g.log.events = append(g.log.events, event(i))
+	}
+	g.r = reader.New(reader.Config{Channel: channel, SafetyPoll: time.Hour, Batch: 10, Recent: window}, g.hub, g.log, g.key,
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = g.r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	g.announce(t, 0, []eventlog.Event{event(1), event(2)}, 2) // published from the announcement
+	// Events 3 and 4 were announced without their rows (too large, or the
+	// notification was lost): the next announcement starts past the hub,
+	// which reads 3..6 from the log.
+	g.announce(t, 4, []eventlog.Event{event(5), event(6)}, 6)
+	eventually(t, "events 1..6 published", func() bool { return len(g.hub.ids()) == 6 })
+
+	msgs, covered, ok := window.Read(id(0), id(6), 100, 0)
+	var got []eventlog.ID
+	for _, m := range msgs {
+		got = append(got, m.ID)
+	}
+	if !ok || covered != id(6) || !slices.Equal(got, ids(1, 2, 3, 4, 5, 6)) {
+		t.Errorf("window after 0: %v up to %v (%v), want events 1..6", got, covered, ok)
+	}
+	if n := window.Stats().Restarts; n != 0 {
+		t.Errorf("window started over %d times, want 0: it lost what it held", n)
+	}
+}
