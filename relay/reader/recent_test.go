@@ -18,10 +18,7 @@ func TestEveryRunTheReaderPublishesIsInTheReplayWindowBeforeTheHubHasIt(t *testi
 	window := replay.New(1 << 20)
 	var mu sync.Mutex
 	var problems []string
-	g := &rig{hub: &fakeHub{position: id(0)}, log: &fakeLog{horizon: id(7)}, key: newKey(t)}
-	for i := int64(1); i <= 6; i++ {
-		g.log.events = append(g.log.events, event(i))
-	}
+	g := rigWithSixEvents(t)
 	g.hub.before = func(position eventlog.ID, events []eventlog.Event) {
 		// A stream going live at the position this run brings the hub
 		// to must find everything up to it in the window.
@@ -35,12 +32,7 @@ func TestEveryRunTheReaderPublishesIsInTheReplayWindowBeforeTheHubHasIt(t *testi
 			mu.Unlock()
 		}
 	}
-	g.r = reader.New(reader.Config{Channel: channel, SafetyPoll: time.Hour, Batch: 2, Recent: window}, g.hub, g.log, g.key,
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = g.r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	g.runWith(t, window, 2)
 
 	g.announce(t, 0, []eventlog.Event{event(1), event(2)}, 2) // published from the announcement
 	g.announce(t, 2, nil, 6)                                  // read from the log, two at a time
@@ -51,11 +43,7 @@ func TestEveryRunTheReaderPublishesIsInTheReplayWindowBeforeTheHubHasIt(t *testi
 	for _, p := range problems {
 		t.Error(p)
 	}
-	msgs, covered, ok := window.Read(id(0), id(6), 100, 0)
-	var got []eventlog.ID
-	for _, m := range msgs {
-		got = append(got, m.ID)
-	}
+	got, covered, ok := held(window, id(0), id(6))
 	if !ok || covered != id(6) || !slices.Equal(got, ids(1, 2, 3, 4, 5, 6)) {
 		t.Errorf("window after 0: %v up to %v (%v), want events 1..6", got, covered, ok)
 	}
@@ -63,16 +51,8 @@ func TestEveryRunTheReaderPublishesIsInTheReplayWindowBeforeTheHubHasIt(t *testi
 
 func TestAnAnnouncementAheadOfTheHubLeavesTheReplayWindowWhole(t *testing.T) {
 	window := replay.New(1 << 20)
-	g := &rig{hub: &fakeHub{position: id(0)}, log: &fakeLog{horizon: id(7)}, key: newKey(t)}
-	for i := int64(1); i <= 6; i++ {
-		g.log.events = append(g.log.events, event(i))
-	}
-	g.r = reader.New(reader.Config{Channel: channel, SafetyPoll: time.Hour, Batch: 10, Recent: window}, g.hub, g.log, g.key,
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = g.r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	g := rigWithSixEvents(t)
+	g.runWith(t, window, 10)
 
 	g.announce(t, 0, []eventlog.Event{event(1), event(2)}, 2) // published from the announcement
 	// Events 3 and 4 were announced without their rows (too large, or the
@@ -81,15 +61,42 @@ func TestAnAnnouncementAheadOfTheHubLeavesTheReplayWindowWhole(t *testing.T) {
 	g.announce(t, 4, []eventlog.Event{event(5), event(6)}, 6)
 	eventually(t, "events 1..6 published", func() bool { return len(g.hub.ids()) == 6 })
 
-	msgs, covered, ok := window.Read(id(0), id(6), 100, 0)
-	var got []eventlog.ID
-	for _, m := range msgs {
-		got = append(got, m.ID)
-	}
+	got, covered, ok := held(window, id(0), id(6))
 	if !ok || covered != id(6) || !slices.Equal(got, ids(1, 2, 3, 4, 5, 6)) {
 		t.Errorf("window after 0: %v up to %v (%v), want events 1..6", got, covered, ok)
 	}
 	if n := window.Stats().Restarts; n != 0 {
 		t.Errorf("window started over %d times, want 0: it lost what it held", n)
 	}
+}
+
+// rigWithSixEvents returns a rig whose log holds events 1..6, all settled,
+// and whose hub has published none.
+func rigWithSixEvents(t *testing.T) *rig {
+	g := &rig{hub: &fakeHub{position: id(0)}, log: &fakeLog{horizon: id(7)}, key: newKey(t)}
+	for i := int64(1); i <= 6; i++ {
+		g.log.events = append(g.log.events, event(i))
+	}
+	return g
+}
+
+// runWith runs g's reader, recording into window and reading the log batch
+// events at a time, until the test ends.
+func (g *rig) runWith(t *testing.T, window *replay.Window, batch int) {
+	g.r = reader.New(reader.Config{Channel: channel, SafetyPoll: time.Hour, Batch: batch, Recent: window}, g.hub, g.log, g.key,
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = g.r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// held returns the ids of the events window holds in (after, upto].
+func held(window *replay.Window, after, upto eventlog.ID) ([]eventlog.ID, eventlog.ID, bool) {
+	msgs, covered, ok := window.Read(after, upto, 100, 0)
+	var got []eventlog.ID
+	for _, m := range msgs {
+		got = append(got, m.ID)
+	}
+	return got, covered, ok
 }
