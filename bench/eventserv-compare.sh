@@ -120,8 +120,8 @@ fanout_quantiles() {
 summary="$out/summary.tsv"
 # server_us and client_us are CPU time per delivery (µs) of the system
 # measured and of relaybench, over the measured window (floor: of its one
-# process, both ends): on a machine whose
-# cores the two share, their sum bounds how fast one row reaches everyone.
+# process, both ends): on a machine whose cores the two share, their sum
+# bounds how fast one row reaches everyone.
 # relay_fanout_p50_ms and relay_fanout_p99_ms: see fanout_quantiles (pgrelay
 # only; they include the warm-up's deliveries).
 printf 'round\tsubscribers\tsystem\tp50_ms\tp99_ms\tp999_ms\tdelivered\tmissing\tserver_us\tclient_us\trelay_fanout_p50_ms\trelay_fanout_p99_ms\tload\n' >"$summary"
@@ -130,7 +130,8 @@ for round in $(seq 1 "$ROUNDS"); do
         for system in $SYSTEMS; do
             if [[ $system == floor ]]; then
                 echo "== round $round, $n subscribers, floor (load $(cut -d' ' -f1-3 /proc/loadavg))"
-                line=$("$bin/fanfloor" --subscribers "$n" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" | tee "$out/floor-$n-r$round.txt")
+                "$bin/fanfloor" --subscribers "$n" --rate "$RATE" --warmup "$WARMUP" --duration "$DURATION" >"$out/floor-$n-r$round.txt"
+                line=$(<"$out/floor-$n-r$round.txt")
                 echo "$line"
                 field() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p" | sed 's/ms$//; s/us$//'; }
                 # One process writes and reads: its CPU per delivery is both ends'.
