@@ -173,6 +173,13 @@ func (c *gqlClient) await(what string, pred func(report) bool) report {
 				return r
 			}
 		case <-c.n.exited:
+			// The process may exit right after its last report (raw.js
+			// does on a close): what it wrote before is all in ch by now.
+			for len(ch) > 0 {
+				if r := <-ch; pred(r) {
+					return r
+				}
+			}
 			c.t.Fatalf("node client exited before reporting %s", what)
 		case <-timeout:
 			c.t.Fatalf("client %s did not report %s within %v", c.name, what, graphqlWait)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -59,13 +60,15 @@ type backendTicks struct {
 	ticks int64
 }
 
-// dbSampler reads the load once a second. Its own session is named
-// relaybench-monitor, so that it is counted apart from the producer's.
+// dbSampler reads the load once a second, and on demand at the measured
+// window's edges. Its own session is named relaybench-monitor, so that it
+// is counted apart from the producer's.
 type dbSampler struct {
 	pool      *pgxpool.Pool
 	clock     *Sent
 	relayPIDs []int
 	benchPIDs func() []int
+	mu        sync.Mutex // guards samples
 	samples   []dbSample
 }
 
@@ -92,14 +95,24 @@ func (s *dbSampler) run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-func (s *dbSampler) sample(ctx context.Context) {
+// mark takes a sample now and returns its index, -1 if it failed.
+func (s *dbSampler) mark(ctx context.Context) int {
+	if !s.sample(ctx) {
+		return -1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.samples) - 1
+}
+
+func (s *dbSampler) sample(ctx context.Context) bool {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var sm dbSample
 	var pids []int32
 	var kinds []string
 	if err := s.pool.QueryRow(qctx, backendsSQL).Scan(&sm.xact, &pids, &kinds); err != nil {
-		return
+		return false
 	}
 	sm.at = s.clock.Now()
 	sm.backend = make(map[int]backendTicks, len(pids))
@@ -114,7 +127,10 @@ func (s *dbSampler) sample(ctx context.Context) {
 	for _, pid := range s.benchPIDs() {
 		sm.bench[pid] = cpuTicks(pid)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.samples = append(s.samples, sm)
+	return true
 }
 
 // cpuTicks reads a process's user and system CPU time (-1: unknown).
@@ -148,6 +164,8 @@ func cpuTicks(pid int) int64 {
 // that no rate is taken over a sliver of time.
 func (s *dbSampler) seconds(measureStart int64, undisturbed *Timeline) []DBSecond {
 	const minInterval = 900 * time.Millisecond
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var out []DBSecond
 	for i, j := 0, 1; j < len(s.samples); j++ {
 		a, b := s.samples[i], s.samples[j]
@@ -155,22 +173,7 @@ func (s *dbSampler) seconds(measureStart int64, undisturbed *Timeline) []DBSecon
 			continue
 		}
 		i = j
-		dt := float64(b.at-a.at) / float64(time.Second)
-		pct := func(ticks int64) float64 { return float64(ticks) / clockTicks / dt * 100 }
-		row := DBSecond{AtS: float64(b.at-measureStart) / float64(time.Second), TxPerSec: float64(b.xact-a.xact) / dt}
-		cpu := map[string]int64{}
-		for pid, bt := range b.backend {
-			if bt.kind == "relay" {
-				row.RelayConns++
-			} else {
-				row.OtherConns++
-			}
-			if at, ok := a.backend[pid]; ok && at.ticks >= 0 && bt.ticks >= at.ticks {
-				cpu[bt.kind] += bt.ticks - at.ticks
-			}
-		}
-		row.RelayBackends, row.ProducerBack, row.OtherBackends = pct(cpu["relay"]), pct(cpu["producer"]), pct(cpu["other"])
-		row.Relays, row.Bench = pct(tickDelta(a.relays, b.relays)), pct(tickDelta(a.bench, b.bench))
+		row := interval(a, b, measureStart)
 		if undisturbed != nil {
 			h := undisturbed.Window(a.at, b.at)
 			row.Undisturbed, row.UndisturbedP99 = h.Count(), ms(h.Quantile(0.99))
@@ -178,6 +181,42 @@ func (s *dbSampler) seconds(measureStart int64, undisturbed *Timeline) []DBSecon
 		out = append(out, row)
 	}
 	return out
+}
+
+// between is the load from sample i to sample j taken as one interval,
+// whatever their distance; ok is false if either is missing.
+func (s *dbSampler) between(i, j int) (DBSummary, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i < 0 || j <= i || j >= len(s.samples) {
+		return DBSummary{}, false
+	}
+	a, b := s.samples[i], s.samples[j]
+	r := interval(a, b, a.at)
+	return DBSummary{Seconds: float64(b.at-a.at) / float64(time.Second), TxPerSec: r.TxPerSec, RelayConns: r.RelayConns,
+		RelayBackends: r.RelayBackends, ProducerBack: r.ProducerBack, OtherBackends: r.OtherBackends,
+		Relays: r.Relays, Bench: r.Bench}, true
+}
+
+// interval is the load from sample a to sample b, timed from measureStart.
+func interval(a, b dbSample, measureStart int64) DBSecond {
+	dt := float64(b.at-a.at) / float64(time.Second)
+	pct := func(ticks int64) float64 { return float64(ticks) / clockTicks / dt * 100 }
+	row := DBSecond{AtS: float64(b.at-measureStart) / float64(time.Second), TxPerSec: float64(b.xact-a.xact) / dt}
+	cpu := map[string]int64{}
+	for pid, bt := range b.backend {
+		if bt.kind == "relay" {
+			row.RelayConns++
+		} else {
+			row.OtherConns++
+		}
+		if at, ok := a.backend[pid]; ok && at.ticks >= 0 && bt.ticks >= at.ticks {
+			cpu[bt.kind] += bt.ticks - at.ticks
+		}
+	}
+	row.RelayBackends, row.ProducerBack, row.OtherBackends = pct(cpu["relay"]), pct(cpu["producer"]), pct(cpu["other"])
+	row.Relays, row.Bench = pct(tickDelta(a.relays, b.relays)), pct(tickDelta(a.bench, b.bench))
+	return row
 }
 
 func tickDelta(a, b map[int]int64) int64 {

@@ -170,13 +170,20 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		sctx, stopSampler := context.WithCancel(ctx)
 		sampled := make(chan struct{})
 		go func() { defer close(sampled); sampler.run(sctx, time.Second) }()
-		lr, err = produce(ctx, cfg, pool, pop, sent, f, relays, logf)
+		lr, err = produce(ctx, cfg, pool, pop, sent, f, relays, sampler, logf)
 		stopSampler()
 		<-sampled
 		if err != nil {
 			return rep, err
 		}
 		lr.db = sampler.seconds(lr.measureStart, clients.Undisturbed)
+		// The window's own load is read between the samples taken at its
+		// edges, so that a short window still has it however the
+		// once-a-second ticks fell.
+		var ok bool
+		if lr.dbMeasured, ok = sampler.between(lr.markStart, lr.markEnd); !ok {
+			lr.dbMeasured = summarize(lr.db, 0, lr.window.Seconds())
+		}
 	}
 	// Every process's streams end here, and the workers' counts join the
 	// parent's before anything is tallied.
@@ -350,12 +357,14 @@ type loadRun struct {
 	killAt               int64 // run clock of the kill, 0: none
 	peak                 map[int]ProcStatus
 	db                   []DBSecond
+	markStart, markEnd   int // the samples at the window's edges (-1: failed)
+	dbMeasured           DBSummary
 }
 
 // produce runs the producer for warm-up and measurement (stopping a relay
 // on the way, with --kill-after) and waits for the last deliveries.
 func produce(ctx context.Context, cfg Config, pool *pgxpool.Pool, pop Population, sent *Sent, f *fleet,
-	relays []Relay, logf func(string, ...any)) (*loadRun, error) {
+	relays []Relay, sampler *dbSampler, logf func(string, ...any)) (*loadRun, error) {
 	templates := cfg.Templates()
 	prod := &Producer{Pool: pool, Population: pop, Rate: cfg.Rate, Workers: cfg.Workers, Sent: sent, InsertTime: &Histogram{}, OnAck: f.Ack}
 	lr := &loadRun{prod: prod, peak: map[int]ProcStatus{}}
@@ -378,6 +387,7 @@ func produce(ctx context.Context, cfg Config, pool *pgxpool.Pool, pop Population
 	if err := ctxtime.Sleep(ctx, cfg.Warmup); err != nil {
 		return nil, err
 	}
+	lr.markStart = sampler.mark(ctx)
 	lr.startCount, lr.measureStart = f.Delivered(), sent.Now()
 	startTime := time.Now()
 	ticker := time.NewTicker(time.Second)
@@ -410,6 +420,7 @@ measure:
 		}
 	}
 	lr.endCount, lr.window, lr.measureEnd = f.Delivered(), time.Since(startTime), sent.Now()
+	lr.markEnd = sampler.mark(ctx)
 	<-prodDone
 	expected := prod.Committed() * int64(cfg.Audience)
 	deadline := time.Now().Add(cfg.Drain)
@@ -458,8 +469,7 @@ func fillLoad(rep *Report, cfg Config, clients *Clients, lr *loadRun) {
 	if err := clients.LastError(); err != nil {
 		rep.Load.LastStreamError = err.Error()
 	}
-	window := lr.window.Seconds()
-	rep.DB = &DBLoad{Measured: summarize(lr.db, 0, window), Timeline: lr.db}
+	rep.DB = &DBLoad{Measured: lr.dbMeasured, Timeline: lr.db}
 	if lr.killAt > 0 {
 		rep.Storm = stormOf(cfg, rep, clients, lr)
 	}
