@@ -75,6 +75,17 @@ func leaders(cs ...*candidate) int {
 	return n
 }
 
+// leader is the candidate that says it leads (the last one, if several do).
+func leader(cs ...*candidate) *candidate {
+	var l *candidate
+	for _, c := range cs {
+		if c.leading.Load() {
+			l = c
+		}
+	}
+	return l
+}
+
 func holder(t *testing.T, db *pgtest.DB) (pid int32) {
 	t.Helper()
 	if err := db.Pool.QueryRow(context.Background(), "SELECT coalesce(holder_pid, 0) FROM relay.sequencer").Scan(&pid); err != nil {
@@ -97,21 +108,19 @@ func TestOneCandidateLeadsAndAnotherTakesOverWhenItsSessionEnds(t *testing.T) {
 		t.Fatalf("%d candidates lead at once, want 1", n)
 	}
 
-	// The leader's session is killed: another one takes over.
+	// The leader's session is killed: another one takes over. The old
+	// leader learns of its loss only on its next query, and the new one
+	// says so only after its claim is committed, so the wait is for both.
+	old := leader(a, b, c)
 	first := holder(t, db)
 	db.Exec(t, "SELECT pg_terminate_backend($1)", first)
 	eventually(t, "a new leader in another session", func() bool {
-		return leaders(a, b, c) == 1 && holder(t, db) != first && holder(t, db) != 0
+		return !old.leading.Load() && leaders(a, b, c) == 1 && holder(t, db) != first && holder(t, db) != 0
 	})
 
 	// A clean stop hands the role over at once: the row names nobody until
 	// the next candidate claims it.
-	var stopped *candidate
-	for _, x := range []*candidate{a, b, c} {
-		if x.leading.Load() {
-			stopped = x
-		}
-	}
+	stopped := leader(a, b, c)
 	second := holder(t, db)
 	stopped.stop()
 	eventually(t, "the last candidate leads", func() bool { return leaders(a, b, c) == 1 && holder(t, db) != second })
