@@ -304,20 +304,44 @@ func (p *pump) end(c *conn, w *netpump.Writer, err error) {
 	p.startClose(c, w, cl.code, cl.reason, err)
 }
 
-// startClose sends a close frame and waits for the client's. Behind a
-// stalled socket the frame could not be sent now, nor be waited for: the
-// connection is closed at once.
+// startClose sends a close frame and waits for the client's. Behind a full
+// socket (a replay that just filled it, a client reading slowly) the frame
+// is written on a goroutine that may wait, up to closeWait: the client is
+// told why its stream ended rather than seeing the connection drop.
 func (p *pump) startClose(c *conn, w *netpump.Writer, code uint16, reason string, err error) {
-	if !w.Blocked() {
-		_ = w.Frame(closeFrame(code, reason))
-		_ = w.Flush()
+	_ = w.Frame(closeFrame(code, reason))
+	_ = w.Flush()
+	switch {
+	case w.Err() != nil:
+		p.bufs.Put(w)
+		p.terminate(c, err)
+	case w.Blocked():
+		p.blocked.Add(1)
+		go p.closeBlocked(c, w, err)
+	default:
+		p.bufs.Put(w)
+		p.awaitClose(c, err)
 	}
-	blocked := w.Blocked() || w.Err() != nil
+}
+
+// closeBlocked finishes writing a close frame the socket did not take at
+// once, then waits for the client's, or closes c if the client does not
+// take it within closeWait.
+func (p *pump) closeBlocked(c *conn, w *netpump.Writer, err error) {
+	defer p.blocked.Done()
+	// The stream has ended already: only the pump's stop cuts this short.
+	werr := w.WriteRest(c.nc, closeWait, nil, p.sched.Stopping())
 	p.bufs.Put(w)
-	if blocked {
+	if werr != nil {
 		p.terminate(c, err)
 		return
 	}
+	p.awaitClose(c, err)
+}
+
+// awaitClose marks c as waiting for the client's close frame, which must
+// come within closeWait.
+func (p *pump) awaitClose(c *conn, err error) {
 	c.closeSent, c.endErr = true, err
 	p.mu.Lock()
 	p.wheel.Remove(c, c.slot)
