@@ -16,6 +16,13 @@
 #            sequencer streaming the replication slot and appending the
 #            events (needs wal_level = logical); after each run the mode
 #            goes back to trigger and the slot is drained and dropped
+#   logrow   the floor of trigger capture: the app's table with pgrelay's
+#            trigger off and one that only copies each row into a table
+#            (no audience, no id, no notification)
+#   slot     the floor of wal capture: the app's table with pgrelay's
+#            trigger off and pg_recvlogical streaming a pgoutput slot on
+#            pgrelay's publication to /dev/null; its walsender and process
+#            count as the capture's CPU
 #
 # Usage: bash bench/producer-cost.sh
 #   DATABASE_URL   database to use; pgrelay is migrated into it and a `bench`
@@ -23,7 +30,7 @@
 #                  pgrelay_bench is created (and dropped at the end) on the
 #                  libpq default server, host 127.0.0.1 if PGHOST is unset.
 #   ROUNDS=3 SECONDS_PER_RUN=20 CLIENTS="4 16 64"   the shape of the run
-#   CONFIGS="plain fk app pgrelay wal"              what to measure
+#   CONFIGS="plain fk app pgrelay wal"              what to measure (also: logrow slot)
 #   RELAY_ADDR=127.0.0.1:18099                      where the relay listens
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,9 +49,11 @@ mkdir -p "$out"
 . bench/lib.sh
 use_database pgrelay_bench
 
-relay_pid=""
+relay_pid="" recv_pid=""
+floor_slot=pgrelay_bench_floor
 cleanup() {
     if [[ -n "$relay_pid" ]]; then kill "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
+    stop_receiver 2>/dev/null || true
     psql -qX "$DATABASE_URL" -f bench/teardown.sql >/dev/null 2>&1 || true
     drop_created_database
 }
@@ -78,6 +87,31 @@ wait_capture() {
 }
 
 
+# start_receiver creates the floor's slot and streams it to /dev/null. The
+# slot is created for each run and dropped after it, so no run decodes WAL
+# that other configurations wrote.
+start_receiver() {
+    sql "SELECT pg_create_logical_replication_slot('$floor_slot', 'pgoutput')" >/dev/null
+    pg_recvlogical -d "$DATABASE_URL" --slot "$floor_slot" --start -o proto_version=1 -o publication_names=pgrelay \
+        -f /dev/null --fsync-interval=1 >"$out/recvlogical.log" 2>&1 &
+    recv_pid=$!
+    for _ in $(seq 1 100); do
+        [[ "$(sql "SELECT active FROM pg_replication_slots WHERE slot_name = '$floor_slot'")" == t ]] && return 0
+        sleep 0.1
+    done
+    echo "pg_recvlogical did not start streaming slot $floor_slot (see $out/recvlogical.log)" >&2
+    exit 1
+}
+
+stop_receiver() {
+    if [[ -n "$recv_pid" ]]; then kill "$recv_pid" 2>/dev/null || true; wait "$recv_pid" 2>/dev/null || true; recv_pid=""; fi
+    for _ in $(seq 1 50); do
+        [[ "$(sql "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$floor_slot' AND active")" == 0 ]] && break
+        sleep 0.1
+    done
+    sql "SELECT pg_drop_replication_slot('$floor_slot') FROM pg_replication_slots WHERE slot_name = '$floor_slot'" >/dev/null
+}
+
 # run CONFIG CLIENTS prints the tx/s of one pgbench run and the CPU time
 # spent per insert by everything that works for it: the producers (pgbench
 # and its backends), the relay's backends and the relay process. CPU time per
@@ -96,6 +130,8 @@ run() {
     plain) script=bench/insert_plain.sql table=bench.plain ;;
     fk) script=bench/insert_fk.sql table=bench.fk ;;
     app) sql "ALTER TABLE public.templates DISABLE TRIGGER pgrelay_templates" ;;
+    logrow) sql "ALTER TABLE public.templates DISABLE TRIGGER pgrelay_templates; ALTER TABLE public.templates ENABLE TRIGGER bench_logrow" ;;
+    slot) sql "ALTER TABLE public.templates DISABLE TRIGGER pgrelay_templates"; start_receiver ;;
     esac
     pgbench -n -M prepared -c "$clients" -j "$THREADS" -T "$SECONDS_PER_RUN" -f "$script" "$DATABASE_URL" >"$out/pgbench.out" 2>"$out/pgbench.err" &
     local bench=$! start=$SECONDS producers relays p0 p1 r0 r1 x0 x1 n0 n1
@@ -113,11 +149,17 @@ run() {
     sleep 0.5
     producers=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgbench'")
     relays=$(sql "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pgrelay%'")
-    p0=$(cpu_ticks $producers "$bench"); r0=$(cpu_ticks $relays); x0=$(cpu_ticks "$relay_pid")
+    local capture_pids=$relay_pid
+    if [[ $config == slot ]]; then
+        # The floor's capture: its walsender stands in for the relay's backends.
+        relays="$relays $(sql "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$floor_slot'")"
+        capture_pids="$relay_pid $recv_pid"
+    fi
+    p0=$(cpu_ticks $producers "$bench"); r0=$(cpu_ticks $relays); x0=$(cpu_ticks $capture_pids)
     n0=$(sql "SELECT count(*) FROM $table")
     local left=$((SECONDS_PER_RUN - (SECONDS - start) - 1))
     sleep $((left > 1 ? left : 1))
-    p1=$(cpu_ticks $producers "$bench"); r1=$(cpu_ticks $relays); x1=$(cpu_ticks "$relay_pid")
+    p1=$(cpu_ticks $producers "$bench"); r1=$(cpu_ticks $relays); x1=$(cpu_ticks $capture_pids)
     n1=$(sql "SELECT count(*) FROM $table")
     wait "$bench" || true
     if [[ $config == wal ]]; then
@@ -130,6 +172,8 @@ run() {
     tps=$(awk '/^tps = .*without initial connection time/ { print $3 }' "$out/pgbench.out")
     case $config in
     app) sql "ALTER TABLE public.templates ENABLE TRIGGER pgrelay_templates" ;;
+    logrow) sql "ALTER TABLE public.templates DISABLE TRIGGER bench_logrow; ALTER TABLE public.templates ENABLE TRIGGER pgrelay_templates" ;;
+    slot) stop_receiver; sql "ALTER TABLE public.templates ENABLE TRIGGER pgrelay_templates" ;;
     esac
     if [[ -z "$tps" || $n1 -le $n0 ]]; then
         echo "pgbench failed in configuration $config:" >&2

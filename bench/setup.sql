@@ -23,3 +23,19 @@ INSERT INTO public.locations (id, org_id, name)
 INSERT INTO public.users (id, name, user_type, org_id)
     VALUES ('bench-user', 'Bench user', 'ZOWI', 'bench-org')
     ON CONFLICT (id) DO NOTHING;
+
+-- (logrow) the floor of any trigger capture: the app's table with one more
+-- trigger that copies each new row, whole, into a table of its own, and
+-- nothing else (no audience, no event id, no notification). Created
+-- disabled; producer-cost.sh enables it for its runs only.
+DROP TABLE IF EXISTS bench.logrow;
+CREATE TABLE bench.logrow (id bigserial PRIMARY KEY, row_data jsonb NOT NULL);
+CREATE OR REPLACE FUNCTION bench.logrow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench.logrow (row_data) VALUES (to_jsonb(NEW));
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS bench_logrow ON public.templates;
+CREATE TRIGGER bench_logrow AFTER INSERT ON public.templates
+    FOR EACH ROW EXECUTE FUNCTION bench.logrow();
+ALTER TABLE public.templates DISABLE TRIGGER bench_logrow;

@@ -1,5 +1,6 @@
 -- Leave the database as the benchmark found it (apart from the fixture rows).
 ALTER TABLE public.templates ENABLE TRIGGER pgrelay_templates;
+DROP TRIGGER IF EXISTS bench_logrow ON public.templates;
 UPDATE relay.sequencer SET idle = true, changed_at = now();
 TRUNCATE bench.plain, bench.fk, public.templates, relay.events;
 DROP SCHEMA bench CASCADE;
