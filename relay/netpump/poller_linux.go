@@ -4,10 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"syscall"
-	"time"
 )
 
 // Poller reports connections that need attention, for every connection of
@@ -15,18 +13,9 @@ import (
 // owner wants to hear of, and one goroutine (Run) waiting on it. The
 // connections stay in Go's own poller for writing; an fd may belong to
 // several epoll sets.
-//
-// The epoll set is itself registered with Go's poller, so Run waits parked
-// like any goroutine reading a socket rather than in a blocking system
-// call. A goroutine back from a blocking call must find a free processor
-// before it can run, and on a machine whose cores are busy with writes that
-// wait was the tail of every report: tens of milliseconds between a
-// client's frame and its worker.
 type Poller struct {
 	epfd int
-	ep   *os.File        // owns epfd once made non-blocking
-	rc   syscall.RawConn // ep's descriptor, for waiting in Go's poller; nil if it was not taken
-	wake [2]int          // a pipe: a byte written to wake[1] stops Run
+	wake [2]int // a pipe: a byte written to wake[1] stops Run
 
 	mu    sync.Mutex
 	fns   map[uint64]func()
@@ -69,30 +58,7 @@ func NewPoller() (*Poller, error) {
 		p.closeFDs()
 		return nil, fmt.Errorf("watch wake pipe: %w", err)
 	}
-	p.register()
 	return p, nil
-}
-
-// register hands the epoll set to Go's poller. If that fails (a kernel
-// that cannot nest epoll sets), Run falls back to waiting in epoll_wait.
-func (p *Poller) register() {
-	if err := syscall.SetNonblock(p.epfd, true); err != nil {
-		return
-	}
-	// From here the file owns epfd: dropping it would close the set when
-	// it is collected.
-	p.ep = os.NewFile(uintptr(p.epfd), "epoll")
-	rc, err := p.ep.SyscallConn()
-	// Only a descriptor in Go's poller takes deadlines: the probe of
-	// whether the set was taken.
-	if err == nil {
-		err = p.ep.SetReadDeadline(time.Time{})
-	}
-	if err != nil {
-		_ = syscall.SetNonblock(p.epfd, false)
-		return
-	}
-	p.rc = rc
 }
 
 // Watch calls fn, from Run's goroutine, whenever nc has one of events to
@@ -148,7 +114,7 @@ func (p *Poller) Run() {
 	defer close(p.done)
 	events := make([]syscall.EpollEvent, 256)
 	for {
-		n, err := p.wait(events)
+		n, err := syscall.EpollWait(p.epfd, events, -1)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
@@ -170,23 +136,6 @@ func (p *Poller) Run() {
 	}
 }
 
-// wait returns the next reports, waiting for at least one.
-func (p *Poller) wait(events []syscall.EpollEvent) (n int, err error) {
-	if p.rc == nil {
-		return syscall.EpollWait(p.epfd, events, -1)
-	}
-	rerr := p.rc.Read(func(fd uintptr) bool {
-		n, err = syscall.EpollWait(int(fd), events, 0)
-		// Nothing ready: park until Go's poller sees the set readable. A
-		// report that arrives meanwhile is a new edge, so none is missed.
-		return n > 0 || err != nil
-	})
-	if rerr != nil {
-		return 0, rerr
-	}
-	return n, err
-}
-
 // Close stops Run, which must have been started, and releases the epoll
 // set.
 func (p *Poller) Close() {
@@ -196,11 +145,7 @@ func (p *Poller) Close() {
 }
 
 func (p *Poller) closeFDs() {
-	if p.ep != nil {
-		_ = p.ep.Close()
-	} else {
-		_ = syscall.Close(p.epfd)
-	}
+	_ = syscall.Close(p.epfd)
 	_ = syscall.Close(p.wake[0])
 	_ = syscall.Close(p.wake[1])
 }
