@@ -57,3 +57,13 @@ cpu_delta() {
     awk 'NR == FNR { before[$1] = $2; next } ($1 in before) { sum += $2 - before[$1] } END { print sum + 0 }' <(echo "$1") <(echo "$2")
 }
 hz=$(getconf CLK_TCK)
+
+# wait_for_sequencer waits up to 10 s until a relay holds the sequencer role
+# in $DATABASE_URL, so that a run does not start before events flow.
+wait_for_sequencer() {
+    for _ in $(seq 1 100); do
+        [[ "$(psql -qXAt "$DATABASE_URL" -c 'SELECT holder_pid IS NOT NULL FROM relay.sequencer')" == t ]] && return 0
+        sleep 0.1
+    done
+    echo "no relay became the sequencer within 10 s" >&2
+}

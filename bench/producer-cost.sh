@@ -68,10 +68,7 @@ sql() { psql -qXAt -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$1"; }
 
 "$out/relay" --addr "$RELAY_ADDR" --jwt-secret bench-secret-0123456789abcdef >"$out/relay.log" 2>&1 &
 relay_pid=$!
-for _ in $(seq 1 100); do
-    [[ "$(sql 'SELECT holder_pid IS NOT NULL FROM relay.sequencer')" == t ]] && break
-    sleep 0.1
-done
+wait_for_sequencer
 
 # wait_capture MODE waits until MODE is the capture mode in force and, for
 # trigger, until the slot of the last wal run is drained and dropped.

@@ -51,10 +51,7 @@ go build -o "$bin/relay" ./cmd/relay
 psql -qX -v ON_ERROR_STOP=1 "$DATABASE_URL" -f bench/setup.sql
 "$bin/relay" --addr "$RELAY_ADDR" --jwt-secret bench-secret-0123456789abcdef >"$bin/trigger-parts-relay.log" 2>&1 &
 relay_pid=$!
-for _ in $(seq 1 100); do
-    [[ "$(sql 'SELECT holder_pid IS NOT NULL FROM relay.sequencer')" == t ]] && break
-    sleep 0.1
-done
+wait_for_sequencer
 
 orig=$(sql "SELECT pg_get_functiondef('relay.capture_templates()'::regprocedure)")
 audience="coalesce(relay.templates_audience(NEW), '{}')"

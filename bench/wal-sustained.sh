@@ -79,10 +79,7 @@ relay_args=(--addr "$RELAY_ADDR" --jwt-secret bench-secret-0123456789abcdef)
 [[ -n "$PPROF_ADDR" ]] && relay_args+=(--pprof-addr "$PPROF_ADDR")
 "$bin/relay" "${relay_args[@]}" >"$out/relay.log" 2>&1 &
 relay_pid=$!
-for _ in $(seq 1 100); do
-    [[ "$(sql 'SELECT holder_pid IS NOT NULL FROM relay.sequencer')" == t ]] && break
-    sleep 0.1
-done
+wait_for_sequencer
 sql "SELECT relay.set_capture('wal')" >/dev/null
 for _ in $(seq 1 600); do
     [[ "$(sql "SELECT mode = 'wal' FROM relay.capture")" == t ]] && break
