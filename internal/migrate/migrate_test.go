@@ -182,7 +182,8 @@ UNION ALL
 SELECT 'function ' || n.nspname || '.' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
 UNION ALL
-SELECT 'trigger ' || c.relname || '.' || tg.tgname FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+SELECT 'trigger ' || n.nspname || '.' || c.relname || '.' || tg.tgname FROM pg_trigger tg
+  JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE NOT tg.tgisinternal
 UNION ALL
 SELECT 'type ' || n.nspname || '.' || ty.typname FROM pg_type ty JOIN pg_namespace n ON n.oid = ty.typnamespace
@@ -202,7 +203,7 @@ func TestDownToZeroLeavesTheDatabaseAsItWasBeforeUp(t *testing.T) {
 
 	mustRunCLI(t, db, "up")
 	installed := catalog(t, db)
-	for _, want := range []string{"schema relay", "relation public.templates", "function relay.create_topic", "trigger templates.pgrelay_templates"} {
+	for _, want := range []string{"schema relay", "relation public.templates", "function relay.create_topic", "trigger public.templates.pgrelay_templates"} {
 		if !slices.Contains(installed, want) {
 			t.Fatalf("after up, %q is missing from the catalog; the check below would prove nothing", want)
 		}
@@ -451,7 +452,7 @@ func TestUpWithoutTheExampleInstallsTheCoreAloneAndTheExampleCanFollow(t *testin
 
 	// Adding the example later installs it among the core's migrations.
 	mustRunCLI(t, db, "up")
-	if installed := catalog(t, db); !slices.Contains(installed, "trigger templates.pgrelay_templates") {
+	if installed := catalog(t, db); !slices.Contains(installed, "trigger public.templates.pgrelay_templates") {
 		t.Fatal("up after up --no-example did not install the example's topic")
 	}
 	mustRunCLI(t, db, "down", "99")
