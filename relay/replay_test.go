@@ -114,14 +114,28 @@ func creator(t *testing.T, e relaytest.Event) string {
 	return row.CreatedBy
 }
 
+// replaySources are where a long replay is served from: the log (the relay
+// started after the backlog was written) or the relay's window of the
+// recent log (it was running, and recorded the backlog as it was written).
+var replaySources = []struct {
+	name   string
+	window bool
+}{{"from the log", false}, {"from the window", true}}
+
 // longReplay seeds the story, inserts a template zowi-2 receives, then
-// replayBacklog more that it receives only as a ZOWI of org-1, and starts a
-// relay with small socket buffers. It returns the relay and the id to resume
-// after, from which zowi-2 has the whole backlog to replay.
-func longReplay(t *testing.T) (*pgtest.DB, *relaytest.Relay, string) {
+// replayBacklog more that it receives only as a ZOWI of org-1, with a relay
+// with small socket buffers started after them, or before them when the
+// replay is to come from its window. It returns the relay and the id to
+// resume after, from which zowi-2 has the whole backlog to replay; a test
+// of the window fails if a replay read the log after all.
+func longReplay(t *testing.T, fromWindow bool) (*pgtest.DB, *relaytest.Relay, string) {
 	t.Helper()
 	db := pgtest.New(t)
 	relaytest.Seed(t, db)
+	var r *relaytest.Relay
+	if fromWindow {
+		r = relaytest.StartOn(t, db.URL, relaytest.SmallSendBuffers(t, 8<<10))
+	}
 	first := relaytest.InsertTemplate(t, db, "before the replay", "zolo-1")
 	var id eventlog.ID
 	if err := db.Pool.QueryRow(context.Background(),
@@ -130,129 +144,148 @@ func longReplay(t *testing.T) (*pgtest.DB, *relaytest.Relay, string) {
 	}
 	db.Exec(t, `INSERT INTO templates (name, share_location_ids, created_by)
 		SELECT 'org-1 template ' || i, '{}', 'zolo-1' FROM generate_series(1, $1::int) AS i`, replayBacklog)
-	return db, relaytest.StartOn(t, db.URL, relaytest.SmallSendBuffers(t, 8<<10)), id.String()
+	if !fromWindow {
+		return db, relaytest.StartOn(t, db.URL, relaytest.SmallSendBuffers(t, 8<<10)), id.String()
+	}
+	deadline := time.Now().Add(settle)
+	for sample(scrape(t, r.URL), "pgrelay_replay_cache_events") < replayBacklog+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay's window does not hold the backlog within %s", settle)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		if n := sample(scrape(t, r.URL), "pgrelay_replay_log_reads_total"); n != 0 {
+			t.Errorf("replays read the log %v times; the window held everything they asked for", n)
+		}
+	})
+	return db, r, id.String()
+}
+
+// eachLongReplay runs test over every transport, with the long replay from
+// every source.
+func eachLongReplay(t *testing.T, test func(t *testing.T, tr relaytest.Transport, fromWindow bool)) {
+	for _, src := range replaySources {
+		for _, tr := range relaytest.Transports {
+			t.Run(src.name+"/"+tr.Name, func(t *testing.T) {
+				t.Parallel()
+				test(t, tr, src.window)
+			})
+		}
+	}
 }
 
 func TestAReplayStopsSendingTheOldOrgsTemplatesWithinASecondOfAZOWIMovingToAnotherOrg(t *testing.T) {
 	t.Parallel()
-	for _, tr := range relaytest.Transports {
-		t.Run(tr.Name, func(t *testing.T) {
-			t.Parallel()
-			db, r, after := longReplay(t)
-			c := openPaced(t, tr, r.URL, relaytest.Token(t, "zowi-2"), after)
-			c.receive(t, changeAfter)
+	eachLongReplay(t, func(t *testing.T, tr relaytest.Transport, fromWindow bool) {
+		db, r, after := longReplay(t, fromWindow)
+		c := openPaced(t, tr, r.URL, relaytest.Token(t, "zowi-2"), after)
+		c.receive(t, changeAfter)
 
-			db.Exec(t, `UPDATE users SET org_id = 'org-2' WHERE id = 'zowi-2'`)
-			changed := time.Now()
-			// zowi-2 is entitled to org-2's templates now: the first one
-			// marks the end of what this test waits for.
-			waitForKeys(t, r, "zowi-2", "org:org-2")
-			relaytest.InsertTemplate(t, db, "org-2 template after the move", "zolo-9", "loc-9")
+		db.Exec(t, `UPDATE users SET org_id = 'org-2' WHERE id = 'zowi-2'`)
+		changed := time.Now()
+		// zowi-2 is entitled to org-2's templates now: the first one
+		// marks the end of what this test waits for.
+		waitForKeys(t, r, "zowi-2", "org:org-2")
+		relaytest.InsertTemplate(t, db, "org-2 template after the move", "zolo-9", "loc-9")
 
-			late, old := 0, 0
-			var firstLate time.Duration
-			deadline := time.After(settle)
-			for done := false; !done; {
-				select {
-				case a, ok := <-c.arrivals:
-					if !ok {
-						t.Fatalf("stream ended (%v) before org-2's template arrived", c.end.err)
-					}
-					switch creator(t, a.Event) {
-					case "zolo-9":
-						done = true
-					case "zolo-1":
-						old++
-						if d := a.at.Sub(changed); d > followsChanges {
-							if late == 0 {
-								firstLate = d
-							}
-							late++
-						}
-					}
-				case <-deadline:
-					t.Fatalf("org-2's template did not arrive within %s", settle)
+		late, old := 0, 0
+		var firstLate time.Duration
+		deadline := time.After(settle)
+		for done := false; !done; {
+			select {
+			case a, ok := <-c.arrivals:
+				if !ok {
+					t.Fatalf("stream ended (%v) before org-2's template arrived", c.end.err)
 				}
+				switch creator(t, a.Event) {
+				case "zolo-9":
+					done = true
+				case "zolo-1":
+					old++
+					if d := a.at.Sub(changed); d > followsChanges {
+						if late == 0 {
+							firstLate = d
+						}
+						late++
+					}
+				}
+			case <-deadline:
+				t.Fatalf("org-2's template did not arrive within %s", settle)
 			}
-			if late > 0 {
-				t.Fatalf("%d of org-1's templates arrived more than %s after zowi-2 left org-1 (the first %s after), %d in all after the move",
-					late, followsChanges, firstLate.Round(time.Millisecond), old)
-			}
-			t.Logf("%d of org-1's templates arrived after the move, all within %s", old, followsChanges)
-		})
-	}
+		}
+		if late > 0 {
+			t.Fatalf("%d of org-1's templates arrived more than %s after zowi-2 left org-1 (the first %s after), %d in all after the move",
+				late, followsChanges, firstLate.Round(time.Millisecond), old)
+		}
+		t.Logf("%d of org-1's templates arrived after the move, all within %s", old, followsChanges)
+	})
 }
 
 func TestAReplayEndsWithinASecondOfItsSubscriberBeingDeleted(t *testing.T) {
 	t.Parallel()
-	for _, tr := range relaytest.Transports {
-		t.Run(tr.Name, func(t *testing.T) {
-			t.Parallel()
-			db, r, after := longReplay(t)
-			c := openPaced(t, tr, r.URL, relaytest.Token(t, "zowi-2"), after)
-			c.receive(t, changeAfter)
+	eachLongReplay(t, func(t *testing.T, tr relaytest.Transport, fromWindow bool) {
+		db, r, after := longReplay(t, fromWindow)
+		c := openPaced(t, tr, r.URL, relaytest.Token(t, "zowi-2"), after)
+		c.receive(t, changeAfter)
 
-			db.Exec(t, `DELETE FROM users WHERE id = 'zowi-2'`)
-			deleted := time.Now()
-			received := 0
-			deadline := time.After(settle)
-			for open := true; open; {
-				select {
-				case a, ok := <-c.arrivals:
-					if open = ok; ok {
-						// Whole events only, even where the stream was cut.
-						creator(t, a.Event)
-						received++
-					}
-				case <-deadline:
-					t.Fatalf("stream still open %s after its subscriber was deleted", settle)
+		db.Exec(t, `DELETE FROM users WHERE id = 'zowi-2'`)
+		deleted := time.Now()
+		received := 0
+		deadline := time.After(settle)
+		for open := true; open; {
+			select {
+			case a, ok := <-c.arrivals:
+				if open = ok; ok {
+					// Whole events only, even where the stream was cut.
+					creator(t, a.Event)
+					received++
 				}
+			case <-deadline:
+				t.Fatalf("stream still open %s after its subscriber was deleted", settle)
 			}
-			if d := c.end.at.Sub(deleted); d > followsChanges {
-				t.Errorf("stream ended %s after its subscriber was deleted (%d events meanwhile), want within %s",
-					d.Round(time.Millisecond), received, followsChanges)
-			}
-			if end, want := c.ending(), tell(t, tr.Name).gone; end != want {
-				t.Errorf("stream ended with %+v (%v), want %+v", end, c.end.err, want)
-			}
-			if received+changeAfter >= replayBacklog {
-				t.Errorf("the whole backlog was replayed to a deleted subscriber (%d events after the delete)", received)
-			}
-		})
-	}
+		}
+		if d := c.end.at.Sub(deleted); d > followsChanges {
+			t.Errorf("stream ended %s after its subscriber was deleted (%d events meanwhile), want within %s",
+				d.Round(time.Millisecond), received, followsChanges)
+		}
+		if end, want := c.ending(), tell(t, tr.Name).gone; end != want {
+			t.Errorf("stream ended with %+v (%v), want %+v", end, c.end.err, want)
+		}
+		if received+changeAfter >= replayBacklog {
+			t.Errorf("the whole backlog was replayed to a deleted subscriber (%d events after the delete)", received)
+		}
+	})
 }
 
 func TestATokenExpiringMidReplayEndsTheStreamAndResumingWithAFreshTokenLosesNothing(t *testing.T) {
 	t.Parallel()
-	for _, tr := range relaytest.Transports {
-		t.Run(tr.Name, func(t *testing.T) {
-			t.Parallel()
-			db, r, after := longReplay(t)
-			// The paced replay takes about four seconds: longer than the token.
-			c := openPaced(t, tr, r.URL, mustIssue(t, relaytest.Secret, "zowi-2", tokenLife), after)
-			var got []string
-			for a := range c.arrivals {
-				creator(t, a.Event) // whole events only
-				got = append(got, a.ID)
-			}
-			if len(got) == 0 || len(got) >= replayBacklog {
-				t.Fatalf("%d events before the stream ended (%v): the expiry did not fall inside the replay", len(got), c.end.err)
-			}
-			if end, want := c.ending(), tell(t, tr.Name).expired; end != want {
-				t.Errorf("stream ended with %+v (%v), want %+v", end, c.end.err, want)
-			}
+	eachLongReplay(t, func(t *testing.T, tr relaytest.Transport, fromWindow bool) {
+		db, r, after := longReplay(t, fromWindow)
+		// The paced replay takes about four seconds: longer than the token.
+		c := openPaced(t, tr, r.URL, mustIssue(t, relaytest.Secret, "zowi-2", tokenLife), after)
+		var got []string
+		for a := range c.arrivals {
+			creator(t, a.Event) // whole events only
+			got = append(got, a.ID)
+		}
+		if len(got) == 0 || len(got) >= replayBacklog {
+			t.Fatalf("%d events before the stream ended (%v): the expiry did not fall inside the replay", len(got), c.end.err)
+		}
+		if end, want := c.ending(), tell(t, tr.Name).expired; end != want {
+			t.Errorf("stream ended with %+v (%v), want %+v", end, c.end.err, want)
+		}
 
-			fresh := relaytest.Token(t, "zowi-2")
-			rest := replayBacklog - len(got)
-			got = append(got, ids(tr.Subscribe(t, r.URL, fresh, relaytest.SSEOptions{LastEventID: got[len(got)-1]}).Collect(t, rest, settle))...)
-			// Every template of the backlog is for zowi-2 (a ZOWI of the
-			// creator's org), and nothing else was inserted.
-			want := logAfter(t, db, after)
-			if !slices.Equal(got, want) {
-				t.Fatalf("got %d events, want %d; first difference at %d", len(got), len(want), firstDiff(got, want))
-			}
-		})
-	}
+		fresh := relaytest.Token(t, "zowi-2")
+		rest := replayBacklog - len(got)
+		got = append(got, ids(tr.Subscribe(t, r.URL, fresh, relaytest.SSEOptions{LastEventID: got[len(got)-1]}).Collect(t, rest, settle))...)
+		// Every template of the backlog is for zowi-2 (a ZOWI of the
+		// creator's org), and nothing else was inserted.
+		want := logAfter(t, db, after)
+		if !slices.Equal(got, want) {
+			t.Fatalf("got %d events, want %d; first difference at %d", len(got), len(want), firstDiff(got, want))
+		}
+	})
 }
 
 // logAfter returns the ids of every event in the log after the id after, in

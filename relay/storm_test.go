@@ -28,6 +28,7 @@ import (
 	"github.com/pgrelay/pgrelay/internal/relaytest"
 	"github.com/pgrelay/pgrelay/internal/streamclient"
 	"github.com/pgrelay/pgrelay/relay"
+	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/graphql"
 )
 
@@ -37,9 +38,11 @@ const stormWait = 20 * time.Second
 
 // boundedOpening is a relay that lets one resuming stream replay at a time
 // and two streams open at once in all (for longer than any test lasts, so
-// that a waiter is never refused for having waited).
+// that a waiter is never refused for having waited). It keeps no window of
+// the recent log, so that every replay reads the log and takes a turn.
 func boundedOpening(c *relay.Config) {
 	c.MaxOpening, c.OpenConcurrency, c.OpenWait = 2, 1, time.Minute
+	c.ReplayCacheBytes = 0
 }
 
 // stallFilterLoads makes every filter load of db's relays wait until the
@@ -314,8 +317,9 @@ func TestAnOpenThatWaitsLongerThanOpenWaitForItsTurnGets503AndRetryAfter(t *test
 	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
 		r := relaytest.Start(t, db.URL, func(c *relay.Config) {
 			c.MaxOpening, c.OpenConcurrency, c.OpenWait = 0, 1, 300*time.Millisecond
+			c.ReplayCacheBytes = 0
 		})
-		// Resuming streams: only a replay takes a turn.
+		// Resuming streams: only a replay from the log takes a turn.
 		live := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
 		relaytest.InsertTemplate(t, db, "t1 before the storm", "zowi-2", "loc-1")
 		lastSeen := live.Collect(t, 1, stormWait)[0].ID
@@ -340,6 +344,45 @@ func TestAnOpenThatWaitsLongerThanOpenWaitForItsTurnGets503AndRetryAfter(t *test
 		resume()
 		if err := <-working; err != nil {
 			t.Errorf("the open that had its turn: %v", err)
+		}
+	})
+}
+
+func TestAStreamResumingFromTheWindowOfTheRecentLogTakesNoTurnFromThoseThatReadTheLog(t *testing.T) {
+	t.Parallel()
+	relaytest.EachTransport(t, func(t *testing.T, tr relaytest.Transport, db *pgtest.DB) {
+		// Two events before the relay starts: a resume from the first
+		// needs the second, which only the log holds.
+		relaytest.InsertTemplate(t, db, "t0 before the relay", "zowi-2", "loc-1")
+		relaytest.InsertTemplate(t, db, "t1 before the relay", "zowi-2", "loc-1")
+		var fromLog eventlog.ID
+		if err := db.Pool.QueryRow(context.Background(),
+			`SELECT xid, id FROM relay.events ORDER BY xid, id LIMIT 1`).Scan(&fromLog.Xid, &fromLog.Seq); err != nil {
+			t.Fatal(err)
+		}
+		r := relaytest.Start(t, db.URL, func(c *relay.Config) {
+			c.MaxOpening, c.OpenConcurrency, c.OpenWait = 0, 1, 300*time.Millisecond
+		})
+		live := tr.Subscribe(t, r.URL, relaytest.Token(t, "zowi-1"), relaytest.SSEOptions{})
+		relaytest.InsertTemplate(t, db, "t2 while the relay runs", "zowi-2", "loc-1")
+		fromWindow := live.Collect(t, 1, stormWait)[0].ID
+
+		resume := stallFilterLoads(t, db)
+		logReplay := openInBackground(t, tr, r.URL, streamclient.Options{Token: relaytest.Token(t, "zolo-1"), LastEventID: fromLog.String()})
+		opensInProgress(t, r, 1, 0)
+		// The only turn is taken; a resume from the window opens beside it.
+		windowReplay := openInBackground(t, tr, r.URL, streamclient.Options{Token: relaytest.Token(t, "zewi-1"), LastEventID: fromWindow})
+		opensInProgress(t, r, 2, 0)
+		// Another resume from the log waits for the turn, in vain.
+		_, err := tr.Open(context.Background(), nil, r.URL, streamclient.Options{Token: relaytest.Token(t, "zewi-1"), LastEventID: fromLog.String()})
+		if status, msg := relaytest.Refused(t, err); status != http.StatusServiceUnavailable || !strings.Contains(msg, "busy") {
+			t.Errorf("a second resume from the log while the turn was taken: %d %q, want 503 busy", status, msg)
+		}
+		resume()
+		for name, done := range map[string]<-chan error{"from the log": logReplay, "from the window": windowReplay} {
+			if err := <-done; err != nil {
+				t.Errorf("the resume %s: %v", name, err)
+			}
 		}
 	})
 }

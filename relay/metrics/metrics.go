@@ -184,7 +184,7 @@ func (m *Metrics) registerSources(src Sources) {
 	}
 	counter("pgrelay_catchup_events_total", "Events read from the log to catch up after the listener reconnected.", src.CatchupEvents)
 	counter("pgrelay_replay_log_reads_total", "Queries resuming streams made to the event log for their replay (one per batch); replays of what the window of the recent log holds make none.", src.ReplayLogReads)
-	counter("pgrelay_replay_cache_events_total", "Events resuming streams took from the window of the recent log instead of reading the log (before each stream's filter).", src.ReplayRecentEvents)
+	counter("pgrelay_replay_cache_events_total", "Events resuming streams took from the window of the recent log instead of reading the log: those their filters' keys select, and reset markers.", src.ReplayRecentEvents)
 	gauge("pgrelay_replay_cache_bytes", "Bytes the window of the recent log holds (rows, audiences and encodings; at most --replay-cache-bytes).", src.ReplayCacheBytes)
 	gauge("pgrelay_replay_cache_events", "Events the window of the recent log holds.", src.ReplayCacheEvents)
 	counter("pgrelay_replay_cache_restarts_total", "Times the window of the recent log started over at a gap, letting go of every event it held (after a reset of the relay's position, say); resumes from before the restart read the log.", src.ReplayCacheRestarts)

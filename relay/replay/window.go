@@ -8,15 +8,23 @@
 // reader received them, and hands each resuming stream the events it asks
 // for; the stream still matches each one against its own filter, exactly as
 // it matches rows read from the log.
+//
+// The window also indexes its events by audience key, so that a stream is
+// handed only the events its filter's keys select (and every reset marker)
+// rather than every event since its position: in a storm each of thousands
+// of streams would otherwise walk the same thousands of events to find the
+// few addressed to it.
 package replay
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/match"
 )
 
 // Window is the log's every event in (start, end], the newest ones, at most
@@ -39,6 +47,15 @@ type Window struct {
 	costs []int
 	head  int
 	bytes int
+	// base numbers msgs[0]: the event at msgs[i] is number base+i for as
+	// long as the window holds it, whatever compaction does to the slice.
+	base uint64
+	// byKey lists, for each topic and audience key, the numbers of the
+	// events addressed to it, in log order; resets those of the reset
+	// markers. Numbers below base+head are of evicted events, skipped by
+	// reads and dropped at compaction.
+	byKey  map[indexKey][]uint64
+	resets []uint64
 
 	evicted atomic.Uint64
 	restart atomic.Uint64
@@ -46,15 +63,21 @@ type Window struct {
 
 // New returns a window of at most maxBytes, as Cost counts them; 0 or less
 // keeps nothing (every replay then reads the log).
-func New(maxBytes int) *Window { return &Window{maxBytes: maxBytes} }
+func New(maxBytes int) *Window {
+	return &Window{maxBytes: maxBytes, byKey: map[indexKey][]uint64{}}
+}
+
+// indexKey is one audience key of one topic.
+type indexKey struct{ topic, key string }
 
 // Cost is what one event counts against the window's bound: its row, topic,
 // audience and actor, the two wire encodings a Message may come to hold
-// (each about the size of the row), and the bookkeeping around them.
+// (each about the size of the row), and the bookkeeping around them, its
+// entry in the key index included.
 func Cost(e *eventlog.Event) int {
 	n := 256 + len(e.Topic) + 3*len(e.Payload) + len(e.Actor)
 	for _, a := range e.Audience {
-		n += 16 + len(a)
+		n += 24 + len(a)
 	}
 	return n
 }
@@ -84,12 +107,30 @@ func (w *Window) Record(prev eventlog.ID, events []eventlog.Event) {
 			continue // already held
 		}
 		c := Cost(e)
+		w.index(w.base+uint64(len(w.msgs)), e)
 		w.msgs = append(w.msgs, hub.NewMessage(*e))
 		w.costs = append(w.costs, c)
 		w.bytes += c
 		w.end = e.ID
 	}
 	w.evict()
+}
+
+// index lists event number n under each of its audience keys, or among the
+// reset markers. Called with w.mu held.
+func (w *Window) index(n uint64, e *eventlog.Event) {
+	if e.IsReset() {
+		w.resets = append(w.resets, n)
+		return
+	}
+	for _, a := range e.Audience {
+		k := indexKey{e.Topic, a}
+		l := w.byKey[k]
+		if len(l) > 0 && l[len(l)-1] == n {
+			continue // a key named twice in one audience
+		}
+		w.byKey[k] = append(l, n)
+	}
 }
 
 // evict drops the oldest events until the window is within its bound.
@@ -110,13 +151,31 @@ func (w *Window) evict() {
 		w.msgs = w.msgs[:n]
 		copy(w.costs, w.costs[w.head:])
 		w.costs = w.costs[:n]
+		w.base += uint64(w.head)
 		w.head = 0
+		for k, l := range w.byKey {
+			if l = dropBelow(l, w.base); len(l) == 0 {
+				delete(w.byKey, k)
+			} else {
+				w.byKey[k] = l
+			}
+		}
+		w.resets = dropBelow(w.resets, w.base)
 	}
+}
+
+// dropBelow removes the numbers below n from the sorted list l, in place.
+func dropBelow(l []uint64, n uint64) []uint64 {
+	i, _ := slices.BinarySearch(l, n)
+	return l[:copy(l, l[i:])]
 }
 
 func (w *Window) clear() {
 	clear(w.msgs)
 	w.msgs, w.costs, w.head, w.bytes = w.msgs[:0], w.costs[:0], 0, 0
+	w.base = 0
+	clear(w.byKey)
+	w.resets = w.resets[:0]
 }
 
 // Read returns the window's events in (after, upto], in order: at most
@@ -128,14 +187,61 @@ func (w *Window) clear() {
 // holds nothing); a caller whose covered stops short of upto with no event
 // returned has reached the window's end, and reads the rest from the log.
 func (w *Window) Read(after, upto eventlog.ID, limit, maxBytes int) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
-	limit = max(limit, 1)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.held || after.Less(w.start) {
+	first, last, covered, ok := w.span(after, upto)
+	if !ok {
 		return nil, after, false
+	}
+	numbers := make([]uint64, 0, min(int(last-first), max(limit, 1)+1))
+	for n := first; n < last && len(numbers) <= limit; n++ {
+		numbers = append(numbers, n)
+	}
+	return w.take(numbers, covered, limit, maxBytes)
+}
+
+// ReadFor is Read of the events a filter of keys selects, and every reset
+// marker: those whose topic has, in keys, one of their audience keys. The
+// others are left out, and covered reaches past them: every event of
+// (after, covered] that keys select is among msgs. The caller still matches
+// each event against its filter (the actor, a filter changed since).
+func (w *Window) ReadFor(after, upto eventlog.ID, keys match.Keys, limit, maxBytes int) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	first, last, covered, ok := w.span(after, upto)
+	if !ok {
+		return nil, after, false
+	}
+	var numbers []uint64
+	add := func(l []uint64) {
+		i, _ := slices.BinarySearch(l, first)
+		for _, n := range l[i:] {
+			if n >= last {
+				break
+			}
+			numbers = append(numbers, n)
+		}
+	}
+	add(w.resets)
+	for topic, ks := range keys {
+		for _, k := range ks {
+			add(w.byKey[indexKey{topic, k}])
+		}
+	}
+	slices.Sort(numbers)
+	return w.take(slices.Compact(numbers), covered, limit, maxBytes)
+}
+
+// span returns the numbers [first, last) of the events held in (after,
+// upto], and the position a read of all of them covers. ok is false when
+// the window does not hold after's successor. Called with w.mu held.
+func (w *Window) span(after, upto eventlog.ID) (first, last uint64, covered eventlog.ID, ok bool) {
+	if !w.held || after.Less(w.start) {
+		return 0, 0, after, false
 	}
 	held := w.msgs[w.head:]
 	i := sort.Search(len(held), func(i int) bool { return after.Less(held[i].ID) })
+	j := i + sort.Search(len(held)-i, func(j int) bool { return upto.Less(held[i+j].ID) })
 	covered = after
 	if w.end.Less(upto) {
 		upto = w.end
@@ -143,16 +249,35 @@ func (w *Window) Read(after, upto eventlog.ID, limit, maxBytes int) (msgs []*hub
 	if covered.Less(upto) {
 		covered = upto
 	}
+	offset := w.base + uint64(w.head)
+	return offset + uint64(i), offset + uint64(j), covered, true
+}
+
+// take returns the events numbered, in order, within the bounds Read
+// describes, and the position they cover: covered if they all fit, else
+// the last one taken. Called with w.mu held.
+func (w *Window) take(numbers []uint64, covered eventlog.ID, limit, maxBytes int) ([]*hub.Message, eventlog.ID, bool) {
+	limit = max(limit, 1)
+	msgs := make([]*hub.Message, 0, min(len(numbers), limit))
 	bytes := 0
-	for ; i < len(held) && !upto.Less(held[i].ID); i++ {
+	for _, n := range numbers {
 		if len(msgs) >= limit || (maxBytes > 0 && bytes >= maxBytes) {
 			// Stopped at a bound: the caller resumes after the last one.
 			return msgs, msgs[len(msgs)-1].ID, true
 		}
-		msgs = append(msgs, held[i])
-		bytes += len(held[i].Payload)
+		m := w.msgs[n-w.base]
+		msgs = append(msgs, m)
+		bytes += len(m.Payload)
 	}
 	return msgs, covered, true
+}
+
+// Holds reports whether the window holds after's successor: a replay from
+// after starts from memory (as long as the window keeps it).
+func (w *Window) Holds(after eventlog.ID) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.held && !after.Less(w.start)
 }
 
 // Stats are a window's figures.

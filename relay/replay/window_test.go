@@ -3,6 +3,7 @@ package replay_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/pgrelay/pgrelay/relay/eventlog"
 	"github.com/pgrelay/pgrelay/relay/hub"
+	"github.com/pgrelay/pgrelay/relay/match"
 	"github.com/pgrelay/pgrelay/relay/replay"
 )
 
@@ -176,5 +178,131 @@ func TestACallerWhoseContextEndsDuringAHorizonReadDoesNotFailTheOthers(t *testin
 	}
 	if id := <-second; id != at(3) {
 		t.Errorf("the other caller got %v, want the horizon of a read of its own", id)
+	}
+}
+
+// event is an event of topic templates at seq addressed to audience.
+func event(seq int64, audience ...string) eventlog.Event {
+	return eventlog.Event{ID: at(seq), Topic: "templates", Payload: []byte(`{"n":1}`), Audience: audience}
+}
+
+func TestAKeyedReadReturnsTheEventsItsKeysSelectAndEveryResetAndCoversThoseInBetween(t *testing.T) {
+	w := replay.New(1 << 20)
+	reset := eventlog.Event{ID: at(4), Topic: eventlog.ResetTopic, Payload: []byte(`{}`)}
+	w.Record(at(0), []eventlog.Event{
+		event(1, "loc-1"), event(2, "loc-2"), event(3, "loc-1", "loc-2", "loc-1"), reset,
+		event(5, "loc-3"), {ID: at(6), Topic: "messages", Payload: []byte(`{}`), Audience: []string{"loc-1"}},
+		event(7, "loc-2"),
+	})
+	loc1 := match.Keys{"templates": {"loc-1"}}
+	for _, c := range []struct {
+		name    string
+		keys    match.Keys
+		after   int64
+		limit   int
+		want    []int64
+		covered int64
+	}{
+		{"one key", loc1, 0, 100, []int64{1, 3, 4}, 7},
+		{"two keys, an event of both once", match.Keys{"templates": {"loc-1", "loc-2"}}, 0, 100, []int64{1, 2, 3, 4, 7}, 7},
+		{"another topic's keys select its own events", match.Keys{"messages": {"loc-1"}}, 0, 100, []int64{4, 6}, 7},
+		{"no keys: the resets only", nil, 0, 100, []int64{4}, 7},
+		{"from a position", loc1, 3, 100, []int64{4}, 7},
+		{"at a bound, up to the last one returned", loc1, 0, 2, []int64{1, 3}, 3},
+	} {
+		got, covered, ok := w.ReadFor(at(c.after), at(7), c.keys, c.limit, 0)
+		if !ok || !slices.Equal(seqs(got), c.want) || covered != at(c.covered) {
+			t.Errorf("%s: %v up to %d, %v; want %v up to %d", c.name, seqs(got), covered.Seq, ok, c.want, c.covered)
+		}
+	}
+	if _, _, ok := w.ReadFor(at(-1), at(7), loc1, 100, 0); ok {
+		t.Errorf("a keyed read from before the window's start served")
+	}
+}
+
+// TestAKeyedReadIsAFullReadFilteredByItsKeys checks ReadFor against Read
+// while events come and go (a window of a few events, so that eviction,
+// compaction of the index and restarts at a gap all happen often): read to
+// the end batch by batch, both give the same events once the keys' filter
+// is applied to Read's.
+func TestAKeyedReadIsAFullReadFilteredByItsKeys(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	keySpace := []string{"a", "b", "c", "d", "e"}
+	one := replay.Cost(&eventlog.Event{ID: at(1), Topic: "templates", Payload: []byte(`{"n":1}`), Audience: []string{"a", "b"}})
+	w := replay.New(40 * one)
+	selects := func(keys match.Keys, m *hub.Message) bool {
+		if m.IsReset() {
+			return true
+		}
+		for _, k := range keys[m.Topic] {
+			if slices.Contains(m.Audience, k) {
+				return true
+			}
+		}
+		return false
+	}
+	readAll := func(after, upto eventlog.ID, read func(after eventlog.ID) ([]*hub.Message, eventlog.ID, bool)) []int64 {
+		var out []int64
+		for after.Less(upto) {
+			msgs, covered, ok := read(after)
+			if !ok {
+				t.Fatalf("read from %v not served", after)
+			}
+			if !after.Less(covered) {
+				break // the window's end
+			}
+			out = append(out, seqs(msgs)...)
+			after = covered
+		}
+		return out
+	}
+	seq := int64(0)
+	for round := range 2000 {
+		prev := at(seq)
+		if rng.IntN(50) == 0 {
+			prev = at(seq + 3) // a gap: the window starts over
+			seq += 3
+		}
+		var run []eventlog.Event
+		for range 1 + rng.IntN(4) {
+			seq++
+			e := event(seq)
+			switch {
+			case rng.IntN(30) == 0:
+				e.Topic = eventlog.ResetTopic
+			case rng.IntN(4) == 0:
+				e.Topic = "messages"
+			}
+			for range rng.IntN(4) {
+				e.Audience = append(e.Audience, keySpace[rng.IntN(len(keySpace))])
+			}
+			run = append(run, e)
+		}
+		w.Record(prev, run)
+		keys := match.Keys{"templates": {keySpace[rng.IntN(5)], keySpace[rng.IntN(5)]}}
+		if rng.IntN(3) == 0 {
+			keys["messages"] = []string{keySpace[rng.IntN(5)]}
+		}
+		after := at(seq - int64(rng.IntN(45)))
+		if _, _, ok := w.Read(after, at(seq), 1, 0); !ok {
+			continue // evicted, or before a restart
+		}
+		limit := 1 + rng.IntN(8)
+		var want []int64
+		all, _, _ := w.Read(after, at(seq), 1000, 0)
+		for _, m := range all {
+			if selects(keys, m) {
+				want = append(want, m.ID.Seq)
+			}
+		}
+		got := readAll(after, at(seq), func(a eventlog.ID) ([]*hub.Message, eventlog.ID, bool) {
+			return w.ReadFor(a, at(seq), keys, limit, 0)
+		})
+		if !slices.Equal(got, want) {
+			t.Fatalf("round %d, keys %v after %d, %d at a time: got %v, want %v", round, keys, after.Seq, limit, got, want)
+		}
+	}
+	if s := w.Stats(); s.Evicted == 0 || s.Restarts == 0 {
+		t.Fatalf("stats %+v: the test meant eviction and restarts to happen", s)
 	}
 }

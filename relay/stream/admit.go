@@ -130,10 +130,15 @@ func (g *Gate) open(ctx context.Context, id auth.Identity, req Request, t Transp
 		return nil, err
 	}
 	// After the caps, which cost nothing to check: a stream they refuse
-	// never takes a turn from one they would admit. Only a resuming stream
-	// replays, which takes a turn; a fresh one loads its filter only.
+	// never takes a turn from one they would admit. Only a stream whose
+	// replay reads the log takes a turn, which bounds those reads on the
+	// pool; a fresh one loads its filter only, and one resuming from the
+	// window of the recent log loads its filter and replays from memory
+	// (its horizon read shared with the others), so in a storm it is
+	// admitted as fast as filters load instead of queueing behind turns
+	// until clients are refused and come back to try again.
 	var started func()
-	if req.After != nil {
+	if req.After != nil && !g.Opener.ReplaysFromWindow(*req.After) {
 		started, err = g.Opening.Acquire(ctx)
 	} else {
 		started, err = g.Opening.Enter()

@@ -110,7 +110,8 @@ type Opener struct {
 func (o *Opener) ReplayLogReads() uint64 { return o.logReads.Load() }
 
 // ReplayRecentEvents counts the events replays took from Recent instead of
-// the log, before each stream's filter (so more than were delivered).
+// the log: those each stream's keys select and the reset markers, before
+// the rest of its filter (so at least as many as were delivered).
 func (o *Opener) ReplayRecentEvents() uint64 { return o.recentEvents.Load() }
 
 // CheckTopics returns ErrUnknownTopic for a topic that is not registered. The
@@ -365,7 +366,7 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 		if err != nil {
 			return cursor, err
 		}
-		if msgs, covered, ok := st.readWindow(cursor); ok {
+		if msgs, covered, ok := st.readWindow(cursor, f.keys); ok {
 			cursor, err = st.replayRecent(ctx, sink, f, cursor, msgs, covered, &horizonChecked)
 		} else {
 			cursor, err = st.replayFromLog(ctx, sink, f, cursor)
@@ -391,6 +392,11 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 // covered, and returns where the replay goes on (where live delivery
 // starts, once it sent a reset). The first batch from the window checks the
 // horizon first.
+//
+// The window chose msgs by f's keys as they were: once f is read anew the
+// batch stops at the event matched against the new keys, and the next
+// batch is chosen by them, so that no event is left out by keys older than
+// replayRecheck.
 func (st *Stream) replayRecent(ctx context.Context, sink Sink, f *replayFilter, cursor eventlog.ID, msgs []*hub.Message, covered eventlog.ID, horizonChecked *bool) (eventlog.ID, error) {
 	if !*horizonChecked {
 		horizon, err := st.o.Horizons.Fresh(ctx)
@@ -405,8 +411,12 @@ func (st *Stream) replayRecent(ctx context.Context, sink Sink, f *replayFilter, 
 	}
 	st.o.recentEvents.Add(uint64(len(msgs)))
 	for _, m := range msgs {
+		read := f.read
 		if err := st.send(sink, f, &m.Event, m); err != nil {
 			return cursor, err
+		}
+		if !f.read.Equal(read) {
+			return m.ID, nil
 		}
 	}
 	return covered, nil
@@ -442,16 +452,23 @@ func (st *Stream) replayFromLog(ctx context.Context, sink Sink, f *replayFilter,
 	return events[len(events)-1].ID, nil
 }
 
+// ReplaysFromWindow reports whether a replay from after starts from the
+// relay's window of the recent log, not from the log.
+func (o *Opener) ReplaysFromWindow(after eventlog.ID) bool {
+	return o.Recent != nil && o.Horizons != nil && o.Recent.Holds(after)
+}
+
 // readWindow returns the next batch of the replay from the relay's window
-// of the recent log, and the position it reaches. ok is false when the
+// of the recent log, the events keys select, and the position it reaches
+// (see replay.Window.ReadFor). ok is false when the
 // window cannot serve the batch (there is none, or it does not hold the
 // cursor's successor, or it ends at the cursor): the batch is read from the
 // log.
-func (st *Stream) readWindow(cursor eventlog.ID) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
+func (st *Stream) readWindow(cursor eventlog.ID, keys match.Keys) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
 	if st.o.Recent == nil || st.o.Horizons == nil {
 		return nil, cursor, false
 	}
-	msgs, covered, ok = st.o.Recent.Read(cursor, st.activeFrom, st.o.CatchupBatch, st.o.CatchupBytes)
+	msgs, covered, ok = st.o.Recent.ReadFor(cursor, st.activeFrom, keys, st.o.CatchupBatch, st.o.CatchupBytes)
 	return msgs, covered, ok && cursor.Less(covered)
 }
 
