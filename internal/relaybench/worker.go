@@ -389,20 +389,37 @@ func (ws *workers) Finish(ctx context.Context) ([]ClientResult, error) {
 		if err := <-p.wrote; err != nil {
 			errs = append(errs, fmt.Errorf("worker %d: send acknowledgements: %w", p.cmd.Process.Pid, err))
 		}
-		select {
-		case r := <-p.result:
-			out = append(out, r)
-		case err := <-p.failed:
+		if r, err := p.awaitResult(ctx); err != nil {
 			errs = append(errs, err)
-		case err := <-p.exited:
-			p.exited <- err
-			errs = append(errs, fmt.Errorf("worker %d exited without a result: %v", p.cmd.Process.Pid, err))
-		case <-ctx.Done():
-			errs = append(errs, ctx.Err())
+		} else {
+			out = append(out, r)
 		}
 		_ = p.stdin.Close()
 	}
 	return out, errors.Join(errs...)
+}
+
+// awaitResult waits for the worker's result. The message reader hands over
+// the result before it reports the exit, so once the exit is in, a result
+// not yet taken is already waiting: both are ready then, and select would
+// pick either.
+func (p *workerProc) awaitResult(ctx context.Context) (ClientResult, error) {
+	select {
+	case r := <-p.result:
+		return r, nil
+	case err := <-p.failed:
+		return ClientResult{}, err
+	case err := <-p.exited:
+		p.exited <- err
+		select {
+		case r := <-p.result:
+			return r, nil
+		default:
+			return ClientResult{}, fmt.Errorf("worker %d exited without a result: %v", p.cmd.Process.Pid, err)
+		}
+	case <-ctx.Done():
+		return ClientResult{}, ctx.Err()
+	}
 }
 
 func (p *workerProc) closeAcks() {
