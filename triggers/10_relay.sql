@@ -484,6 +484,12 @@ BEGIN
       JOIN pg_catalog.pg_class c ON c.oid = s.relation
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
     IF NOT FOUND THEN
+        -- A regclass holds no dependency: the table can be dropped under it.
+        IF EXISTS (SELECT 1 FROM relay.subscriber_source) THEN
+            RAISE WARNING 'the subscriber source table (oid %) no longer exists: no stream can open until one is set',
+                (SELECT s.relation::oid FROM relay.subscriber_source s)
+                USING HINT = 'call relay.set_subscriber_source(''public.users'', ''id'')';
+        END IF;
         body := $b$
         RAISE EXCEPTION 'no subscriber source is configured'
             USING HINT = 'call relay.set_subscriber_source(''public.users'', ''id'')';$b$;
@@ -507,6 +513,16 @@ BEGIN
                        FROM unnest(subscribers) AS s(sub),
                             LATERAL (SELECT k FROM %s(s.sub) AS k OFFSET 0) AS f;$b$,
                 t.topic, t.keys_fn);
+        END LOOP;
+        -- Nor does a regprocedure: a topic whose keys function was dropped
+        -- cannot be in the filters, and its subscribers receive none of
+        -- its events until it is created again. Say so where it happens.
+        FOR t IN SELECT tp.topic, tp.subscriber_keys::oid AS fn
+                   FROM relay.topics tp
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.oid = tp.subscriber_keys)
+                  ORDER BY tp.topic LOOP
+            RAISE WARNING 'topic % is left out of the filters: its subscriber_keys function (oid %) no longer exists', t.topic, t.fn
+                USING HINT = format('create the topic again with relay.create_topic(%L, ...)', t.topic);
         END LOOP;
     END IF;
     -- As the owner: the relay's role reads filters without any privilege on

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgrelay/pgrelay/internal/pgtest"
 )
@@ -85,5 +86,61 @@ SELECT relay.create_topic('badges', 'app.notes', 'app.notes_audience(app.notes)'
 	db.Exec(t, `DELETE FROM relay.subscriber_source`)
 	if _, err := filters(); err == nil || !strings.Contains(err.Error(), "no subscriber source is configured") {
 		t.Fatalf("after the subscriber source was deleted: err = %v, want one saying none is configured", err)
+	}
+}
+
+func TestRebuildingTheFiltersWarnsOfATopicWhoseKeysFunctionWasDroppedAndServesTheOthers(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewCore(t)
+	ctx := context.Background()
+	db.Exec(t, `
+CREATE TABLE people (id text PRIMARY KEY);
+INSERT INTO people VALUES ('1');
+CREATE TABLE notes (id serial PRIMARY KEY);
+CREATE FUNCTION notes_audience(n notes) RETURNS text[] LANGUAGE sql IMMUTABLE AS $$ SELECT '{}'::text[] $$;
+CREATE FUNCTION kept_keys(subscriber text) RETURNS SETOF text LANGUAGE sql STABLE AS $$ SELECT 'kept:' || subscriber $$;
+CREATE FUNCTION gone_keys(subscriber text) RETURNS SETOF text LANGUAGE sql STABLE AS $$ SELECT 'gone:' || subscriber $$;
+SELECT relay.set_subscriber_source('public.people', 'id');
+SELECT relay.create_topic('kept', 'notes', 'notes_audience(notes)', 'kept_keys(text)');
+SELECT relay.create_topic('orphan', 'notes', 'notes_audience(notes)', 'gone_keys(text)');
+DROP FUNCTION gone_keys(text);`)
+
+	cfg, err := pgx.ParseConfig(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warnings []string
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		if n.Severity == "WARNING" {
+			warnings = append(warnings, n.Message)
+		}
+	}
+	owner, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close(ctx)
+	if _, err := owner.Exec(ctx, `SELECT relay.build_filters()`); err != nil {
+		t.Fatalf("rebuild with a keys function gone: %v", err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "topic orphan is left out of the filters") {
+		t.Errorf("warnings = %q, want one naming topic orphan", warnings)
+	}
+	rows, _ := owner.Query(ctx, `SELECT coalesce(topic || ' ' || key, '(exists)') FROM relay.filters(ARRAY['1'])`)
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("filters after the rebuild: %v", err)
+	}
+	slices.Sort(got)
+	if want := []string{"(exists)", "kept kept:1"}; !slices.Equal(got, want) {
+		t.Errorf("filters = %v, want %v: the other topic served as before", got, want)
+	}
+
+	warnings = nil
+	if _, err := owner.Exec(ctx, `DROP TABLE people; SELECT relay.build_filters()`); err != nil {
+		t.Fatalf("rebuild with the subscriber table gone: %v", err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "the subscriber source table") {
+		t.Errorf("warnings = %q, want one naming the subscriber source table", warnings)
 	}
 }
