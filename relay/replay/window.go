@@ -106,8 +106,7 @@ func (w *Window) Record(prev eventlog.ID, events []eventlog.Event) {
 		if !w.end.Less(e.ID) {
 			continue // already held
 		}
-		c := Cost(e)
-		w.index(w.base+uint64(len(w.msgs)), e)
+		c := Cost(e) + w.index(w.base+uint64(len(w.msgs)), e)
 		w.msgs = append(w.msgs, hub.NewMessage(*e))
 		w.costs = append(w.costs, c)
 		w.bytes += c
@@ -117,21 +116,34 @@ func (w *Window) Record(prev eventlog.ID, events []eventlog.Event) {
 }
 
 // index lists event number n under each of its audience keys, or among the
-// reset markers. Called with w.mu held.
-func (w *Window) index(n uint64, e *eventlog.Event) {
+// reset markers, and returns the bytes of the index entries it made for
+// keys new to the window, which the event is charged with (Cost counts its
+// place in the lists). Called with w.mu held.
+func (w *Window) index(n uint64, e *eventlog.Event) int {
 	if e.IsReset() {
 		w.resets = append(w.resets, n)
-		return
+		return 0
 	}
+	made := 0
 	for _, a := range e.Audience {
 		k := indexKey{e.Topic, a}
-		l := w.byKey[k]
+		l, ok := w.byKey[k]
+		if !ok {
+			made += keyEntryCost
+		}
 		if len(l) > 0 && l[len(l)-1] == n {
 			continue // a key named twice in one audience
 		}
 		w.byKey[k] = append(l, n)
 	}
+	return made
 }
+
+// keyEntryCost is what a key's entry in the index takes (its map slot and
+// the start of its list): about 100 bytes on 64-bit platforms, measured
+// with 100,000 keys of one event each. A key's entry goes once its list is
+// empty, at the next compaction.
+const keyEntryCost = 104
 
 // evict drops the oldest events until the window is within its bound.
 // Called with w.mu held.
