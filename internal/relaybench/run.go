@@ -496,7 +496,11 @@ func stormOf(cfg Config, rep *Report, c *Clients, lr *loadRun) *StormResult {
 	if caughtUp > lr.killAt {
 		st.CaughtUpMS = ms(time.Duration(caughtUp - lr.killAt))
 	}
-	stormEnd := max(caughtUp, lr.killAt+int64(time.Second))
+	// Timeline windows are whole seconds, each end rounded down: rounded
+	// up here, the second in which the storm ends counts as during it, not
+	// after it (a storm over within seconds has its worst moments there).
+	sec := int64(time.Second)
+	stormEnd := (max(caughtUp, lr.killAt+sec) + sec - 1) / sec * sec
 	st.LiveBefore = latencyOf(c.Undisturbed.Window(lr.measureStart, lr.killAt))
 	st.LiveDuring = latencyOf(c.Undisturbed.Window(lr.killAt, stormEnd))
 	st.LiveAfter = latencyOf(c.Undisturbed.Window(stormEnd, lr.measureEnd))
