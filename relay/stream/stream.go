@@ -394,9 +394,10 @@ func (st *Stream) replay(ctx context.Context, sink Sink, after eventlog.ID) (eve
 // horizon first.
 //
 // The window chose msgs by f's keys as they were: once f is read anew the
-// batch stops at the event matched against the new keys, and the next
-// batch is chosen by them, so that no event is left out by keys older than
-// replayRecheck.
+// batch stops before the next event it would move past, and the next
+// batch is chosen by the new keys from there, so that no event is left out
+// by keys older than replayRecheck (a send that waited on a slow client
+// does not stretch that).
 func (st *Stream) replayRecent(ctx context.Context, sink Sink, f *replayFilter, cursor eventlog.ID, msgs []*hub.Message, covered eventlog.ID, horizonChecked *bool) (eventlog.ID, error) {
 	if !*horizonChecked {
 		horizon, err := st.o.Horizons.Fresh(ctx)
@@ -410,14 +411,20 @@ func (st *Stream) replayRecent(ctx context.Context, sink Sink, f *replayFilter, 
 		*horizonChecked = true
 	}
 	st.o.recentEvents.Add(uint64(len(msgs)))
+	// passed is how far the replay has gone: the events it left out up to
+	// there were left out by keys fresh when it moved past them.
+	passed := cursor
 	for _, m := range msgs {
-		read := f.read
+		if renewed, err := f.renewed(); err != nil || renewed {
+			return passed, err
+		}
 		if err := st.send(sink, f, &m.Event, m); err != nil {
 			return cursor, err
 		}
-		if !f.read.Equal(read) {
-			return m.ID, nil
-		}
+		passed = m.ID
+	}
+	if renewed, err := f.renewed(); err != nil || renewed {
+		return passed, err
 	}
 	return covered, nil
 }
@@ -523,6 +530,13 @@ func (f *replayFilter) refresh() error {
 	}
 	f.keys, f.read = f.sub.Keys(), time.Now()
 	return nil
+}
+
+// renewed is check, and reports whether it read the filter anew.
+func (f *replayFilter) renewed() (bool, error) {
+	read := f.read
+	err := f.check()
+	return err == nil && !f.read.Equal(read), err
 }
 
 // check is refresh at most every replayRecheck; in between it costs a look
