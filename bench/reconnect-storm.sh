@@ -5,8 +5,10 @@
 # (SIGNAL); its streams reopen on the other three after a random delay
 # within WINDOW, with Last-Event-ID (relaybench --reconnect). Reports the
 # time until every stream was back and caught up, the undisturbed streams'
-# p99 before, during and after the storm, the database's load before and
-# during it, and the tally of every template (nothing lost, nothing twice).
+# p99 before, during and after the storm, the database's load and the CPU
+# of the relays and of the load generators before and during it (on one
+# machine the clients' own reconnecting competes with what they measure),
+# and the tally of every template (nothing lost, nothing twice).
 #
 # Usage: bash bench/reconnect-storm.sh [OUTDIR]
 #   STREAMS_PER_RELAY=10000  RATE=200  AUDIENCE=100  WINDOW=5s
