@@ -15,6 +15,10 @@
 #   WARMUP=5s  DURATION=40s  KILL_AT=10s  DRAIN=30s  SIGNAL=KILL
 #   RELAY_FLAGS="..."  extra flags for every relay (e.g. "--replay-cache-bytes=0"
 #                 to compare a storm without the replay cache)
+#   ISOLATE_KILLED=1  hold the killed relay's streams in a load generator of
+#                 their own at nice 19 (relaybench --isolate-killed): their
+#                 reconnecting then takes only idle CPU, as clients on other
+#                 machines would take none of this one's
 #   DATABASE_URL  server relaybench creates its database on
 #                 (default host=127.0.0.1 dbname=postgres)
 set -euo pipefail
@@ -36,6 +40,7 @@ mkdir -p "$out"
 build_binaries
 relay_flags=()
 for f in ${RELAY_FLAGS:-}; do relay_flags+=("--relay-flag=$f"); done
+if [[ -n "${ISOLATE_KILLED:-}" ]]; then relay_flags+=(--isolate-killed); fi
 
 subs=$((4 * STREAMS_PER_RELAY))
 json="$out/storm-$SIGNAL.json"

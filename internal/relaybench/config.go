@@ -58,7 +58,10 @@ type Config struct {
 	ReconnectWindow time.Duration
 	KillAfter       time.Duration
 	KillRelay       int
-	KillSignal      string
+	// IsolateKilled gives the killed relay's streams a worker process of
+	// their own at the lowest CPU priority (see --isolate-killed).
+	IsolateKilled bool
+	KillSignal    string
 
 	Spawn      int
 	RelayBin   string
@@ -153,6 +156,7 @@ func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) (Co
 	fs.DurationVar(&c.KillAfter, "kill-after", c.KillAfter, "stop relay --kill-relay this long into the measured window (0: never)")
 	fs.IntVar(&c.KillRelay, "kill-relay", c.KillRelay, "with --kill-after: index of the relay to stop (in --url/--spawn order, from 0; needs its pid)")
 	fs.StringVar(&c.KillSignal, "kill-signal", c.KillSignal, "with --kill-after: KILL or TERM")
+	fs.BoolVar(&c.IsolateKilled, "isolate-killed", false, "with --kill-after: hold the streams of --kill-relay in a load-generator process of their own, run at the lowest CPU priority (nice 19), so that their reconnecting takes only CPU the relays, the database and the other streams leave idle: on one machine, an approximation of clients on other machines (their reconnects then wait for idle CPU)")
 	fs.IntVar(&c.Spawn, "spawn", 0, "start this many relays on a fresh database migrated by cmd/migrate, instead of --url")
 	fs.StringVar(&c.RelayBin, "relay-bin", "", "with --spawn: relay binary (default: go build ./cmd/relay)")
 	fs.StringVar(&c.MigrateBin, "migrate-bin", "", "with --spawn: migrate binary (default: go build ./cmd/migrate)")
@@ -243,6 +247,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KillAfter < 0 || (c.KillAfter > 0 && c.KillAfter >= c.Duration) {
 		bad("--kill-after must be within the measured window (--duration %s)", c.Duration)
+	}
+	if c.IsolateKilled && c.KillAfter == 0 {
+		bad("--isolate-killed needs --kill-after")
 	}
 	if c.KillAfter > 0 {
 		if n := max(c.Spawn, len(c.URLs)); c.KillRelay < 0 || c.KillRelay >= n {

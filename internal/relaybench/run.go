@@ -33,12 +33,19 @@ type Relay struct {
 // to progress.
 func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	logf := func(format string, args ...any) { fmt.Fprintf(progress, "relaybench: "+format+"\n", args...) }
-	procs, err := planProcesses(cfg)
+	// With --isolate-killed the killed relay's streams are a worker's of
+	// their own, and the others are split as usual.
+	var rest, isolated *relaySelect
+	nRelays := max(cfg.Spawn, len(cfg.URLs))
+	if cfg.IsolateKilled {
+		rest, isolated = &relaySelect{Relay: cfg.KillRelay}, &relaySelect{Relay: cfg.KillRelay, Only: true}
+	}
+	procs, err := planProcesses(cfg, rest.count(0, cfg.Subscribers, nRelays))
 	if err != nil {
 		return nil, err
 	}
 	slices := splitSubscribers(cfg.Subscribers, procs)
-	if _, err := RaiseFileLimit(uint64(slices[0][1]-slices[0][0]) + fileReserve); err != nil {
+	if _, err := RaiseFileLimit(uint64(rest.count(slices[0][0], slices[0][1], nRelays)) + fileReserve); err != nil {
 		return nil, err
 	}
 	rep := &Report{Config: reportConfig(cfg), Machine: DescribeMachine(ctx, runtime.Version())}
@@ -110,7 +117,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	defer clients.Close()
 	ttl := cfg.Warmup + cfg.Duration + cfg.Drain + time.Hour
 	f := &fleet{local: clients}
-	if procs > 1 {
+	if procs > 1 || isolated != nil {
 		urls := make([]string, len(relays))
 		for i, r := range relays {
 			urls[i] = r.URL
@@ -123,6 +130,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		spec.Select = rest
 		ws, err := startWorkers(ctx, cmd, spec, slices[1:], progress)
 		if ws != nil {
 			defer ws.Stop()
@@ -130,14 +138,34 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		if isolated != nil {
+			spec.Select = isolated
+			iso, err := startWorkers(ctx, cmd, spec, [][2]int{{0, cfg.Subscribers}}, progress)
+			if iso != nil {
+				ws.procs = append(ws.procs, iso.procs...) // stopped with the others
+			}
+			if err != nil {
+				return nil, err
+			}
+			for _, p := range iso.procs {
+				if err := syscall.Setpriority(syscall.PRIO_PROCESS, p.cmd.Process.Pid, 19); err != nil {
+					return nil, fmt.Errorf("lower the priority of worker %d (--isolate-killed): %w", p.cmd.Process.Pid, err)
+				}
+				logf("worker %d holds the streams of relay %d, at nice 19", p.cmd.Process.Pid, cfg.KillRelay)
+			}
+		}
 		f.workers = ws
 	}
 
-	targets, err := targetsFor(cfg, relays, pop, slices[0][0], slices[0][1], ttl)
+	targets, err := targetsFor(cfg, relays, pop, slices[0][0], slices[0][1], ttl, rest)
 	if err != nil {
 		return nil, err
 	}
-	logf("opening %d %s streams on %d relay(s) from %d process(es)", cfg.Subscribers, cfg.Transport, len(relays), procs)
+	holders := procs
+	if isolated != nil {
+		holders++
+	}
+	logf("opening %d %s streams on %d relay(s) from %d process(es)", cfg.Subscribers, cfg.Transport, len(relays), holders)
 	connectStart := time.Now()
 	opened, errs := clients.Connect(ctx, targets, cfg.ConnectConcurrency, cfg.ConnectTimeout)
 	rep.Connect = ConnectResult{Opened: opened}
@@ -280,12 +308,12 @@ const fileReserve = 2048
 
 // planProcesses decides how many processes hold the streams: --processes,
 // or as few as the open-file limit allows.
-func planProcesses(cfg Config) (int, error) {
+func planProcesses(cfg Config, streams int) (int, error) {
 	if cfg.Processes > 0 {
 		return cfg.Processes, nil
 	}
 	const reserve = fileReserve
-	limit, err := RaiseFileLimit(uint64(cfg.Subscribers) + reserve)
+	limit, err := RaiseFileLimit(uint64(streams) + reserve)
 	if err == nil {
 		return 1, nil
 	}
@@ -293,9 +321,9 @@ func planProcesses(cfg Config) (int, error) {
 		return 0, err
 	}
 	per := int(limit) - reserve
-	n := (cfg.Subscribers + per - 1) / per
+	n := (streams + per - 1) / per
 	if n > MaxProcesses {
-		return 0, fmt.Errorf("%d subscribers need %d processes of %d streams (open-file limit %d), more than %d", cfg.Subscribers, n, per, limit, MaxProcesses)
+		return 0, fmt.Errorf("%d streams need %d processes of %d streams (open-file limit %d), more than %d", streams, n, per, limit, MaxProcesses)
 	}
 	return n, nil
 }
@@ -524,7 +552,7 @@ func latencyOf(h *Histogram) LatencyResult {
 // and to a loopback source address, PerSourceAddr connections per address:
 // the same subscriber goes to the same relay and address whichever process
 // opens its stream.
-func targetsFor(cfg Config, relays []Relay, pop Population, from, to int, ttl time.Duration) ([]Target, error) {
+func targetsFor(cfg Config, relays []Relay, pop Population, from, to int, ttl time.Duration, sel *relaySelect) ([]Target, error) {
 	bases := make([]*url.URL, len(relays))
 	for i, r := range relays {
 		u, err := parseURL(r.URL)
@@ -541,6 +569,9 @@ func targetsFor(cfg Config, relays []Relay, pop Population, from, to int, ttl ti
 	now := time.Now()
 	out := make([]Target, 0, to-from)
 	for i := from; i < to; i++ {
+		if !sel.keeps(i, len(bases)) {
+			continue
+		}
 		tok, err := auth.Issue([]byte(cfg.JWTSecret), pop.Subscriber(i), ttl, now)
 		if err != nil {
 			return nil, err

@@ -30,3 +30,23 @@ func TestTheSecondAStormEndsInCountsAsDuringIt(t *testing.T) {
 		t.Errorf("during the storm: %d latencies, want the 6 of seconds 10 to 15", st.LiveDuring.Count)
 	}
 }
+
+func TestIsolatingTheKilledRelaysStreamsSplitsTheSubscribersBetweenTwoSelectionsExactly(t *testing.T) {
+	const subscribers, relays, killed = 1000, 4, 1
+	only, rest := &relaySelect{Relay: killed, Only: true}, &relaySelect{Relay: killed}
+	for i := range subscribers {
+		if only.keeps(i, relays) == rest.keeps(i, relays) {
+			t.Fatalf("subscriber %d (relay %d): kept by both selections or by neither", i, i%relays)
+		}
+		if only.keeps(i, relays) != (i%relays == killed) {
+			t.Fatalf("subscriber %d (relay %d) in the isolated selection: %v", i, i%relays, only.keeps(i, relays))
+		}
+	}
+	if n, m := only.count(0, subscribers, relays), rest.count(0, subscribers, relays); n != 250 || m != 750 {
+		t.Errorf("counts %d and %d, want 250 and 750", n, m)
+	}
+	var all *relaySelect
+	if n := all.count(0, subscribers, relays); n != subscribers {
+		t.Errorf("no selection keeps %d, want all %d", n, subscribers)
+	}
+}

@@ -44,6 +44,33 @@ type workerSpec struct {
 	TokenTTL           time.Duration `json:"token_ttl_ns"`
 	Reconnect          bool          `json:"reconnect"`
 	ReconnectWindow    time.Duration `json:"reconnect_window_ns"`
+	// Select, if set, narrows [From, To) to the streams of one relay or to
+	// those of all others.
+	Select *relaySelect `json:"select,omitempty"`
+}
+
+// relaySelect picks, among subscribers, those whose streams go to relay
+// Relay (Only) or those whose streams go to any other.
+type relaySelect struct {
+	Relay int  `json:"relay"`
+	Only  bool `json:"only"`
+}
+
+// keeps reports whether subscriber i, whose stream goes to relay i mod
+// relays, is selected (a nil selection keeps everyone).
+func (s *relaySelect) keeps(i, relays int) bool {
+	return s == nil || (i%relays == s.Relay) == s.Only
+}
+
+// count returns how many of [from, to) s keeps.
+func (s *relaySelect) count(from, to, relays int) int {
+	n := 0
+	for i := from; i < to; i++ {
+		if s.keeps(i, relays) {
+			n++
+		}
+	}
+	return n
 }
 
 // workerMsg is one line of a worker's stdout.
@@ -83,7 +110,7 @@ func RunWorker(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 		return fmt.Errorf("worker: decode spec: %w", err)
 	}
 	out := &msgWriter{enc: json.NewEncoder(stdout)}
-	if _, err := RaiseFileLimit(uint64(spec.To-spec.From) + 512); err != nil {
+	if _, err := RaiseFileLimit(uint64(spec.Select.count(spec.From, spec.To, len(spec.Relays))) + 512); err != nil {
 		_ = out.write(workerMsg{Error: err.Error()})
 		return err
 	}
@@ -105,7 +132,7 @@ func RunWorker(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 		return err
 	}
 	pop := Population{Prefix: spec.Prefix, Subscribers: spec.Subscribers, Audience: spec.Audience}
-	targets, err := targetsFor(cfg, relays, pop, spec.From, spec.To, spec.TokenTTL)
+	targets, err := targetsFor(cfg, relays, pop, spec.From, spec.To, spec.TokenTTL, spec.Select)
 	if err != nil {
 		return err
 	}
