@@ -449,6 +449,9 @@ func (st *Stream) replayFromLog(ctx context.Context, sink Sink, f *replayFilter,
 		return cursor, err
 	}
 	for i := range events {
+		if err := f.check(); err != nil {
+			return cursor, err
+		}
 		if err := st.send(sink, f, &events[i], nil); err != nil {
 			return cursor, err
 		}
@@ -462,8 +465,12 @@ func (st *Stream) replayFromLog(ctx context.Context, sink Sink, f *replayFilter,
 // ReplaysFromWindow reports whether a replay from after starts from the
 // relay's window of the recent log, not from the log.
 func (o *Opener) ReplaysFromWindow(after eventlog.ID) bool {
-	return o.Recent != nil && o.Horizons != nil && o.Recent.Holds(after)
+	return o.hasWindow() && o.Recent.Holds(after)
 }
+
+// hasWindow reports whether replays can be served from a window of the
+// recent log (which needs Horizons as well).
+func (o *Opener) hasWindow() bool { return o.Recent != nil && o.Horizons != nil }
 
 // readWindow returns the next batch of the replay from the relay's window
 // of the recent log, the events keys select, and the position it reaches
@@ -472,7 +479,7 @@ func (o *Opener) ReplaysFromWindow(after eventlog.ID) bool {
 // cursor's successor, or it ends at the cursor): the batch is read from the
 // log.
 func (st *Stream) readWindow(cursor eventlog.ID, keys match.Keys) (msgs []*hub.Message, covered eventlog.ID, ok bool) {
-	if st.o.Recent == nil || st.o.Horizons == nil {
+	if !st.o.hasWindow() {
 		return nil, cursor, false
 	}
 	msgs, covered, ok = st.o.Recent.ReadFor(cursor, st.activeFrom, keys, st.o.CatchupBatch, st.o.CatchupBytes)
@@ -481,11 +488,9 @@ func (st *Stream) readWindow(cursor eventlog.ID, keys match.Keys) (msgs []*hub.M
 
 // send writes one replayed event if the stream's filter lets it through,
 // and a reset marker whatever the filter says. m is e's message if there is
-// one already (shared by every stream replaying from the window).
+// one already (shared by every stream replaying from the window). The
+// caller has checked f just before.
 func (st *Stream) send(sink Sink, f *replayFilter, e *eventlog.Event, m *hub.Message) error {
-	if err := f.check(); err != nil {
-		return err
-	}
 	if e.IsReset() {
 		// A gap in the log (eventlog.ResetTopic): the client reloads, and
 		// the replay goes on after it.
